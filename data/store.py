@@ -1,0 +1,518 @@
+"""Zarr v3 stores: the dataset and saliency store contract (see DESIGN.md, "Stores").
+
+A store is a zarr v3 group. Arrays are row-major over samples, sharded along the sample axis
+(the shard is the unit of concurrent writing) and every chunk carries a crc32c checksum.
+Provenance lives in the group attribute ``satpipe``; ``complete`` is written last, so a store
+that a crash interrupted is never mistaken for a finished one.
+
+Readers need no satpipe: ``zarr.open_group(uri, mode="r")`` and
+``dask.array.from_zarr(uri, component="train/images")`` work on any store written here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from satpipe import __version__
+from satpipe.errors import SatpipeError
+
+FORMAT = 1
+ATTR = "satpipe"
+SPLITS = ("train", "test")
+# Target sizes: chunks small enough to read selectively, shards large enough to write in one go.
+CHUNK_BYTES = 1 << 20
+SHARD_BYTES = 32 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# URIs and small helpers
+
+
+def now_iso() -> str:
+    """UTC timestamp for provenance; honours SOURCE_DATE_EPOCH for reproducible attrs."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = float(epoch) if epoch else time.time()
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def store_exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """True when anything is present at `uri` (local path or fsspec URL)."""
+    fs, path = fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
+    return fs.exists(path)
+
+
+def remove_store(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    fs, path = fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _group_kwargs(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    # zarr wants storage_options only for URLs; plain paths must not get them.
+    if storage_options and "://" in str(uri):
+        return {"storage_options": dict(storage_options)}
+    return {}
+
+
+def open_group(uri: str, mode: str = "r", storage_options: Mapping[str, Any] | None = None):
+    """Open a satpipe store group; a missing or non-zarr path is a one-line SatpipeError."""
+    try:
+        return zarr.open_group(
+            str(uri), mode=mode, zarr_format=3, **_group_kwargs(uri, storage_options)
+        )
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise SatpipeError(f"{uri}: no zarr v3 store here") from exc
+    except (ValueError, KeyError, OSError) as exc:
+        raise SatpipeError(f"{uri}: cannot open as a zarr v3 store ({exc})") from exc
+
+
+def create_group(uri: str, overwrite: bool, storage_options: Mapping[str, Any] | None = None):
+    """Create a new store group; refuse an existing path unless `overwrite`."""
+    if store_exists(uri, storage_options):
+        if not overwrite:
+            raise SatpipeError(f"{uri}: output exists (pass --overwrite to replace it)")
+        remove_store(uri, storage_options)
+    kwargs = _group_kwargs(uri, storage_options)
+    if "://" in str(uri):
+        store = zarr.storage.FsspecStore.from_url(
+            str(uri), storage_options=kwargs.get("storage_options")
+        )
+        return zarr.create_group(store, zarr_format=3)
+    return zarr.create_group(str(uri), zarr_format=3)
+
+
+def row_layout(row_bytes: int, n_rows: int, rows_per_shard: int | None = None) -> tuple[int, int]:
+    """(rows_per_chunk, rows_per_shard) for arrays of `n_rows` rows of `row_bytes` each.
+
+    Chunk rows are a power of two near CHUNK_BYTES; shard rows a multiple of chunk rows.
+    """
+    chunk = 1
+    while chunk * 2 * row_bytes <= CHUNK_BYTES and chunk * 2 <= max(n_rows, 1):
+        chunk *= 2
+    if rows_per_shard is None:
+        rows_per_shard = max(chunk, (SHARD_BYTES // max(row_bytes, 1)) // chunk * chunk)
+        rows_per_shard = min(rows_per_shard, -(-max(n_rows, 1) // chunk) * chunk)
+    if rows_per_shard < chunk or rows_per_shard % chunk:
+        # An explicit shard size wins; the chunk shrinks to a divisor of it.
+        chunk = int(np.gcd(chunk, rows_per_shard))
+    return chunk, rows_per_shard
+
+
+def create_rows_array(
+    group,
+    path: str,
+    n_rows: int,
+    row_shape: Sequence[int],
+    dtype: str | np.dtype,
+    rows_per_shard: int | None = None,
+    fill_value: Any = 0,
+):
+    """A sample-major array, sharded along rows, zstd + crc32c on every chunk."""
+    dtype = np.dtype(dtype)
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    chunk, shard = row_layout(row_bytes, n_rows, rows_per_shard)
+    return group.create_array(
+        path,
+        shape=(n_rows, *row_shape),
+        dtype=dtype,
+        chunks=(chunk, *row_shape),
+        shards=(shard, *row_shape),
+        compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        fill_value=fill_value,
+    )
+
+
+def shard_rows(array) -> int:
+    """Rows per shard (the write unit) of an array made by `create_rows_array`."""
+    return int((array.shards or array.chunks)[0])
+
+
+def shard_slices(n_rows: int, rows_per_shard: int) -> list[slice]:
+    return [slice(a, min(a + rows_per_shard, n_rows)) for a in range(0, n_rows, rows_per_shard)]
+
+
+def read_attrs(group, uri: str) -> dict[str, Any]:
+    attrs = dict(group.attrs.get(ATTR) or {})
+    if not attrs:
+        raise SatpipeError(f"{uri}: not a satpipe store (no '{ATTR}' attribute)")
+    if attrs.get("format") != FORMAT:
+        raise SatpipeError(f"{uri}: unsupported satpipe store format {attrs.get('format')!r}")
+    return attrs
+
+
+def write_attrs(group, attrs: Mapping[str, Any]) -> None:
+    group.attrs[ATTR] = dict(attrs)
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprint
+
+
+class Fingerprint:
+    """sha256 over images and labels of every split, fed row blocks in order while writing.
+
+    Images and labels are hashed in separate streams per split so the digest does not depend
+    on how rows were batched; the final digest binds split names, row counts and shapes too.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list] = {}
+
+    def update(self, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+        part = self._parts.setdefault(split, [hashlib.sha256(), hashlib.sha256(), 0, None])
+        part[0].update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+        part[1].update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+        part[2] += len(labels)
+        part[3] = tuple(images.shape[1:])
+
+    def hexdigest(self) -> str:
+        final = hashlib.sha256(b"satpipe-fingerprint-v1\n")
+        for split in sorted(self._parts):
+            img, lab, n, shape = self._parts[split]
+            line = f"{split}:{n}:{'x'.join(map(str, shape))}:{img.hexdigest()}:{lab.hexdigest()}\n"
+            final.update(line.encode())
+        return "sha256:" + final.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset stores
+
+
+@dataclass(frozen=True)
+class SplitView:
+    """Read-only arrays of one split: images (N,H,W,C) uint8, labels (N,) int64, optional
+    masks (N,H,W) uint8 (1 = object) and boxes (N,4) int32 (x0, y0, x1, y1), end exclusive."""
+
+    name: str
+    images: Any
+    labels: Any
+    masks: Any | None = None
+    boxes: Any | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    """A dataset store opened read-only; `attrs` is the `satpipe` provenance dict."""
+
+    uri: str
+    group: Any
+    attrs: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.attrs["name"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.attrs["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.attrs["classes"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.attrs["fingerprint"]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if s in self.group]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.split(self.splits[0]).images.shape[1:])
+
+    def split(self, name: str) -> SplitView:
+        if name not in self.group:
+            raise SatpipeError(f"{self.uri}: dataset has no '{name}' split (has {self.splits})")
+        g = self.group[name]
+        return SplitView(
+            name=name,
+            images=g["images"],
+            labels=g["labels"],
+            masks=g.get("masks"),
+            boxes=g.get("boxes"),
+        )
+
+
+def open_dataset(
+    uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+    require_complete: bool = True,
+) -> DatasetView:
+    """Open a dataset store read-only (local path or fsspec URL)."""
+    group = open_group(uri, "r", storage_options)
+    attrs = read_attrs(group, uri)
+    if attrs.get("kind") != "dataset":
+        raise SatpipeError(f"{uri}: is a {attrs.get('kind')} store, not a dataset store")
+    if require_complete and not attrs.get("complete"):
+        raise SatpipeError(f"{uri}: dataset store is incomplete (its writer did not finish)")
+    return DatasetView(uri=str(uri), group=group, attrs=attrs)
+
+
+class DatasetWriter:
+    """Write a dataset store row by row; `finish()` records the fingerprint and marks it complete.
+
+    Rows of each split must be written in order. They are buffered to whole shards so every
+    shard is written exactly once. Leaving the `with` block by an exception leaves the store
+    marked incomplete.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        name: str,
+        classes: Sequence[str],
+        image_shape: tuple[int, int, int],
+        split_sizes: Mapping[str, int],
+        has_masks: bool = False,
+        has_boxes: bool = False,
+        source: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        rows_per_shard: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if len(classes) < 1:
+            raise SatpipeError(f"{uri}: a dataset needs at least one class")
+        unknown = set(split_sizes) - set(SPLITS)
+        if unknown:
+            raise SatpipeError(f"{uri}: unknown split(s) {sorted(unknown)}; use {SPLITS}")
+        self.uri = str(uri)
+        self.classes = [str(c) for c in classes]
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.split_sizes = {s: int(n) for s, n in split_sizes.items()}
+        self.group = create_group(self.uri, overwrite, storage_options)
+        self._attrs = {
+            "kind": "dataset",
+            "format": FORMAT,
+            "name": name,
+            "classes": self.classes,
+            "fingerprint": None,
+            "source": dict(source or {}),
+            "created": now_iso(),
+            "satpipe_version": __version__,
+            "complete": False,
+        }
+        write_attrs(self.group, self._attrs)
+        h, w, c = self.image_shape
+        self._arrays: dict[str, dict[str, Any]] = {}
+        for split, n in self.split_sizes.items():
+            images = create_rows_array(
+                self.group, f"{split}/images", n, (h, w, c), "uint8", rows_per_shard
+            )
+            # Every array of a split shares the images' shard rows so a shard is one write unit.
+            rows = shard_rows(images)
+            arrays = {
+                "images": images,
+                "labels": create_rows_array(self.group, f"{split}/labels", n, (), "int64", rows),
+            }
+            if has_masks:
+                arrays["masks"] = create_rows_array(
+                    self.group, f"{split}/masks", n, (h, w), "uint8", rows
+                )
+            if has_boxes:
+                arrays["boxes"] = create_rows_array(
+                    self.group, f"{split}/boxes", n, (4,), "int32", rows
+                )
+            self._arrays[split] = arrays
+        self._buffers: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in self.split_sizes}
+        self._written = dict.fromkeys(self.split_sizes, 0)  # rows flushed to the store
+        self._buffered = dict.fromkeys(self.split_sizes, 0)
+        self._fingerprint = Fingerprint()
+        self._finished = False
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self._finished:
+            self.finish()
+
+    def write(
+        self,
+        split: str,
+        images: np.ndarray,
+        labels: np.ndarray,
+        masks: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+    ) -> None:
+        """Append rows: images (B,H,W,C) uint8, labels (B,), masks (B,H,W) {0,1}, boxes (B,4)."""
+        if split not in self._arrays:
+            raise SatpipeError(f"{self.uri}: no split '{split}' was declared")
+        arrays = self._arrays[split]
+        images = np.asarray(images)
+        labels = np.asarray(labels).astype(np.int64, copy=False).reshape(-1)
+        b = len(labels)
+        if images.dtype != np.uint8 or images.shape != (b, *self.image_shape):
+            raise SatpipeError(
+                f"{self.uri}: {split} images must be uint8 {(b, *self.image_shape)}, "
+                f"got {images.dtype} {images.shape}"
+            )
+        bad = (labels < 0) | (labels >= len(self.classes))
+        if bad.any():
+            raise SatpipeError(
+                f"{self.uri}: {split} label {int(labels[bad][0])} out of range "
+                f"[0, {len(self.classes)}) at row {self._buffered[split] + int(np.argmax(bad))}"
+            )
+        if self._buffered[split] + b > self.split_sizes[split]:
+            raise SatpipeError(
+                f"{self.uri}: more {split} rows than the declared {self.split_sizes[split]}"
+            )
+        block = {"images": images, "labels": labels}
+        h, w, _ = self.image_shape
+        if "masks" in arrays:
+            if masks is None:
+                raise SatpipeError(f"{self.uri}: {split} rows need masks")
+            masks = np.asarray(masks)
+            if masks.shape != (b, h, w) or not np.isin(masks, (0, 1)).all():
+                raise SatpipeError(
+                    f"{self.uri}: {split} masks must be {{0,1}} of shape {(b, h, w)}"
+                )
+            block["masks"] = masks.astype(np.uint8, copy=False)
+        if "boxes" in arrays:
+            if boxes is None:
+                raise SatpipeError(f"{self.uri}: {split} rows need boxes")
+            boxes = np.asarray(boxes).astype(np.int32, copy=False).reshape(b, 4)
+            ok = (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] <= w) & (boxes[:, 3] <= h)
+            ok &= (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])
+            if not ok.all():
+                i = int(np.argmin(ok))
+                raise SatpipeError(
+                    f"{self.uri}: {split} box {boxes[i].tolist()} at row "
+                    f"{self._buffered[split] + i} lies outside the {w}x{h} image"
+                )
+            block["boxes"] = boxes
+        self._fingerprint.update(split, images, labels)
+        for key, value in block.items():
+            self._buffers[split].setdefault(key, []).append(value)
+        self._buffered[split] += b
+        self._flush(split, final=False)
+
+    def _flush(self, split: str, final: bool) -> None:
+        arrays = self._arrays[split]
+        rows = shard_rows(arrays["images"])
+        start, end = self._written[split], self._buffered[split]
+        # Write whole shards only (and the tail at the end).
+        stop = end if final else start + (end - start) // rows * rows
+        if stop <= start:
+            return
+        merged = {k: np.concatenate(v) for k, v in self._buffers[split].items()}
+        for key, value in merged.items():
+            arrays[key][start:stop] = value[: stop - start]
+        self._buffers[split] = {k: [v[stop - start :]] for k, v in merged.items()}
+        self._written[split] = stop
+
+    def finish(self) -> str:
+        """Flush, check every declared row was written, set fingerprint and `complete` last."""
+        for split in self._arrays:
+            self._flush(split, final=True)
+            if self._written[split] != self.split_sizes[split]:
+                raise SatpipeError(
+                    f"{self.uri}: {split} has {self._written[split]} of "
+                    f"{self.split_sizes[split]} rows"
+                )
+        self._attrs["fingerprint"] = self._fingerprint.hexdigest()
+        write_attrs(self.group, self._attrs)
+        self._attrs["complete"] = True
+        write_attrs(self.group, self._attrs)
+        self._finished = True
+        return self._attrs["fingerprint"]
+
+
+def compute_fingerprint(view: DatasetView, block_rows: int = 4096) -> str:
+    """Recompute a dataset's fingerprint from its arrays (what `store verify` checks)."""
+    fp = Fingerprint()
+    for split in view.splits:
+        sv = view.split(split)
+        for a in range(0, len(sv), block_rows):
+            fp.update(split, sv.images[a : a + block_rows], sv.labels[a : a + block_rows])
+    return fp.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Saliency stores (read side; the pipeline owns writing)
+
+
+@dataclass(frozen=True)
+class SaliencyView:
+    """A saliency store opened read-only. `split(name)` is the (N,H,W,Cs) float16 array in
+    [-1, 1] (or [0, 1] for `minmax`); row i belongs to row i of the dataset split."""
+
+    uri: str
+    group: Any
+    attrs: dict[str, Any]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    @property
+    def method(self) -> str:
+        return self.attrs["method"]
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return self.attrs["dataset"]["fingerprint"]
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if s in self.group]
+
+    def split(self, name: str):
+        if name not in self.group:
+            raise SatpipeError(
+                f"{self.uri}: saliency store has no '{name}' split (has {self.splits})"
+            )
+        return self.group[name]["saliency"]
+
+    def done(self, name: str) -> np.ndarray:
+        return np.asarray(self.group[name]["done"][:])
+
+
+def open_saliency(
+    uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+    require_complete: bool = True,
+) -> SaliencyView:
+    """Open a saliency store read-only (local path or fsspec URL)."""
+    group = open_group(uri, "r", storage_options)
+    attrs = read_attrs(group, uri)
+    if attrs.get("kind") != "saliency":
+        raise SatpipeError(f"{uri}: is a {attrs.get('kind')} store, not a saliency store")
+    if require_complete and not attrs.get("complete"):
+        raise SatpipeError(f"{uri}: saliency store is incomplete (not every shard is done)")
+    return SaliencyView(uri=str(uri), group=group, attrs=attrs)
+
+
+def check_pairing(dataset: DatasetView, saliency: SaliencyView, split: str = "train") -> None:
+    """Refuse a saliency store that does not belong row for row to this dataset split."""
+    if saliency.dataset_fingerprint != dataset.fingerprint:
+        raise SatpipeError(
+            f"{saliency.uri}: made for dataset {saliency.dataset_fingerprint[:19]}…, "
+            f"but {dataset.uri} is {dataset.fingerprint[:19]}…"
+        )
+    maps, images = saliency.split(split), dataset.split(split).images
+    if maps.shape[:3] != images.shape[:3] or maps.shape[3] not in (1, images.shape[3]):
+        raise SatpipeError(
+            f"{saliency.uri}: {split}/saliency shape {tuple(maps.shape)} does not match "
+            f"images {tuple(images.shape)} of {dataset.uri}"
+        )

@@ -1,0 +1,1 @@
+"""The saliency stage: methods registry, normalisation, saliency stores and the shard runner."""

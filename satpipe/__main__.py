@@ -1,0 +1,3 @@
+from satpipe.cli import app
+
+app(prog_name="satpipe")

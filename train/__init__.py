@@ -1,0 +1,1 @@
+"""The trainer: models, perturbations, attacks, losses, variants, loop, evaluation, reports."""

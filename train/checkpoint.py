@@ -1,0 +1,103 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, loaded weights_only.
+
+Layout (format 1)::
+
+    {"satpipe": {"kind": "checkpoint", "format": 1, "version": str},
+     "model": {"arch": str, "num_classes": int, "in_channels": int, "state_dict": {...}},
+     "variant": str, "epoch": int (last finished, 0-based),
+     "config": dict, "optimizer": dict, "scheduler": dict | None, "rng": dict, "metrics": dict}
+
+Only "satpipe" and "model" are required; the trainer adds the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from satpipe import __version__
+from satpipe.errors import SatpipeError
+from satpipe.train.models import create_model
+
+FORMAT = 1
+
+
+def model_record(model: nn.Module, num_classes: int, in_channels: int) -> dict[str, Any]:
+    """The "model" entry: enough to rebuild the network without any other file."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    return {
+        "arch": model.arch,
+        "num_classes": int(num_classes),
+        "in_channels": int(in_channels),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write `state` atomically: a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"satpipe": {"kind": "checkpoint", "format": FORMAT, "version": __version__}, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load with `weights_only=True` (no code runs) and check it is a satpipe checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise SatpipeError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SatpipeError(f"{path}: not a satpipe checkpoint ({first[:160]})") from exc
+    meta = state.get("satpipe") if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or meta.get("kind") != "checkpoint":
+        raise SatpipeError(f"{path}: not a satpipe checkpoint (no 'satpipe' header)")
+    if meta.get("format") != FORMAT:
+        raise SatpipeError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    if "model" not in state:
+        raise SatpipeError(f"{path}: checkpoint has no model")
+    return state
+
+
+def build_model(record: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from a checkpoint's "model" entry."""
+    model = create_model(record["arch"], record["num_classes"], record["in_channels"])
+    model.load_state_dict(record["state_dict"])
+    return model
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode on `device`, the full checkpoint dict)."""
+    state = load_checkpoint(path)
+    model = build_model(state["model"]).to(device).eval()
+    return model, state
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
