@@ -1,0 +1,147 @@
+"""Oxford Flowers-17 (`17flowers.tgz` unpacked: `jpg/image_0001.jpg` .. `image_1360.jpg`).
+
+Images come in class order, `--per-class` (80) per class: image k (1-based) has class
+(k - 1) // 80, named Daffodil, Snowdrop, LilyValley, Bluebell, Crocus, Iris, Tigerlily,
+Tulip, Fritillary, Sunflower, Daisy, ColtsFoot, Dandelion, Cowslip, Buttercup, Windflower,
+Pansy.
+
+Splits: the official `datasplits.mat` is a MATLAB file (reading it would need scipy), so the
+split is a seeded, stratified one: `--test-fraction` (0.25, i.e. 20 of 80, the size of the
+official test sets) of each class, picked with `--seed`.
+
+Masks: `trimaps/image_XXXX.png` (`trimaps.tgz`) exist for 848 of the images. With
+`--masks-only` only those images are imported, each with its mask; otherwise no masks are
+stored. In the trimaps the flower is the dark red class, RGB (128, 0, 0) (palette index 1 of
+the VOC palette); every other colour (background, unsure border) is 0 in the stored mask.
+Default size 32 (the paper resizes Flowers-17 to 32x32).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satpipe.data.importers import register_importer
+from satpipe.data.importers.common import (
+    ResizePolicy,
+    Sample,
+    check_output,
+    decode_rgb_raw,
+    require_dir,
+    seeded_split,
+    write_samples,
+)
+from satpipe.errors import SatpipeError
+
+FLOWER_CLASSES = (
+    "Daffodil",
+    "Snowdrop",
+    "LilyValley",
+    "Bluebell",
+    "Crocus",
+    "Iris",
+    "Tigerlily",
+    "Tulip",
+    "Fritillary",
+    "Sunflower",
+    "Daisy",
+    "ColtsFoot",
+    "Dandelion",
+    "Cowslip",
+    "Buttercup",
+    "Windflower",
+    "Pansy",
+)
+FLOWER_RGB = (128, 0, 0)
+
+
+def trimap_mask(path: Path) -> np.ndarray:
+    """uint8 (H, W): 1 where the trimap is the flower colour RGB (128, 0, 0), else 0."""
+    rgb = decode_rgb_raw(path)
+    return np.all(rgb == np.array(FLOWER_RGB, dtype=np.uint8), axis=-1).astype(np.uint8)
+
+
+@register_importer("flowers17")
+def import_flowers17(
+    src: Path,
+    out: str,
+    *,
+    size: int | None = 32,
+    resize_policy: str = ResizePolicy.stretch.value,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    per_class: int = 80,
+    masks_only: bool = False,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Oxford Flowers-17 (jpg/image_NNNN.jpg, 80 per class), seeded split, trimap masks."""
+    check_output(out, overwrite, storage_options)
+    src = Path(src)
+    folder = src / "jpg" if (src / "jpg").is_dir() else src
+    numbered = []
+    for p in folder.iterdir():
+        m = re.fullmatch(r"image_(\d+)\.jpg", p.name, flags=re.IGNORECASE)
+        if m:
+            numbered.append((int(m.group(1)), p))
+    numbered.sort()
+    if not numbered:
+        raise SatpipeError(f"{folder}: no image_NNNN.jpg files (is this the 17flowers jpg/?)")
+    for want, (got, p) in enumerate(numbered, start=1):
+        if got != want:
+            raise SatpipeError(f"{p.with_name(f'image_{want:04d}.jpg')}: missing (numbering gap)")
+    if per_class < 1 or len(numbered) % per_class:
+        raise SatpipeError(
+            f"{folder}: {len(numbered)} images do not split into classes of {per_class} "
+            "(--per-class)"
+        )
+    n_classes = len(numbered) // per_class
+    if n_classes > len(FLOWER_CLASSES):
+        raise SatpipeError(
+            f"{folder}: {len(numbered)} images at {per_class} per class make {n_classes} "
+            f"classes; Flowers-17 has {len(FLOWER_CLASSES)}"
+        )
+    classes = list(FLOWER_CLASSES[:n_classes])
+    samples = [Sample(p, (k - 1) // per_class) for k, p in numbered]
+    if masks_only:
+        trimaps = require_dir(src / "trimaps", "trimaps")
+        with_mask = []
+        for s in samples:
+            t = trimaps / (s.image.stem + ".png")
+            if t.is_file():
+                with_mask.append(Sample(s.image, s.label, mask=t))
+        if not with_mask:
+            raise SatpipeError(f"{trimaps}: no trimap matches any image")
+        samples = with_mask
+    train_idx, test_idx = seeded_split([s.label for s in samples], test_fraction, seed)
+    source = {
+        "format": "flowers17",
+        "path": str(src.resolve()),
+        "split": {
+            "kind": "seeded stratified (datasplits.mat is not read)",
+            "test_fraction": test_fraction,
+            "seed": seed,
+        },
+        "per_class": per_class,
+        "masks": (
+            f"trimaps: flower = RGB {list(FLOWER_RGB)}; only images with a trimap"
+            if masks_only
+            else "none"
+        ),
+    }
+    return write_samples(
+        out,
+        name="flowers17",
+        classes=classes,
+        splits={"train": [samples[i] for i in train_idx], "test": [samples[i] for i in test_idx]},
+        size=size,
+        policy=resize_policy,
+        source=source,
+        read_mask=trimap_mask if masks_only else None,
+        overwrite=overwrite,
+        storage_options=storage_options,
+    )

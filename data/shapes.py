@@ -1,0 +1,244 @@
+"""`shapes`: the built-in synthetic dataset (no download) with true masks and boxes.
+
+Each image is one coloured shape on a textured, cluttered background. The class is the shape
+only: colour, size, position, rotation and aspect are drawn independently of it, and the
+clutter (thin lines and soft elongated blobs, in colours away from the object's) never forms a
+class shape, so a classifier has to look at the object's outline. Masks (1 = object) and
+boxes (x0, y0, x1, y1, end exclusive) are exact: they come from the same geometry that
+painted the object.
+
+Generation is vectorised numpy over blocks of `BLOCK_ROWS` rows. Every block draws from its
+own seed (`SeedSequence(seed, spawn_key=(split, 1, block))`) and labels from a per-split
+stream, so the bytes depend only on (seed, sizes, size, classes), never on how the store is
+sharded or written. Same seed -> same images, masks, boxes and fingerprint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from satpipe.data.store import DatasetWriter
+from satpipe.errors import SatpipeError
+from satpipe.progress import progress
+
+GENERATOR_VERSION = 1
+BLOCK_ROWS = 256
+SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent", "ell")
+MIN_SIZE = 16
+_SPLIT_CODES = {"train": 0, "test": 1}
+
+
+# --------------------------------------------------------------------------------------------
+# Shape geometry: inside tests on object coordinates (u, v), the shape fits the unit disk.
+
+
+def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    rho = np.hypot(u, v)
+    au, av = np.abs(u), np.abs(v)
+    if shape == "circle":
+        return rho <= 1.0
+    if shape == "square":
+        return np.maximum(au, av) <= 0.75
+    if shape == "triangle":  # equilateral, vertices on the unit circle, centroid at 0
+        return (v >= -0.5) & (v <= 1.0 - np.sqrt(3.0) * au)
+    if shape == "cross":
+        return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
+    if shape == "ring":
+        return (rho <= 1.0) & (rho >= 0.55)
+    if shape == "star":  # five points, inner radius 0.42
+        phase = (np.arctan2(v, u) * (5.0 / (2.0 * np.pi))) % 1.0
+        return rho <= 0.42 + 0.58 * np.abs(2.0 * phase - 1.0)
+    if shape == "crescent":  # the unit disk minus an offset disk
+        return (rho <= 1.0) & (np.hypot(u - 0.45, v) > 0.75)
+    if shape == "ell":
+        bar = (u >= -0.8) & (u <= -0.2) & (av <= 0.8)
+        foot = (au <= 0.8) & (v >= -0.8) & (v <= -0.2)
+        return bar | foot
+    raise SatpipeError(f"unknown shape '{shape}'; choose from {', '.join(SHAPES)}")
+
+
+def _far_colours(rng: np.random.Generator, away_from: np.ndarray, candidates: int = 4):
+    """(B, 3) colours in [0, 255]: of `candidates` uniform draws, the one farthest from
+    `away_from` (B, 3), so objects and clutter stay visible against what they cover."""
+    b = away_from.shape[0]
+    cand = rng.uniform(0.0, 255.0, (b, candidates, 3)).astype(np.float32)
+    dist = np.square(cand - away_from[:, None, :]).sum(-1)
+    return cand[np.arange(b), np.argmax(dist, axis=1)]
+
+
+def render_block(
+    rng: np.random.Generator, labels: np.ndarray, size: int, shapes: tuple[str, ...] = SHAPES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one block of images for `labels` (B,) with indices into `shapes`.
+
+    Returns images uint8 (B, size, size, 3), masks uint8 (B, size, size) in {0, 1} and boxes
+    int32 (B, 4) as (x0, y0, x1, y1), end exclusive; every mask is non-empty and inside.
+    """
+    b, s = len(labels), size
+    f32 = np.float32
+    # Pixel centres, broadcast as (1, S, S).
+    yy, xx = (g[None].astype(f32) + f32(0.5) for g in np.mgrid[0:s, 0:s])
+
+    # Background: a two-colour ramp, a coloured grating and pixel noise.
+    c0 = rng.uniform(0, 255, (b, 3)).astype(f32)
+    c1 = rng.uniform(0, 255, (b, 3)).astype(f32)
+    ang = rng.uniform(0, 2 * np.pi, b).astype(f32)[:, None, None]
+    ramp = (xx - s / 2) * np.cos(ang) + (yy - s / 2) * np.sin(ang)
+    ramp = np.clip(ramp / s + 0.5, 0.0, 1.0)[..., None]
+    img = c0[:, None, None] + (c1 - c0)[:, None, None] * ramp
+    freq = rng.uniform(1.5, 6.0, b).astype(f32)[:, None, None] * f32(2 * np.pi / s)
+    gang = rng.uniform(0, np.pi, b).astype(f32)[:, None, None]
+    phase = rng.uniform(0, 2 * np.pi, b).astype(f32)[:, None, None]
+    grating = np.sin(freq * (xx * np.cos(gang) + yy * np.sin(gang)) + phase)
+    weights = rng.uniform(-1, 1, (b, 3)).astype(f32) * rng.uniform(5, 25, (b, 1)).astype(f32)
+    img += grating[..., None] * weights[:, None, None]
+    bg_mean = img.mean(axis=(1, 2))
+
+    # Object placement first: clutter colours are chosen away from the object's colour.
+    obj = _far_colours(rng, bg_mean)
+    radius = rng.uniform(0.22 * s, 0.4 * s, b).astype(f32)
+    aspect = rng.uniform(0.85, 1.15, b).astype(f32)
+    extent = radius * np.maximum(aspect, 1 / aspect)
+    cx = rng.uniform(0, 1, b).astype(f32) * (s - 2 * extent) + extent
+    cy = rng.uniform(0, 1, b).astype(f32) * (s - 2 * extent) + extent
+    theta = rng.uniform(0, 2 * np.pi, b).astype(f32)
+
+    # Clutter: up to two thin line segments and two soft elongated blobs per image.
+    for _ in range(2):
+        colour = _far_colours(rng, obj)
+        on = rng.uniform(0, 1, b) < 0.6
+        p = rng.uniform(0, s, (b, 2)).astype(f32)
+        q = rng.uniform(0, s, (b, 2)).astype(f32)
+        width = rng.uniform(0.5, 1.2, b).astype(f32)
+        d = q - p
+        dx, dy = xx - p[:, 0, None, None], yy - p[:, 1, None, None]
+        t = (dx * d[:, 0, None, None] + dy * d[:, 1, None, None]) / np.maximum(
+            np.square(d).sum(1), 1e-6
+        )[:, None, None]
+        t = np.clip(t, 0, 1)
+        ex, ey = dx - t * d[:, 0, None, None], dy - t * d[:, 1, None, None]
+        near = ex * ex + ey * ey <= np.square(width)[:, None, None]
+        alpha = (near & on[:, None, None])[..., None]
+        img = np.where(alpha, colour[:, None, None], img)
+    for _ in range(2):
+        colour = _far_colours(rng, obj)
+        on = (rng.uniform(0, 1, b) < 0.6).astype(f32)
+        centre = rng.uniform(0, s, (b, 2)).astype(f32)
+        long_ = rng.uniform(1.5, 0.14 * s, b).astype(f32)
+        short = long_ * rng.uniform(0.2, 0.5, b).astype(f32)
+        phi = rng.uniform(0, np.pi, b).astype(f32)[:, None, None]
+        dx, dy = xx - centre[:, 0, None, None], yy - centre[:, 1, None, None]
+        a = (dx * np.cos(phi) + dy * np.sin(phi)) / long_[:, None, None]
+        c = (-dx * np.sin(phi) + dy * np.cos(phi)) / short[:, None, None]
+        alpha = (np.exp(-0.5 * (a * a + c * c)) * (0.9 * on)[:, None, None])[..., None]
+        img = img * (1 - alpha) + colour[:, None, None] * alpha
+
+    # The object: shape test in its own rotated, scaled frame; shaded and noisy.
+    dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    u = (dx * cos + dy * sin) / (radius * aspect)[:, None, None]
+    v = (-dx * sin + dy * cos) / (radius / aspect)[:, None, None]
+    masks = np.zeros((b, s, s), dtype=bool)
+    for k in np.unique(labels):
+        rows = labels == k
+        masks[rows] = _inside(shapes[int(k)], u[rows], v[rows])
+    shade = 1.0 + rng.uniform(-0.25, 0.25, b).astype(f32)[:, None, None] * u
+    painted = obj[:, None, None] * np.clip(shade, 0.6, 1.4)[..., None]
+    img = np.where(masks[..., None], painted, img)
+
+    sigma = rng.uniform(3, 10, b).astype(f32)[:, None, None, None]
+    img += rng.standard_normal((b, s, s, 3), dtype=f32) * sigma
+    images = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+    cols, rows_ = masks.any(axis=1), masks.any(axis=2)
+    x0 = np.argmax(cols, axis=1)
+    x1 = s - np.argmax(cols[:, ::-1], axis=1)
+    y0 = np.argmax(rows_, axis=1)
+    y1 = s - np.argmax(rows_[:, ::-1], axis=1)
+    boxes = np.stack([x0, y0, x1, y1], axis=1).astype(np.int32)
+    return images, masks.astype(np.uint8), boxes
+
+
+def split_labels(seed: int, split: str, n: int, classes: int) -> np.ndarray:
+    """Balanced labels (N,) int64 for a split: each class n // classes or one more times,
+    in a seeded random order."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_CODES[split], 0)))
+    return rng.permutation(np.arange(n, dtype=np.int64) % classes)
+
+
+def block_rng(seed: int, split: str, block: int) -> np.random.Generator:
+    return np.random.default_rng(
+        np.random.SeedSequence(seed, spawn_key=(_SPLIT_CODES[split], 1, block))
+    )
+
+
+def generate_split(
+    seed: int, split: str, n: int, classes: int, size: int, block_rows: int = BLOCK_ROWS
+):
+    """Yield (images, labels, masks, boxes) blocks of `block_rows` rows for one split."""
+    labels = split_labels(seed, split, n, classes)
+    for k, start in enumerate(range(0, n, block_rows)):
+        lab = labels[start : start + block_rows]
+        images, masks, boxes = render_block(block_rng(seed, split, k), lab, size)
+        yield images, lab, masks, boxes
+
+
+def make_shapes(
+    out: str,
+    *,
+    classes: int = 6,
+    n_train: int = 2000,
+    n_test: int = 500,
+    size: int = 32,
+    seed: int = 0,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Write the `shapes` dataset store to `out` (path or fsspec URL); returns `out`.
+
+    classes: 2..8, the first `classes` of circle, square, triangle, cross, ring, star,
+    crescent, ell (default 6). size: image side in pixels (>= 16, default 32). Images uint8
+    (N, size, size, 3), masks (N, size, size) in {0, 1}, boxes (N, 4) int32, end exclusive.
+    """
+    if not 2 <= classes <= len(SHAPES):
+        raise SatpipeError(f"shapes: --classes must be in 2..{len(SHAPES)}, got {classes}")
+    if size < MIN_SIZE:
+        raise SatpipeError(f"shapes: --size must be at least {MIN_SIZE}, got {size}")
+    if n_train < 1 or n_test < 0:
+        raise SatpipeError(f"shapes: need n-train >= 1 and n-test >= 0, got {n_train}, {n_test}")
+    sizes = {"train": n_train, "test": n_test}
+    sizes = {k: v for k, v in sizes.items() if v > 0}
+    source = {
+        "generator": "satpipe.data.shapes",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "size": size,
+        "classes": classes,
+        "n_train": n_train,
+        "n_test": n_test,
+        "block_rows": BLOCK_ROWS,
+    }
+    blocks = sum(-(-n // BLOCK_ROWS) for n in sizes.values())
+    with (
+        DatasetWriter(
+            str(out),
+            name="shapes",
+            classes=list(SHAPES[:classes]),
+            image_shape=(size, size, 3),
+            split_sizes=sizes,
+            has_masks=True,
+            has_boxes=True,
+            source=source,
+            overwrite=overwrite,
+            storage_options=storage_options,
+        ) as writer,
+        progress("shapes", blocks) as advance,
+    ):
+        for split, n in sizes.items():
+            for images, labels, masks, boxes in generate_split(seed, split, n, classes, size):
+                writer.write(split, images, labels, masks, boxes)
+                advance()
+    return str(out)
