@@ -1,0 +1,240 @@
+"""`satpipe bench saliency`: throughput of each method against plain forward+backward, and peak
+memory of the runner at two dataset sizes. Every figure is a ratio or a count within one run.
+
+efficiency = img/s(method) x passes_per_image / img/s(forward+backward), both measured here on
+the same model, batch size and device: 1.0 means a method costs exactly its passes, nothing
+more (SmoothGrad and IG can exceed 1 because they run bigger batches per pass).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from satpipe import __version__
+from satpipe.errors import SatpipeError
+from satpipe.pipeline.choices import BENCH_METHODS
+from satpipe.pipeline.methods import get_method
+from satpipe.pipeline.methods.base import frozen, input_leaf, target_logit_sum
+from satpipe.pipeline.runner import resolve_device
+from satpipe.progress import progress
+from satpipe.train.models import create_model
+
+DEFAULT_METHODS = BENCH_METHODS
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(fn, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], device, repeats: int) -> float:
+    """Images per second of `fn(x, y)` over `batches`: one warm-up batch, then the best of
+    `repeats` passes (the least disturbed by other work on a shared machine)."""
+    fn(*batches[0])
+    _sync(device)
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        for x, y in batches:
+            fn(x, y)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return sum(len(y) for _, y in batches) / best
+
+
+def bench_methods(
+    methods: Sequence[str] = DEFAULT_METHODS,
+    model: str = "smallcnn",
+    num_classes: int = 10,
+    size: int = 32,
+    batch_size: int = 64,
+    n_images: int = 256,
+    device: str = "auto",
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    amp: bool = True,
+    seed: int = 0,
+    repeats: int = 2,
+) -> dict[str, Any]:
+    """{"forward_backward_img_s": r, "methods": {name: {img_s, passes_per_image, efficiency}}}
+    on random (B, 3, size, size) images and an untrained `model` (speed does not depend on
+    the weights)."""
+    dev = torch.device(resolve_device(device))
+    torch.manual_seed(seed)
+    net = create_model(model, num_classes).to(dev).eval()
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    # Whole batches only, at least two (the first is also the warm-up).
+    for _ in range(max(2, -(-n_images // batch_size))):
+        x = torch.rand((batch_size, 3, size, size), generator=gen).to(dev)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(dev)
+        batches.append((x, y))
+
+    def forward_backward(x, y):
+        with frozen(net):
+            leaf = input_leaf(x)
+            return torch.autograd.grad(target_logit_sum(net(leaf), y), leaf)[0]
+
+    fb = _rate(forward_backward, batches, dev, repeats)
+    out: dict[str, Any] = {}
+    with progress("bench saliency", len(methods)) as advance:
+        for name in methods:
+            method = get_method(name, **dict((params or {}).get(name, {}))).resolve(net)
+            if not method.needs_model:
+                raise SatpipeError(f"bench: method '{name}' uses no model; nothing to time")
+            gen_dev = torch.Generator(device=dev).manual_seed(seed)
+            use_amp = amp and dev.type == "cuda"
+
+            def call(x, y, method=method, gen_dev=gen_dev, use_amp=use_amp):
+                return method(net, x, y, generator=gen_dev, amp=use_amp)
+
+            rate = _rate(call, batches, dev, repeats)
+            out[name] = {
+                "params": method.params,
+                "img_s": round(rate, 2),
+                "passes_per_image": method.passes_per_image,
+                "efficiency": round(rate * method.passes_per_image / fb, 3),
+                "amp": bool(use_amp and method.amp_safe),
+            }
+            advance(1)
+    return {"forward_backward_img_s": round(fb, 2), "methods": out}
+
+
+_RSS_SCRIPT = """
+import json, resource, sys
+from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
+cfg = json.loads(sys.argv[1])
+cfg["splits"] = tuple(cfg["splits"])
+compute_saliency(SaliencyConfig(**cfg))
+try:
+    # VmHWM: peak RSS of this process image. ru_maxrss would not do on Linux: it survives
+    # fork+exec, so it would report the (larger) parent's peak.
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+except OSError:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_rss_mb": kib / 1024}))
+"""
+
+
+def bench_peak_rss(
+    sizes: Sequence[int] = (1024, 8192),
+    method: str = "gradient",
+    model: str = "smallcnn",
+    image_size: int = 32,
+    rows_per_shard: int = 512,
+    batch_size: int = 64,
+    device: str = "auto",
+    workdir: str | None = None,
+) -> dict[str, Any]:
+    """Peak RSS (MiB) of a fresh `compute_saliency` process per dataset size.
+
+    The runner streams one shard at a time, so the peak should not grow with the dataset
+    (`growth` = peak at the largest / peak at the smallest size, ~1.0)."""
+    from satpipe.data.store import DatasetWriter
+    from satpipe.train.checkpoint import model_record, save_checkpoint
+
+    results = {}
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        torch.manual_seed(0)
+        net = create_model(model, 10)
+        ckpt = str(Path(tmp) / "model.pt")
+        save_checkpoint(ckpt, {"model": model_record(net, 10, 3)})
+        rng = np.random.default_rng(0)
+        for n in sizes:
+            data = str(Path(tmp) / f"data{n}.zarr")
+            with DatasetWriter(
+                data,
+                name=f"bench{n}",
+                classes=[str(i) for i in range(10)],
+                image_shape=(image_size, image_size, 3),
+                split_sizes={"train": n},
+                rows_per_shard=rows_per_shard,
+            ) as writer:
+                for a in range(0, n, rows_per_shard):
+                    b = min(n - a, rows_per_shard)
+                    images = rng.integers(0, 256, (b, image_size, image_size, 3), np.uint8)
+                    writer.write("train", images, rng.integers(0, 10, b))
+            cfg = {
+                "method": method,
+                "data": data,
+                "out": str(Path(tmp) / f"sal{n}.zarr"),
+                "model": ckpt,
+                "splits": ["train"],
+                "batch_size": batch_size,
+                "device": device,
+            }
+            env = {**os.environ, "SATPIPE_NO_PROGRESS": "1"}
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-c", _RSS_SCRIPT, json.dumps(cfg)],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                raise SatpipeError(f"bench: saliency run on {n} images failed: {tail}")
+            peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+            results[str(n)] = {
+                "peak_rss_mb": round(peak, 1),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "dataset_mb": round(n * image_size * image_size * 3 / 2**20, 1),
+            }
+    first, last = results[str(sizes[0])], results[str(sizes[-1])]
+    return {
+        "method": method,
+        "rows_per_shard": rows_per_shard,
+        "sizes": results,
+        "growth": round(last["peak_rss_mb"] / first["peak_rss_mb"], 3),
+    }
+
+
+def bench_saliency(
+    out: str | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    model: str = "smallcnn",
+    size: int = 32,
+    batch_size: int = 64,
+    n_images: int = 256,
+    device: str = "auto",
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    rss_sizes: Sequence[int] = (1024, 8192),
+    amp: bool = True,
+) -> dict[str, Any]:
+    """Run both benchmarks; write JSON to `out` when given. Empty `rss_sizes` skips memory."""
+    dev = resolve_device(device)
+    report: dict[str, Any] = {
+        "benchmark": "saliency",
+        "satpipe_version": __version__,
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "model": model,
+        "image_size": size,
+        "batch_size": batch_size,
+        "n_images": n_images,
+    }
+    report.update(bench_methods(methods, model, 10, size, batch_size, n_images, dev, params, amp))
+    if rss_sizes:
+        report["peak_rss"] = bench_peak_rss(
+            rss_sizes, model=model, image_size=size, batch_size=batch_size, device=dev
+        )
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,433 @@
+"""The shard runner: dataset store + source model -> saliency store, resumable, on dask or not.
+
+`compute_saliency(SaliencyConfig(...))` plans the shards of the output store, skips those
+already marked done, computes the rest (one task per shard), and marks the store complete.
+
+Determinism: each shard draws its randomness from a generator seeded by (seed, split, shard),
+never from a stream shared across shards, so the bytes of a shard do not depend on which
+worker ran it, in which order, or how many runs it took to finish the store. What does change
+the bytes is recorded in the store and checked on resume: method, params, normalisation, seed,
+source checkpoint, dataset, batch size and bf16 autocast (CPU and GPU results also differ in
+the last bits, as any floating-point computation does).
+
+Executors: in-process (default), or dask.distributed with `workers=N` (a LocalCluster of N
+single-threaded processes, or one worker per GPU; dask-cuda's LocalCUDACluster when it is
+installed) or `scheduler="tcp://..."` (an existing cluster whose workers see the same files).
+Each worker process loads the model once and keeps it in `_MODEL_CACHE` for later tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from satpipe.data.store import SPLITS, open_dataset, open_group, shard_rows
+from satpipe.errors import SatpipeError
+from satpipe.pipeline.methods import Method, get_method
+from satpipe.pipeline.normalize import Normalization, normalize
+from satpipe.pipeline.saliency_store import (
+    done_shards,
+    mark_complete,
+    open_saliency_for_write,
+    saliency_attrs,
+    shard_plan,
+    write_shard,
+)
+from satpipe.progress import progress
+from satpipe.train.checkpoint import build_model, file_sha256, load_checkpoint, load_model
+
+
+@dataclass
+class SaliencyConfig:
+    """One saliency run (what `satpipe saliency` fills in).
+
+    method/params: registry name and its parameters (see `satpipe list methods`). model: a
+    satpipe checkpoint (not needed for mask, bbox, random). data/out: dataset store in,
+    saliency store out (paths or fsspec URLs, `storage_options` for both). splits: "train"
+    and optionally "test". batch_size: images per method call. device: "auto" (CUDA when
+    present), "cpu", "cuda", "cuda:1". workers: N > 0 runs on a dask LocalCluster of N
+    workers; scheduler: address of an existing dask scheduler; neither: in-process.
+    rows_per_shard: shard size of the output (default: the dataset's). amp: bf16 autocast
+    for methods where it is safe, on CUDA only.
+    """
+
+    method: str
+    data: str
+    out: str
+    model: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    splits: tuple[str, ...] = ("train",)
+    normalization: str = "signed-maxabs"
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+    workers: int | None = None
+    scheduler: str | None = None
+    overwrite: bool = False
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    rows_per_shard: int | None = None
+    amp: bool = True
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs to compute one shard (plain data, pickles cheaply)."""
+
+    data: str
+    out: str
+    storage_options: dict[str, Any]
+    split: str
+    shard: int
+    start: int
+    stop: int
+    method: str
+    params: dict[str, Any]
+    normalization: str
+    seed: int
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    device: str
+    batch_size: int
+    amp: bool
+    torch_threads: int | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side
+
+
+# (checkpoint sha256, device) -> model; lives as long as the worker process.
+_MODEL_CACHE: dict[tuple[str, str], nn.Module] = {}
+_MODEL_CACHE_SIZE = 2
+# Tasks sharing a process (a joined cluster may run several threads per worker) take turns:
+# the cached model is shared, and Guided Backprop hooks and `frozen` flags are per model.
+_COMPUTE_LOCK = threading.Lock()
+
+
+def shard_seed(seed: int, split: str, shard: int) -> int:
+    """A 63-bit seed for (seed, split, shard), independent across shards (SeedSequence)."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(SPLITS.index(split), int(shard)))
+    hi, lo = (int(v) for v in ss.generate_state(2, np.uint32))
+    return ((hi << 32) | lo) & ((1 << 63) - 1)
+
+
+def cached_model(path: str, sha256: str, device: str) -> nn.Module:
+    """The checkpoint's model on `device`, loaded once per process (checked against sha256)."""
+    key = (sha256, device)
+    if key not in _MODEL_CACHE:
+        found = file_sha256(path)
+        if found != sha256:
+            raise SatpipeError(f"{path}: checkpoint changed during the run (sha256 {found[:12]})")
+        model, _ = load_model(path, device)
+        if torch.device(device).type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        while len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:
+            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+        _MODEL_CACHE[key] = model
+    return _MODEL_CACHE[key]
+
+
+def _worker_device(device: str) -> str:
+    """Spread dask workers over GPUs when nothing else (dask-cuda) pinned one per worker."""
+    if device != "cuda" or torch.cuda.device_count() < 2:
+        return device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return device
+    return f"cuda:{int(name) % torch.cuda.device_count()}" if str(name).isdigit() else device
+
+
+def images_to_tensor(images: np.ndarray, device: str) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1] on `device` (channels_last on GPU).
+
+    The uint8 copy travels to the device, not the 4x larger float one."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255)
+    if x.device.type == "cuda":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
+def run_shard(task: ShardTask) -> tuple[str, int]:
+    """Compute, normalise and write the maps of one shard, then mark it done: (split, shard)."""
+    if task.torch_threads and torch.get_num_threads() != task.torch_threads:
+        torch.set_num_threads(task.torch_threads)
+    with _COMPUTE_LOCK:
+        return _run_shard_locked(task)
+
+
+def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
+    device = _worker_device(task.device)
+    method = get_method(task.method, **task.params)
+    model = None
+    if method.needs_model:
+        model = cached_model(task.checkpoint, task.checkpoint_sha256, device)
+    split = open_dataset(task.data, task.storage_options).split(task.split)
+    rows = slice(task.start, task.stop)
+    images = np.asarray(split.images[rows])
+    labels = np.asarray(split.labels[rows])
+    extras = {name: np.asarray(getattr(split, name)[rows]) for name in method.requires}
+    n, h, w, c = images.shape
+    generator = torch.Generator(device=device).manual_seed(
+        shard_seed(task.seed, task.split, task.shard)
+    )
+    out = np.empty((n, h, w, method.out_channels(c)), np.float16)
+    for a in range(0, n, task.batch_size):
+        b = min(a + task.batch_size, n)
+        if method.requires:
+            raw = method.from_rows(
+                **{k: v[a:b] for k, v in extras.items()}, size=(h, w), device=device
+            )
+        else:
+            x = images_to_tensor(images[a:b], device)
+            y = torch.from_numpy(labels[a:b]).to(device)
+            raw = method(model, x, y, generator=generator, amp=task.amp)
+        bad = ~torch.isfinite(raw).flatten(1).all(dim=1)
+        if bool(bad.any()):
+            which = (torch.nonzero(bad).flatten().cpu().numpy() + task.start + a).tolist()
+            shown = ", ".join(map(str, which[:10])) + (" ..." if len(which) > 10 else "")
+            raise SatpipeError(
+                f"{task.out}: method {task.method} gave NaN/Inf maps for {task.split} rows "
+                f"{shown} of {task.data}; nothing written for that shard"
+            )
+        maps = normalize(raw, task.normalization)
+        out[a:b] = maps.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+    write_shard(open_group(task.out, "r+", task.storage_options), task.split, task.shard, out)
+    return task.split, task.shard
+
+
+# --------------------------------------------------------------------------------------------
+# Driver side
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise SatpipeError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SatpipeError(f"device '{device}' requested but CUDA is not available")
+    return device
+
+
+def _source_model(config: SaliencyConfig, method: Method) -> tuple[dict, nn.Module | None]:
+    """(source_model provenance, the model on CPU for checks) from the checkpoint."""
+    if not method.needs_model:
+        return {"arch": None, "checkpoint_sha256": None, "variant": None}, None
+    if not config.model:
+        raise SatpipeError(f"method '{method.name}' needs a source model (pass --model CKPT)")
+    state = load_checkpoint(config.model)
+    try:
+        model = build_model(state["model"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise SatpipeError(f"{config.model}: cannot rebuild the model ({exc})") from exc
+    record = state["model"]
+    source = {
+        "arch": record["arch"],
+        "checkpoint_sha256": file_sha256(config.model),
+        "variant": state.get("variant"),
+    }
+    return source, model
+
+
+def _check_inputs(config: SaliencyConfig, dataset, method: Method, model) -> None:
+    unknown = [s for s in config.splits if s not in SPLITS]
+    if unknown or not config.splits:
+        raise SatpipeError(f"--splits must name some of {', '.join(SPLITS)}, got {unknown}")
+    if config.batch_size < 1:
+        raise SatpipeError(f"--batch-size must be >= 1, got {config.batch_size}")
+    if config.seed < 0:
+        raise SatpipeError(f"--seed must be >= 0, got {config.seed}")
+    try:
+        Normalization(config.normalization)
+    except ValueError:
+        valid = ", ".join(n.value for n in Normalization)
+        raise SatpipeError(
+            f"unknown normalization '{config.normalization}'; choose one of {valid}"
+        ) from None
+    for split in config.splits:
+        view = dataset.split(split)
+        for name in method.requires:
+            if getattr(view, name) is None:
+                raise SatpipeError(
+                    f"{config.data}: method '{method.name}' needs {split}/{name}, "
+                    "which this dataset does not have"
+                )
+    if model is not None:
+        record_c = dataset.image_shape[2]
+        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        if first.in_channels != record_c:
+            raise SatpipeError(
+                f"{config.model}: model takes {first.in_channels} channels, "
+                f"{config.data} has {record_c}"
+            )
+        n_out = model.fc.out_features if hasattr(model, "fc") else None
+        if n_out is not None and n_out < dataset.num_classes:
+            raise SatpipeError(
+                f"{config.model}: model has {n_out} classes, {config.data} has "
+                f"{dataset.num_classes}"
+            )
+
+
+def compute_saliency(
+    config: SaliencyConfig,
+    on_shard_done: Callable[[str, int], None] | None = None,
+) -> str:
+    """Fill the saliency store `config.out`; returns its URI once it is marked complete.
+
+    on_shard_done(split, shard) is called in this process after each shard is written and
+    marked done (tests use it to interrupt a run).
+    """
+    so = dict(config.storage_options or {})
+    method = get_method(config.method, **dict(config.params or {}))
+    dataset = open_dataset(config.data, so)
+    source, model = _source_model(config, method)
+    _check_inputs(config, dataset, method, model)
+    method = method.resolve(model)
+    del model  # workers load their own copy on their device
+    device = resolve_device(config.device)
+    # bf16 autocast only on CUDA and only for methods shown to agree with fp32.
+    on_cuda = torch.device(device).type == "cuda"
+    amp = bool(config.amp and on_cuda and method.amp_safe and method.needs_model)
+
+    shapes, rows_per_shard = {}, {}
+    for split in config.splits:
+        images = dataset.split(split).images
+        n, h, w, c = images.shape
+        shapes[split] = (n, h, w, method.out_channels(c))
+        rows_per_shard[split] = config.rows_per_shard or shard_rows(images)
+    attrs = saliency_attrs(
+        method=method.name,
+        params=method.params,
+        normalization=Normalization(config.normalization).value,
+        seed=config.seed,
+        source_model=source,
+        dataset={"uri": str(config.data), "fingerprint": dataset.fingerprint},
+        splits=shapes,
+        compute={"batch_size": config.batch_size, "amp": amp},
+    )
+    group, found = open_saliency_for_write(config.out, attrs, rows_per_shard, config.overwrite, so)
+    if found.get("complete"):
+        return str(config.out)
+
+    tasks, total = [], 0
+    for split in config.splits:
+        plan, done = shard_plan(group, split), done_shards(group, split)
+        total += len(plan)
+        for k, rows in enumerate(plan):
+            if not done[k]:
+                tasks.append(
+                    ShardTask(
+                        data=str(config.data),
+                        out=str(config.out),
+                        storage_options=so,
+                        split=split,
+                        shard=k,
+                        start=rows.start,
+                        stop=rows.stop,
+                        method=method.name,
+                        params=method.params,
+                        normalization=attrs["normalization"],
+                        seed=config.seed,
+                        checkpoint=str(config.model) if method.needs_model else None,
+                        checkpoint_sha256=source["checkpoint_sha256"],
+                        device=device,
+                        batch_size=config.batch_size,
+                        amp=amp,
+                    )
+                )
+    with progress(f"saliency {method.name}", total) as advance:
+        advance(total - len(tasks))
+
+        def finished(result: tuple[str, int]) -> None:
+            advance(1)
+            if on_shard_done is not None:
+                on_shard_done(*result)
+
+        if config.scheduler or config.workers:
+            _run_dask(tasks, finished, config.workers, config.scheduler, device)
+        else:
+            for task in tasks:
+                finished(run_shard(task))
+    mark_complete(group, str(config.out))
+    return str(config.out)
+
+
+def _run_dask(
+    tasks: list[ShardTask],
+    finished: Callable[[tuple[str, int]], None],
+    workers: int | None,
+    scheduler: str | None,
+    device: str,
+) -> None:
+    """One dask task per shard; results are handled here as they complete."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:  # pragma: no cover - dask[distributed] is a dependency
+        raise SatpipeError("--workers/--scheduler need dask.distributed installed") from exc
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise SatpipeError(f"cannot reach dask scheduler {scheduler} ({exc})") from exc
+    else:
+        if workers is None or workers < 1:
+            raise SatpipeError(f"--workers must be >= 1, got {workers}")
+        cluster, threads = _local_cluster(workers, device)
+        tasks = [dataclasses.replace(t, torch_threads=threads) for t in tasks]
+        client = Client(cluster)
+    try:
+        token = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(run_shard, t, key=f"saliency-{t.split}-{t.shard}-{token}", pure=False)
+            for t in tasks
+        ]
+        for future in as_completed(futures):
+            finished(future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _local_cluster(workers: int, device: str) -> tuple[Any, int | None]:
+    """(cluster, torch threads per worker): processes with one dask thread each; on GPUs one
+    worker per GPU (dask-cuda pins each to its own device when installed)."""
+    from distributed import LocalCluster
+
+    if torch.device(device).type == "cuda":
+        gpus = torch.cuda.device_count()
+        n = max(1, min(workers, gpus))
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            return LocalCUDACluster(n_workers=n, threads_per_worker=1), None
+        except ImportError:
+            pass
+        return _cpu_cluster(LocalCluster, n), None
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return _cpu_cluster(LocalCluster, workers), threads
+
+
+def _cpu_cluster(cls, n: int):
+    return cls(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+    )

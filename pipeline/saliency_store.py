@@ -1,0 +1,231 @@
+"""Write side of saliency stores (DESIGN.md, "Stores"); readers use satpipe.data.store.
+
+Layout: `<split>/saliency` float16 (N, H, W, Cs) sharded along rows (a shard is the unit one
+worker writes), `<split>/done` uint8 (n_shards,) with chunk size 1 (the resume marker: shard k
+is marked 1 only after all its rows are written), and the group attribute `satpipe` with the
+provenance. `complete` is set last, after every `done` is 1.
+
+Opening a store for writing either creates it or, when it exists, checks that it was made for
+the same dataset, method, params, normalisation, seed, source model and compute settings, so a
+resumed run can only add shards that belong with the ones already there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.errors
+from zarr.codecs import Crc32cCodec
+
+from satpipe import __version__
+from satpipe.data.store import (
+    FORMAT,
+    create_group,
+    create_rows_array,
+    now_iso,
+    open_group,
+    shard_rows,
+    shard_slices,
+    store_exists,
+    write_attrs,
+)
+from satpipe.errors import SatpipeError
+
+ATTR = "satpipe"
+# How long a run waits for a store another process is creating to get its attributes.
+CREATION_WAIT_S = 30.0
+# Keys that must match for a run to continue an existing store (everything but timestamps).
+IDENTITY = (
+    "method",
+    "params",
+    "normalization",
+    "seed",
+    "source_model",
+    "dataset",
+    "compute",
+    "splits",
+)
+
+
+def saliency_attrs(
+    *,
+    method: str,
+    params: Mapping[str, Any],
+    normalization: str,
+    seed: int,
+    source_model: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    splits: Mapping[str, Sequence[int]],
+    compute: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `satpipe` attribute of a new saliency store (complete=False).
+
+    source_model: {arch, checkpoint_sha256, variant} (None values for model-free methods);
+    dataset: {uri, fingerprint}; splits: {split: (N, H, W, Cs)}; compute: settings that change
+    the bytes (batch size, bf16 autocast), recorded so a resume cannot silently mix them.
+    """
+    return {
+        "kind": "saliency",
+        "format": FORMAT,
+        "method": method,
+        "params": dict(params),
+        "normalization": normalization,
+        "seed": int(seed),
+        "source_model": dict(source_model),
+        "dataset": dict(dataset),
+        "splits": {k: [int(v) for v in shape] for k, shape in splits.items()},
+        "compute": dict(compute or {}),
+        "complete": False,
+        "created": now_iso(),
+        "satpipe_version": __version__,
+    }
+
+
+def create_saliency_store(
+    uri: str,
+    attrs: Mapping[str, Any],
+    rows_per_shard: Mapping[str, int],
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+):
+    """Create the group, the `saliency` and `done` arrays of each split, then the attrs."""
+    group = create_group(uri, overwrite, storage_options)
+    for split, (n, h, w, cs) in attrs["splits"].items():
+        maps = create_rows_array(
+            group, f"{split}/saliency", n, (h, w, cs), "float16", rows_per_shard[split]
+        )
+        n_shards = len(shard_slices(n, shard_rows(maps)))
+        # One chunk per shard: each worker writes only its own marker object.
+        group.create_array(
+            f"{split}/done",
+            shape=(n_shards,),
+            dtype="uint8",
+            chunks=(1,),
+            compressors=[Crc32cCodec()],
+            fill_value=0,
+        )
+    # Attributes last: a store without them is not mistaken for one that can be resumed.
+    write_attrs(group, attrs)
+    return group
+
+
+def open_saliency_for_write(
+    uri: str,
+    attrs: Mapping[str, Any],
+    rows_per_shard: Mapping[str, int],
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """(group, attrs in the store): a new store, or an existing one made for the same run.
+
+    An existing store for another dataset/method/params/normalisation/seed/source/compute is a
+    SatpipeError unless `overwrite` (then it is replaced).
+    """
+    if overwrite or not store_exists(uri, storage_options):
+        try:
+            group = create_saliency_store(uri, attrs, rows_per_shard, overwrite, storage_options)
+            return group, dict(attrs)
+        except (SatpipeError, zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
+            # Another process created it between our check and our create: join its store.
+            if overwrite or not store_exists(uri, storage_options):
+                raise
+    group, found = _open_when_attributed(uri, storage_options)
+    if found.get("kind") != "saliency" or found.get("format") != FORMAT:
+        what = found.get("kind") or "non-satpipe"
+        raise SatpipeError(
+            f"{uri}: exists and is a {what} store, not a saliency store "
+            "(pass --overwrite to replace it)"
+        )
+    wanted = _jsonish(attrs)
+    found_j = _jsonish(found)
+    # The dataset is identified by its fingerprint; it may have moved since the first run.
+    for j in (wanted, found_j):
+        j["dataset"] = (j.get("dataset") or {}).get("fingerprint")
+    for key in IDENTITY:
+        if found_j.get(key) != wanted.get(key):
+            raise SatpipeError(
+                f"{uri}: exists with {key}={_short(found_j.get(key))}, this run has "
+                f"{key}={_short(wanted.get(key))} (pass --overwrite to replace it)"
+            )
+    for split in attrs["splits"]:
+        maps = group[f"{split}/saliency"]
+        if shard_rows(maps) != rows_per_shard[split]:
+            raise SatpipeError(
+                f"{uri}: {split} shards hold {shard_rows(maps)} rows, this run wants "
+                f"{rows_per_shard[split]} (pass --overwrite to replace it)"
+            )
+    return group, found
+
+
+def _open_when_attributed(
+    uri: str, storage_options: Mapping[str, Any] | None, timeout_s: float = CREATION_WAIT_S
+) -> tuple[Any, dict[str, Any]]:
+    """(group, attrs) of an existing store. One without attrs yet is being created by another
+    process (attrs are written last), so wait for them, up to `timeout_s`, before calling it
+    foreign."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            group = open_group(uri, "r+", storage_options)
+        except SatpipeError:
+            # The group's own metadata may not be written yet either.
+            if time.monotonic() > deadline:
+                raise
+            group = None
+        found = dict(group.attrs.get(ATTR) or {}) if group is not None else {}
+        if found or (group is not None and time.monotonic() > deadline):
+            return group, found
+        time.sleep(0.2)
+
+
+def shard_plan(group, split: str) -> list[slice]:
+    """Row slices of the shards of `split` (shard k = slice k)."""
+    maps = group[f"{split}/saliency"]
+    return shard_slices(int(maps.shape[0]), shard_rows(maps))
+
+
+def done_shards(group, split: str) -> np.ndarray:
+    """uint8 (n_shards,): 1 where the shard is fully written."""
+    return np.asarray(group[f"{split}/done"][:])
+
+
+def write_shard(group, split: str, k: int, maps: np.ndarray) -> None:
+    """Write the float16 (rows, H, W, Cs) maps of shard k, then mark it done (in that order)."""
+    rows = shard_plan(group, split)[k]
+    arr = group[f"{split}/saliency"]
+    expected = (rows.stop - rows.start, *arr.shape[1:])
+    if maps.shape != expected:
+        raise SatpipeError(f"{split} shard {k}: maps {maps.shape}, expected {expected}")
+    arr[rows] = maps.astype(np.float16, copy=False)
+    group[f"{split}/done"][k] = 1
+
+
+def mark_complete(group, uri: str) -> dict[str, Any]:
+    """Set `complete` once every shard of every split is done; returns the attrs."""
+    attrs = dict(group.attrs[ATTR])
+    for split in attrs["splits"]:
+        done = done_shards(group, split)
+        if not done.all():
+            missing = np.flatnonzero(done == 0).tolist()
+            raise SatpipeError(f"{uri}: {split} shards {missing[:10]} are not done")
+    attrs["complete"] = True
+    write_attrs(group, attrs)
+    return attrs
+
+
+def _jsonish(value: Any) -> Any:
+    """Tuples -> lists and so on, as the attrs read back from zarr.json."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonish(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonish(v) for v in value]
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 90 else text[:87] + "..."
