@@ -1,0 +1,348 @@
+"""(image, saliency, label) batches on the training device: resident or streaming.
+
+    loader = make_loader("D.zarr", "train", "S.zarr", batch_size=128, augment=True, device="cuda")
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, s, y in loader:   # x (B,C,H,W) f32 in [0,1], s (B,Cs,H,W) f32 or None, y (B,) i64
+            ...
+
+Resident mode (the split fits `memory_budget_bytes`): images (uint8) and maps (float16) are
+loaded once onto the device; each epoch is a permutation and index_select on the device, as in
+airbench. Streaming mode: whole shards are read by threads (`satpipe.data.streaming`), shard
+order is shuffled per epoch, rows are shuffled within a window of a few shards.
+
+Order is a function of (seed, epoch, rank) only. Under `world_size > 1` every rank gets the same
+number of rows per epoch, disjoint from the other ranks' rows:
+- resident: the epoch permutation is strided, `perm[rank::world_size]`;
+- streaming: the epoch's shard sequence is cut into `world_size` equal contiguous blocks of rows
+  (whole shards except at block edges), so ranks read disjoint shards and stay balanced even when
+  shards differ in size.
+When the split does not divide evenly, `drop_last=False` pads every rank to ceil(N / world_size)
+rows by wrapping around to the start of the epoch sequence (at most world_size - 1 rows are
+seen twice, as torch's DistributedSampler does); `drop_last=True` drops the tail to
+floor(N / world_size) rows per rank and drops each rank's last partial batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import closing
+from typing import Any
+
+import numpy as np
+import torch
+
+from satpipe.data.augment import crop_flip, draw_crop_flip
+from satpipe.data.store import (
+    DatasetView,
+    SaliencyView,
+    check_pairing,
+    open_dataset,
+    open_saliency,
+    shard_rows,
+    shard_slices,
+)
+from satpipe.data.streaming import ShardReader, StreamStats, plan_segments, stream_batches
+from satpipe.errors import SatpipeError
+from satpipe.progress import progress
+
+MODES = ("auto", "resident", "streaming")
+CPU_BUDGET_BYTES = 2 << 30  # resident on CPU up to 2 GiB (and at most 25% of free RAM)
+CUDA_BUDGET_FRACTION = 0.25  # resident on CUDA up to 25% of free device memory
+
+# Purposes of the seeded streams drawn per epoch (kept apart so one never shifts another).
+_ORDER, _AUGMENT, _WINDOW = 0, 1, 2
+
+
+def epoch_seed(seed: int, epoch: int, purpose: int, rank: int = 0) -> int:
+    """A 63-bit seed for one (seed, epoch, purpose, rank); stable across runs and platforms."""
+    state = np.random.SeedSequence([seed, epoch, purpose, rank]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def _generator(seed: int, epoch: int, purpose: int, rank: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, purpose, rank))
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes the resident copy may take: 25% of free CUDA memory, or min(2 GiB, 25% free RAM)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_BUDGET_FRACTION)
+    import psutil
+
+    return int(min(CPU_BUDGET_BYTES, psutil.virtual_memory().available // 4))
+
+
+def rows_per_rank(n: int, world_size: int, drop_last: bool) -> int:
+    """Rows each rank sees per epoch: ceil(N/W) (padded) or floor(N/W) (tail dropped)."""
+    return n // world_size if drop_last else -(-n // world_size)
+
+
+class PairLoader:
+    """Iterable of (x, s, y) batches for one split; see the module docstring for modes and order.
+
+    Attributes: mode ("resident"|"streaming"), num_classes, image_shape (H, W, C), num_rows
+    (rows of the split), rows_per_epoch (rows this rank sees per epoch), saliency_channels
+    (Cs or None), dataset (DatasetView), saliency_view (SaliencyView or None), stats
+    (StreamStats of the last streaming epoch).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetView,
+        split: str,
+        saliency_view: SaliencyView | None,
+        *,
+        mode: str,
+        batch_size: int,
+        shuffle: bool,
+        augment: bool,
+        seed: int,
+        device: torch.device,
+        drop_last: bool,
+        rank: int,
+        world_size: int,
+        storage_options: Mapping[str, Any] | None,
+        buffer_shards: int = 4,
+        prefetch_shards: int = 4,
+        io_threads: int = 4,
+    ) -> None:
+        self.dataset = dataset
+        self.split = split
+        self.saliency_view = saliency_view
+        self.mode = mode
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.device = device
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.storage_options = dict(storage_options or {})
+        self.buffer_shards = buffer_shards
+        self.prefetch_shards = prefetch_shards
+        self.io_threads = io_threads
+        self.epoch = 0
+        self.stats = StreamStats()
+
+        sv = dataset.split(split)
+        self._images_array = sv.images
+        self.num_rows = len(sv)
+        self.num_classes = dataset.num_classes
+        self.image_shape = tuple(int(v) for v in sv.images.shape[1:])
+        maps = saliency_view.split(split) if saliency_view is not None else None
+        self.saliency_channels = int(maps.shape[3]) if maps is not None else None
+        self.rows_per_epoch = rows_per_rank(self.num_rows, world_size, drop_last)
+        self._resident: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+        if mode == "resident":
+            self._resident = self._load_resident()
+
+    # ---- common --------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration follows (order = f(seed, epoch))."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.rows_per_epoch // self.batch_size
+        return math.ceil(self.rows_per_epoch / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        batches = self._resident_batches() if self.mode == "resident" else self._stream()
+        params = None
+        if self.augment:
+            # One draw per epoch and rank, sliced per batch: identical on any device.
+            gen = _generator(self.seed, self.epoch, _AUGMENT, self.rank)
+            params = draw_crop_flip(self.rows_per_epoch, gen).to(self.device)
+        offset = 0
+        with closing(batches):  # an abandoned epoch stops its reader threads at once
+            for images, maps, labels in batches:
+                b = len(labels)
+                if params is not None:
+                    images, maps = crop_flip([images, maps], params[offset : offset + b])
+                offset += b
+                # NHWC uint8 -> NCHW float32 in [0, 1]; permute while still one byte per value.
+                x = images.permute(0, 3, 1, 2).contiguous().float().div_(255)
+                s = None if maps is None else maps.permute(0, 3, 1, 2).contiguous().float()
+                yield x, s, labels
+
+    # ---- resident ------------------------------------------------------------------------
+
+    def _load_resident(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        reader = ShardReader(
+            self.dataset.uri,
+            self.saliency_view.uri if self.saliency_view is not None else None,
+            self.split,
+            self.storage_options,
+        )
+        slices = shard_slices(self.num_rows, shard_rows(self._images_array))
+        h, w, c = self.image_shape
+        images = torch.empty((self.num_rows, h, w, c), dtype=torch.uint8, device=self.device)
+        labels = torch.empty((self.num_rows,), dtype=torch.int64, device=self.device)
+        maps = None
+        if self.saliency_channels is not None:
+            shape = (self.num_rows, h, w, self.saliency_channels)
+            maps = torch.empty(shape, dtype=torch.float16, device=self.device)
+        with progress(f"loading {self.split} onto {self.device}", len(slices)) as advance:
+            for sl in slices:
+                x, s, y = reader.read(sl.start, sl.stop)
+                images[sl] = torch.from_numpy(x)
+                labels[sl] = torch.from_numpy(y)
+                if maps is not None:
+                    maps[sl] = torch.from_numpy(s)
+                advance()
+        return images, maps, labels
+
+    def _resident_order(self) -> torch.Tensor:
+        n, world = self.num_rows, self.world_size
+        if self.shuffle:
+            perm = torch.randperm(n, generator=_generator(self.seed, self.epoch, _ORDER))
+        else:
+            perm = torch.arange(n)
+        total = self.rows_per_epoch * world
+        if total > n:  # pad by wrapping around (repeat if the split is tiny)
+            perm = perm.repeat(-(-total // n))
+        return perm[:total][self.rank :: world]
+
+    def _resident_batches(self):
+        images, maps, labels = self._resident
+        order = self._resident_order().to(self.device)
+        b = self.batch_size
+        for i in range(len(self)):
+            idx = order[i * b : (i + 1) * b]
+            yield images[idx], None if maps is None else maps[idx], labels[idx]
+
+    # ---- streaming -----------------------------------------------------------------------
+
+    def epoch_segments(self) -> list[tuple[int, int]]:
+        """Row ranges this rank reads this epoch, in reading order (before window shuffles)."""
+        slices = shard_slices(self.num_rows, shard_rows(self._images_array))
+        if self.shuffle:
+            gen = _generator(self.seed, self.epoch, _ORDER)
+            slices = [slices[int(k)] for k in torch.randperm(len(slices), generator=gen)]
+        start = self.rank * self.rows_per_epoch
+        return plan_segments(slices, start, start + self.rows_per_epoch)
+
+    def _stream(self):
+        reader = ShardReader(
+            self.dataset.uri,
+            self.saliency_view.uri if self.saliency_view is not None else None,
+            self.split,
+            self.storage_options,
+        )
+        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, _WINDOW, self.rank))
+        self.stats = StreamStats()
+        batches = stream_batches(
+            reader,
+            self.epoch_segments(),
+            self.batch_size,
+            drop_last=self.drop_last,
+            shuffle=self.shuffle,
+            generator=rng,
+            buffer_shards=self.buffer_shards,
+            prefetch_shards=self.prefetch_shards,
+            io_threads=self.io_threads,
+            pin_memory=self.device.type == "cuda",
+            stats=self.stats,
+        )
+        with closing(batches):
+            for images, maps, labels in batches:
+                yield (
+                    images.to(self.device, non_blocking=True),
+                    None if maps is None else maps.to(self.device, non_blocking=True),
+                    labels.to(self.device, non_blocking=True),
+                )
+
+
+def resident_bytes(dataset: DatasetView, split: str, saliency: SaliencyView | None) -> int:
+    """Device bytes of a resident split: uint8 images, float16 maps, int64 labels."""
+    images = dataset.split(split).images
+    n = int(images.shape[0])
+    total = int(np.prod(images.shape)) + 8 * n
+    if saliency is not None:
+        total += 2 * int(np.prod(saliency.split(split).shape))
+    return total
+
+
+def _check_saliency_done(view: SaliencyView, split: str) -> None:
+    if split in view.group and "done" in view.group[split]:
+        done = view.done(split)
+        if not done.all():
+            raise SatpipeError(
+                f"{view.uri}: saliency store is incomplete ({int(done.sum())} of {len(done)} "
+                f"{split} shards done)"
+            )
+
+
+def make_loader(
+    dataset: str,
+    split: str = "train",
+    saliency: str | None = None,
+    *,
+    batch_size: int = 128,
+    shuffle: bool = True,
+    augment: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    mode: str = "auto",
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    storage_options: Mapping[str, Any] | None = None,
+    memory_budget_bytes: int | None = None,
+    buffer_shards: int = 4,
+    prefetch_shards: int = 4,
+    io_threads: int = 4,
+) -> PairLoader:
+    """Open `dataset` (and `saliency`, checked complete and paired row for row) as a PairLoader.
+
+    Batches: x float32 (B, C, H, W) in [0, 1], s float32 (B, Cs, H, W) as stored (Cs = 1 or C)
+    or None, y int64 (B,), all on `device`. `augment` applies RandomCrop(pad 4) + horizontal
+    flip jointly to image and map. `mode="auto"` goes resident when the split fits
+    `memory_budget_bytes` (default: 25% of free CUDA memory, or min(2 GiB, 25% of free RAM)).
+    Streaming keeps at most `prefetch_shards + buffer_shards` shards in memory, read by
+    `io_threads` threads.
+    """
+    if mode not in MODES:
+        raise SatpipeError(f"unknown loader mode '{mode}'; choose one of {', '.join(MODES)}")
+    if batch_size < 1:
+        raise SatpipeError(f"batch size must be at least 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise SatpipeError(f"rank {rank} is not in [0, world size {world_size})")
+    device = torch.device(device)
+    view = open_dataset(dataset, storage_options, require_complete=True)
+    view.split(split)  # a missing split is a one-line error here, not deep in a thread
+    sal = None
+    if saliency is not None:
+        sal = open_saliency(saliency, storage_options, require_complete=True)
+        _check_saliency_done(sal, split)
+        check_pairing(view, sal, split)
+    if len(view.split(split)) == 0:
+        raise SatpipeError(f"{dataset}: split '{split}' has no rows")
+    if mode == "auto":
+        budget = memory_budget_bytes
+        if budget is None:
+            budget = default_budget(device)
+        mode = "resident" if resident_bytes(view, split, sal) <= budget else "streaming"
+    return PairLoader(
+        view,
+        split,
+        sal,
+        mode=mode,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        augment=augment,
+        seed=seed,
+        device=device,
+        drop_last=drop_last,
+        rank=rank,
+        world_size=world_size,
+        storage_options=storage_options,
+        buffer_shards=buffer_shards,
+        prefetch_shards=prefetch_shards,
+        io_threads=io_threads,
+    )
