@@ -1,0 +1,159 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from satpipe.cli import app
+from satpipe.data.loader import make_loader
+from satpipe.errors import SatpipeError
+from satpipe.train import checkpoint
+from satpipe.train.config import TrainConfig
+from satpipe.train.evaluate import evaluate, failed_checks, robustness, sanity_checks
+from satpipe.train.trainer import train
+from tests.conftest import write_colour_dataset
+
+# The colour task resists small eps; these make the attacks bite. Step 10/255 x 5 steps can
+# reach the edge of every ball (with fewer, PGD is rightly flagged as weaker than FGSM).
+GRID = (0, 16, 48)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = write_colour_dataset(root / "colour.zarr", n_train=64, n_test=32)
+    run = train(
+        TrainConfig(
+            variant="original",
+            data=data,
+            out=str(root / "run"),
+            model="smallcnn",
+            epochs=3,
+            batch_size=16,
+            augment=False,
+            device="cpu",
+        )
+    )
+    return run, data
+
+
+class Quantized(nn.Module):
+    """Gradient masking by construction: rounding the input has zero gradient everywhere."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 8) / 8)
+
+
+def test_trained_model_passes_the_sanity_checks(trained_run):
+    run, data = trained_run
+    results = evaluate(
+        run, eps=GRID, steps=5, step_size=10, seeds=(0, 1), batch_size=16, device="cpu", strict=True
+    )
+    assert results["checks_passed"], results["checks"]
+    assert results["clean"] >= 75.0
+    assert results["pgd"]["0"] == results["clean"] == results["fgsm"]["0"]
+    assert results["pgd"]["48"] < results["clean"] - 20  # the attack really attacks
+    assert len(results["pgd_per_seed"]["16"]) == 2
+    assert results["pgd_large"] <= 30.0
+    assert results["train_time_s"] > 0 and results["variant"] == "original"
+    on_disk = json.loads((run / "results.json").read_text())
+    assert on_disk["pgd"] == results["pgd"]
+    md = (run / "results.md").read_text()
+    assert "| 16 |" in md and "PASS `large_eps_near_zero`" in md and "FAIL" not in md
+    # Same call, same numbers (seeded random starts).
+    again = evaluate(
+        run,
+        eps=(16,),
+        steps=5,
+        step_size=10,
+        seeds=(1,),
+        batch_size=16,
+        device="cpu",
+        out=run / "again",
+    )
+    assert again["pgd_per_seed"]["16"] == results["pgd_per_seed"]["16"][1:]
+
+
+def test_a_masked_model_is_caught(trained_run):
+    run, data = trained_run
+    model, _ = checkpoint.load_model(run / "checkpoint.pt")
+    loader = make_loader(data, "test", None, batch_size=16, shuffle=False)
+    masked = Quantized(model).eval()
+    checks = {c["name"]: c for c in sanity_checks(robustness(masked, loader, GRID, 5, 10), 4)}
+    assert not checks["large_eps_near_zero"]["passed"], checks["large_eps_near_zero"]
+    assert checks["eps0_equals_clean"]["passed"]
+
+
+def test_sanity_checks_flag_each_violation():
+    raw = {
+        "n": 100,
+        "clean": 0.9,
+        "fgsm": {0.0: 0.9, 4.0: 0.5, 8.0: 0.4},
+        "pgd": {0.0: [0.8], 4.0: [0.3], 8.0: [0.6]},
+        "pgd_large": 0.5,
+        "pgd_double_steps": 0.7,
+    }
+    failed = {c["name"] for c in sanity_checks(raw, num_classes=10) if not c["passed"]}
+    assert failed == {
+        "eps0_equals_clean",
+        "non_increasing_in_eps",
+        "pgd_le_fgsm",
+        "large_eps_near_zero",
+        "more_steps_never_help",
+    }
+    fine = {
+        "n": 100,
+        "clean": 0.9,
+        "fgsm": {0.0: 0.9, 4.0: 0.5, 8.0: 0.4},
+        "pgd": {0.0: [0.9], 4.0: [0.3], 8.0: [0.2]},
+        "pgd_large": 0.0,
+        "pgd_double_steps": 0.2,
+    }
+    assert all(c["passed"] for c in sanity_checks(fine, num_classes=10))
+
+
+def test_cli_eval_fails_loudly_on_masking_unless_no_strict(trained_run, monkeypatch, tmp_path):
+    run, _ = trained_run
+    real = checkpoint.load_model
+
+    def load_masked(path, device="cpu"):
+        model, state = real(path, device)
+        return Quantized(model).eval(), state
+
+    args = [
+        "eval",
+        str(run),
+        "--eps",
+        "32",
+        "--steps",
+        "4",
+        "--step-size",
+        "10",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    runner = CliRunner()
+    ok = runner.invoke(app, args)
+    assert ok.exit_code == 0, ok.output
+    monkeypatch.setattr(checkpoint, "load_model", load_masked)
+    bad = runner.invoke(app, args)
+    assert bad.exit_code == 1
+    assert "GRADIENT-MASKING SANITY CHECKS FAILED: large_eps_near_zero" in bad.output
+    assert failed_checks(json.loads((tmp_path / "results.json").read_text()))
+    warn = runner.invoke(app, [*args, "--no-strict"])
+    assert warn.exit_code == 0 and "warning" in warn.output
+
+
+def test_evaluate_refuses_bad_input(trained_run, tmp_path):
+    run, _ = trained_run
+    with pytest.raises(SatpipeError, match="checkpoint not found"):
+        evaluate(tmp_path, device="cpu")
+    with pytest.raises(SatpipeError, match="eps"):
+        evaluate(run, eps=(-1, 2), device="cpu")

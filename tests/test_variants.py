@@ -1,0 +1,147 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from satpipe.errors import SatpipeError
+from satpipe.train.losses import trades_loss
+from satpipe.train.perturb import alpha_schedule, sat_perturb
+from satpipe.train.variants import Cost, VariantConfig, get_variant, list_variants
+
+NINE = [
+    "original",
+    "original-noise",
+    "sat",
+    "pgd",
+    "pgd-noise",
+    "pgd-sat",
+    "trades",
+    "trades-noise",
+    "trades-sat",
+]
+
+
+class Recorder(nn.Module):
+    """A tiny classifier that counts forward and backward passes and keeps its inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        )
+        self.forwards, self.backwards, self.inputs = 0, 0, []
+
+    def _count_backward(self, grad):
+        self.backwards += 1
+
+    def forward(self, x):
+        self.forwards += 1
+        self.inputs.append((x.detach().clone(), self.training))
+        out = self.net(x)
+        if out.requires_grad:  # fires once per backward pass through this forward
+            out.register_hook(self._count_backward)
+        return out
+
+
+def batch(seed=0, b=4):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 3, 8, 8, generator=g)
+    s = torch.rand(b, 1, 8, 8, generator=g) * 2 - 1
+    return x, s, torch.randint(0, 3, (b,), generator=g)
+
+
+def test_registry_has_the_nine_variants_in_table_order():
+    assert list_variants() == NINE
+    assert [v for v in NINE if get_variant(v).needs_saliency] == ["sat", "pgd-sat", "trades-sat"]
+    with pytest.raises(SatpipeError, match="pgd-sat"):
+        get_variant("fgsm-sat")
+
+
+def test_costs_follow_the_table():
+    k = 7
+    assert get_variant("original").cost(k) == Cost(1, 1) == get_variant("sat").cost(k)
+    assert get_variant("pgd").cost(k) == Cost(k + 1, k + 1)
+    assert get_variant("pgd-sat").cost(k) == Cost(1 + k / 2, 1 + k / 2)
+    assert get_variant("pgd-noise").cost(k, p_mix=0.25).forward == 1 + 0.75 * k
+    assert get_variant("trades").cost(k) == Cost(k + 3, k + 2)
+    ratio = get_variant("pgd-sat").cost(k).work / get_variant("pgd").cost(k).work
+    assert ratio == pytest.approx((1 + k / 2) / (1 + k))
+    assert get_variant("trades-sat").cost(k).work < get_variant("trades").cost(k).work
+
+
+@pytest.mark.parametrize("name", NINE)
+def test_measured_passes_match_the_declared_cost(name):
+    """Count real forward/backward passes over many batches: the mean must match cost()."""
+    variant, cfg = get_variant(name), VariantConfig(attack_steps=3)
+    model = Recorder().train()
+    g = torch.Generator().manual_seed(0)
+    x, s, y = batch()
+    n = 120 if variant.mix != "none" and variant.attack != "none" else 3
+    for _ in range(n):
+        out = variant.step(model, x, s, y, epoch=0, cfg=cfg, generator=g)
+        out.loss.backward()
+        assert model.training
+    expected = variant.cost(3, cfg.p_mix)
+    tol = 0.0 if n == 3 else 4 * 0.5 * 4 / n**0.5  # 4 sigma of a fair coin times K+1 passes
+    assert model.forwards / n == pytest.approx(expected.forward, abs=tol)
+    assert model.backwards / n == pytest.approx(expected.backward, abs=tol)
+
+
+def test_sat_step_trains_on_x_sat_with_alpha_t():
+    model, cfg = Recorder().train(), VariantConfig()
+    x, s, y = batch()
+    out = get_variant("sat").step(
+        model, x, s, y, epoch=20, cfg=cfg, generator=torch.Generator().manual_seed(5)
+    )
+    expected = sat_perturb(x, s, cfg.eps, alpha_schedule(20, 0.6), torch.Generator().manual_seed(5))
+    ((x_in, training),) = model.inputs
+    assert training and torch.equal(x_in, expected)
+    torch.testing.assert_close(out.loss, F.cross_entropy(model.net(expected), y))
+
+
+def test_trades_step_is_the_trades_loss_on_clean_and_attacked_inputs():
+    model, cfg = Recorder().train(), VariantConfig(attack_steps=2)
+    x, s, y = batch()
+    out = get_variant("trades").step(
+        model, x, s, y, epoch=0, cfg=cfg, generator=torch.Generator().manual_seed(0)
+    )
+    # attack: clean (eval) + 2 steps (eval); training: clean (train) + adversarial (train)
+    modes = [t for _, t in model.inputs]
+    assert modes == [False, False, False, True, True]
+    x_clean, x_adv = model.inputs[3][0], model.inputs[4][0]
+    assert torch.equal(x_clean, x) and (x_adv - x).abs().max() <= cfg.eps + 1e-6
+    with torch.no_grad():  # train mode: BatchNorm uses batch statistics, as in the step
+        expected = trades_loss(model.net(x_clean), model.net(x_adv), y, 6.0)
+    torch.testing.assert_close(out.loss.detach(), expected)
+
+
+def test_steps_are_deterministic_given_the_generator():
+    x, s, y = batch()
+    for name in ("pgd-sat", "trades-noise"):
+        losses = []
+        for _ in range(2):
+            model = Recorder().train()
+            g = torch.Generator().manual_seed(11)
+            losses.append(
+                [
+                    get_variant(name)
+                    .step(model, x, s, y, epoch=3, cfg=VariantConfig(), generator=g)
+                    .loss.item()
+                    for _ in range(5)
+                ]
+            )
+        assert losses[0] == losses[1]
+
+
+def test_sat_variants_refuse_missing_saliency_and_config_checks():
+    x, _, y = batch()
+    with pytest.raises(SatpipeError, match="saliency"):
+        get_variant("pgd-sat").step(Recorder(), x, None, y, epoch=0, cfg=VariantConfig())
+    with pytest.raises(SatpipeError, match="p_mix"):
+        VariantConfig(p_mix=1.5)

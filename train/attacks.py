@@ -1,0 +1,121 @@
+"""L-inf attacks: FGSM, PGD (Madry) and the TRADES inner maximisation.
+
+Inputs are images (B, C, H, W) in [0, 1]; every epsilon and step size is in pixel units.
+Gradients are taken with `torch.autograd.grad` w.r.t. the input only, so an attack never
+accumulates anything into `param.grad`, and every attack leaves the model in the train/eval
+mode it found it in. Attacks run under `torch.enable_grad()` so they also work inside a
+`torch.no_grad()` evaluation loop. They return detached tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@contextmanager
+def model_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """Put `model` in train (True) or eval (False) mode for the block, then restore its mode."""
+    was = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def input_grad(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d loss / d x; zeros where the graph does not reach x (a masked model), never an error."""
+    if not loss.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(loss, x, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project onto the L-inf eps-ball around x intersected with [0, 1]."""
+    return torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0.0, 1.0)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """x + eps * sign(grad_x CE(model(x), y)), clamped to [0, 1]; model mode unchanged."""
+    x = x.detach()
+    with torch.enable_grad():
+        x_req = x.clone().requires_grad_(True)
+        loss = F.cross_entropy(model(x_req).float(), y)
+        g = input_grad(loss, x_req)
+    return (x + eps * g.sign()).clamp(0.0, 1.0).detach()
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Madry PGD: `steps` sign steps of `step_size` on CE, each projected onto the eps-ball
+    and [0, 1], from a uniform random start in the ball (when `random_start`).
+
+    Args:
+        model: maps (B, C, H, W) in [0, 1] to logits (B, K); used in its current mode.
+        x: (B, C, H, W) in [0, 1]; y: (B,) int64 labels.
+        eps, step_size: pixel units (e.g. 8/255, 2/255).
+        generator: optional generator on x's device for the random start.
+
+    Returns:
+        (B, C, H, W) adversarial images with |x_adv - x| <= eps and values in [0, 1].
+    """
+    x = x.detach()
+    x_adv = x.clone()
+    if random_start and eps > 0:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = (x_adv + (2.0 * noise - 1.0) * eps).clamp(0.0, 1.0)
+    with torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(model(x_adv).float(), y)
+            g = input_grad(loss, x_adv)
+            x_adv = project(x_adv.detach() + step_size * g.sign(), x, eps)
+    return x_adv.detach()
+
+
+def trades_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """TRADES inner maximisation (Zhang et al. 2019), as in the official code.
+
+    From x + 0.001 * N(0, 1), `steps` sign steps of `step_size` on
+    KL(p(x) || p(x_adv)) (sum over the batch; the sign makes the scale irrelevant), each
+    projected onto the eps-ball and [0, 1]. The model runs in eval mode during the attack
+    (BatchNorm uses running statistics and is not updated); its mode is restored afterwards.
+
+    Returns:
+        (B, C, H, W) tensor in [0, 1] within eps of x (up to the 0.001 start when steps=0).
+    """
+    x = x.detach()
+    with model_mode(model, False):
+        with torch.no_grad():
+            p_clean = F.softmax(model(x).float(), dim=1)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = x + 0.001 * noise
+        with torch.enable_grad():
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                log_p_adv = F.log_softmax(model(x_adv).float(), dim=1)
+                loss = F.kl_div(log_p_adv, p_clean, reduction="sum")
+                g = input_grad(loss, x_adv)
+                x_adv = project(x_adv.detach() + step_size * g.sign(), x, eps)
+    return x_adv.clamp(0.0, 1.0).detach()

@@ -1,0 +1,98 @@
+"""torch.distributed set-up for `satpipe train` under torchrun (single or multi node).
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for every process;
+`init_distributed()` reads them, picks NCCL on CUDA and gloo on CPU, and pins each process to
+its local GPU. Without torchrun (WORLD_SIZE unset or 1) it is a no-op returning rank 0 of 1,
+so the same training code runs alone or under `torchrun --nproc-per-node N --nnodes M ...`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device: str | None = None) -> tuple[int, int, int, torch.device]:
+    """(rank, world_size, local_rank, device) from the torchrun environment.
+
+    device: "cuda", "cpu" or None (CUDA when available). Under torchrun on CUDA each process
+    uses `cuda:LOCAL_RANK`. Initialises the default process group once (NCCL on CUDA, gloo on
+    CPU); calling it again returns the same answer.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device(kind)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        # device_id binds NCCL's communicator to this GPU eagerly (no guessing later).
+        extra = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, **extra)
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return rank, world, local_rank, dev
+
+
+def is_main() -> bool:
+    """True on rank 0 (and when not distributed): the one process that logs and writes."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Tear the process group down (safe to call when none was started)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _state_tensors(module: torch.nn.Module, buffers: bool) -> list[torch.Tensor]:
+    tensors = [p.detach() for p in module.parameters()]
+    return tensors + ([b.detach() for b in module.buffers()] if buffers else [])
+
+
+def params_equal_across_ranks(module: torch.nn.Module, buffers: bool = False) -> bool:
+    """True when every parameter (and buffer, if `buffers`) equals rank 0's bit for bit.
+
+    Broadcasts rank 0's tensors and compares locally; every rank gets the same answer (True
+    when not distributed). Buffers are off by default: DDP keeps parameters in lockstep, but
+    BatchNorm running statistics drift apart after each rank's last forward (see sync_buffers).
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return True
+    tensors = _state_tensors(module, buffers)
+    same = torch.ones(1, device=tensors[0].device if tensors else "cpu")
+    for t in tensors:
+        ref = t.clone()
+        dist.broadcast(ref, src=0)
+        if not torch.equal(ref, t):
+            same.zero_()
+    dist.all_reduce(same, op=dist.ReduceOp.MIN)
+    return bool(same.item() == 1)
+
+
+@torch.no_grad()
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running mean/var) over ranks, in place.
+
+    DDP broadcasts rank 0's buffers before each forward, so after an epoch every rank holds
+    statistics of its own last batches. Call this at the end of an epoch, before evaluating or
+    checkpointing, so the saved statistics reflect every rank's data and all ranks agree.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b, op=dist.ReduceOp.SUM)
+            b.div_(world)

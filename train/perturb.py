@@ -1,0 +1,70 @@
+"""Training-input perturbations: the SAT perturbation, the uniform-noise baseline, alpha_t.
+
+Exactly as in DESIGN.md, "The method". Every draw takes an optional `torch.Generator` so the
+trainer can make each batch's randomness a function of (seed, epoch, step) only; that is what
+makes `--resume` bit-for-bit. The generator must live on the same device as `x`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from satpipe.errors import SatpipeError
+
+
+def alpha_schedule(epoch: int, base: float = 0.6) -> float:
+    """alpha_t = base ** (epoch / 10) for 0-based `epoch`: 1.0 at 0, 0.6 at 10, 0.6**5 at 50.
+
+    The probability that a SAT component is random noise rather than the saliency direction:
+    random early (the model's own adversarial directions are random then), saliency later.
+    """
+    if not 0.0 < base <= 1.0:
+        raise SatpipeError(f"alpha base must be in (0, 1], got {base}")
+    return float(base ** (epoch / 10))
+
+
+def _rand(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def sat_perturb(
+    x: torch.Tensor,
+    s: torch.Tensor,
+    eps: float,
+    alpha_t: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """x_sat = clamp(x + eps * delta, 0, 1), delta[i] = z[i] w.p. alpha_t else -s[i].
+
+    Args:
+        x: images (B, C, H, W) in [0, 1].
+        s: saliency (B, Cs, H, W), Cs in {1, C}, values in [-1, 1] (as stored). A one-channel
+            map broadcasts over colour channels, but the coin and z are still drawn per element
+            of x (batch x channel x pixel), as the method defines.
+        eps: L-inf size in pixel units (8/255 by default in the trainer).
+        alpha_t: probability of the random component, see `alpha_schedule`.
+        generator: optional generator on x's device; two uniform tensors of x's shape are drawn
+            from it, first the coins, then z.
+
+    Returns:
+        (B, C, H, W) tensor of x's dtype, in [0, 1].
+    """
+    if s is None:
+        raise SatpipeError("sat_perturb needs a saliency map (the variant needs --saliency)")
+    if s.dim() != 4 or s.shape[0] != x.shape[0] or s.shape[2:] != x.shape[2:]:
+        raise SatpipeError(
+            f"saliency shape {tuple(s.shape)} does not match images {tuple(x.shape)}"
+        )
+    if s.shape[1] not in (1, x.shape[1]):
+        raise SatpipeError(f"saliency has {s.shape[1]} channels; images have {x.shape[1]}")
+    coin = _rand(x, generator) < alpha_t
+    z = torch.where(_rand(x, generator) < 0.5, -1.0, 1.0).to(x.dtype)
+    delta = torch.where(coin, z, -s.to(x.dtype).expand_as(x))
+    return (x + eps * delta).clamp_(0.0, 1.0)
+
+
+def uniform_noise(
+    x: torch.Tensor, eps: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """x_noise = clamp(x + U(-eps, eps), 0, 1), i.i.d. per element; x (B, C, H, W) in [0, 1]."""
+    return (x + (2.0 * _rand(x, generator) - 1.0) * eps).clamp_(0.0, 1.0)

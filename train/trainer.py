@@ -1,0 +1,388 @@
+"""The training loop: one typed config in, one run directory out.
+
+    RUN/config.json      the TrainConfig as a plain dict
+    RUN/checkpoint.pt    latest finished epoch (model record, optimizer, scheduler, RNG states),
+                         replaced atomically every epoch; `--resume` continues from it
+    RUN/metrics.jsonl    one JSON line per epoch: loss, train/test accuracy, time, images/s
+
+Determinism: every random draw of a training step (coins, noise, SAT components, PGD random
+starts) comes from a generator seeded by (seed, epoch, step, rank), the loader's order and
+augmentation are functions of (seed, epoch, rank), and the model starts from `seed`. So on CPU a
+run resumed after epoch e ends with the same weights, bit for bit, as one never interrupted.
+On CUDA: bf16 autocast and channels_last (fast, not bit-exact).
+
+Under torchrun (WORLD_SIZE set) the model is wrapped in DDP; each rank reads its own shard of
+every epoch, rank 0 alone evaluates, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from satpipe.errors import SatpipeError
+from satpipe.progress import progress
+from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
+from satpipe.train.config import RESUMABLE_CHANGES, TrainConfig, load_run_config
+from satpipe.train.distributed import barrier, cleanup, init_distributed, sync_buffers
+from satpipe.train.evaluate import clean_accuracy
+from satpipe.train.models import create_model
+from satpipe.train.perturb import alpha_schedule
+from satpipe.train.variants import Variant, VariantConfig, get_variant
+
+__all__ = ["TrainConfig", "load_run_config", "train", "train_one_epoch"]
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def step_generator(
+    seed: int, epoch: int, step: int, rank: int, device: torch.device
+) -> torch.Generator:
+    """The generator for all randomness of one training step: a function of its coordinates."""
+    words = np.random.SeedSequence([seed, epoch, step, rank, 0x5A7]).generate_state(2, np.uint32)
+    gen = torch.Generator(device=device)
+    gen.manual_seed((int(words[0]) << 31) ^ int(words[1]))
+    return gen
+
+
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SatpipeError("--device cuda was asked for, but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    """Stepped once per epoch. step: x0.1 at 50% and 75% of the epochs."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.schedule == "step":
+        milestones = sorted({max(1, config.epochs // 2), max(1, config.epochs * 3 // 4)})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors and plain values (loadable with weights_only=True).
+
+    The loop draws from per-step generators only; these are saved so code that does use the
+    global generators (a user's model, say) resumes exactly too.
+    """
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def _bar(description: str, total: int, enabled: bool) -> Iterator:
+    if not enabled:
+        yield lambda n=1: None
+        return
+    with progress(description, total) as advance:
+        yield advance
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    variant: Variant,
+    vcfg: VariantConfig,
+    epoch: int,
+    *,
+    seed: int = 0,
+    rank: int = 0,
+    amp: bool = False,
+    attack_model: nn.Module | None = None,
+    description: str | None = None,
+    show_progress: bool = True,
+    saliency_fn=None,
+) -> dict[str, float]:
+    """One pass over `loader` (already `set_epoch`-ed).
+
+    Returns loss (mean per image), train_acc, images (all ranks), seconds, batches and
+    attacked_batches (this rank's batches on which the K-step attack ran).
+
+    `saliency_fn(model, x, y) -> s`, when given, replaces the stored maps by maps computed on
+    the fly from the current model (the benchmark's baseline, what the authors' code does).
+    """
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = attacked = 0
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if cuda and amp else contextlib.nullcontext()
+    )
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    desc = description or f"epoch {epoch + 1} {variant.name}"
+    with _bar(desc, len(loader), show_progress) as advance:
+        for step, (x, s, y) in enumerate(loader):
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            gen = step_generator(seed, epoch, step, rank, device)
+            with autocast:
+                if saliency_fn is not None:
+                    s = saliency_fn(attack_model or model, x, y)
+                out = variant.step(
+                    model, x, s, y, epoch=epoch, cfg=vcfg, generator=gen, attack_model=attack_model
+                )
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            # Accumulate on the device: no host sync per step.
+            loss_sum += out.loss.detach().double() * len(y)
+            correct += (out.logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            attacked += int(out.attacked)
+            advance()
+    totals = torch.stack(
+        [loss_sum, correct.double(), torch.tensor(float(seen), device=device, dtype=torch.float64)]
+    )
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+        # DDP keeps weights in lockstep but BatchNorm statistics per rank: average them so
+        # evaluation and checkpoints see every rank's data and all ranks agree.
+        sync_buffers(getattr(model, "module", model))
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    loss_total, correct_total, n = totals.tolist()
+    return {
+        "loss": loss_total / max(n, 1),
+        "train_acc": correct_total / max(n, 1),
+        "images": int(n),
+        "seconds": seconds,
+        "batches": step + 1 if seen else 0,
+        "attacked_batches": attacked,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Resume helpers
+
+
+def _check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    now = config.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed[:4])
+        raise SatpipeError(f"{path}: cannot resume with a different config ({detail})")
+
+
+def _rewrite_metrics(path: Path, last_epoch: int, last_record: dict[str, Any] | None) -> None:
+    """Keep the lines of finished epochs only (a crash may leave one more or one fewer)."""
+    lines = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                if json.loads(line).get("epoch", math.inf) <= last_epoch:
+                    lines.append(line)
+    if last_record and not any(json.loads(ln).get("epoch") == last_epoch for ln in lines):
+        lines.append(json.dumps(last_record))
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def train(config: TrainConfig) -> Path:
+    """Train `config.variant` and return the run directory (see the module docstring).
+
+    Refuses (SatpipeError, one line): a SAT variant without a saliency store, an incomplete or
+    mismatched saliency store (the loader checks), an existing run without --resume or
+    --overwrite, a resume whose config differs in anything but epochs/device/out.
+    """
+    variant = get_variant(config.variant)
+    if variant.needs_saliency and not config.saliency:
+        raise SatpipeError(
+            f"variant '{variant.name}' needs --saliency S.zarr (a saliency store "
+            f"made for {config.data})"
+        )
+    saliency = config.saliency if variant.needs_saliency else None
+    run = Path(config.out)
+    ckpt_path, metrics_path = run / "checkpoint.pt", run / "metrics.jsonl"
+    state = None
+    if config.resume:
+        state = load_checkpoint(ckpt_path)
+        _check_resumable(config, state.get("config", {}), ckpt_path)
+    elif (ckpt_path.exists() or metrics_path.exists()) and not config.overwrite:
+        raise SatpipeError(
+            f"{run}: already holds a run (pass --resume to continue it or "
+            f"--overwrite to start over)"
+        )
+
+    resolve_device(config.device)  # --device cuda without CUDA: a clear error before anything
+    rank, world, _, device = init_distributed(None if config.device == "auto" else config.device)
+    master = rank == 0
+    loader = dict(
+        batch_size=config.batch_size,
+        device=device,
+        mode=config.loader_mode,
+        storage_options=config.storage_options,
+    )
+    from satpipe.data.loader import make_loader  # heavy (zarr, threads): import when training
+
+    train_loader = make_loader(
+        config.data,
+        "train",
+        saliency,
+        shuffle=True,
+        augment=config.augment,
+        seed=config.seed,
+        rank=rank,
+        world_size=world,
+        **loader,
+    )
+    test_loader = None
+    if master:  # rank 0 alone evaluates, on the whole test split
+        test_loader = make_loader(config.data, "test", None, shuffle=False, **loader)
+    h, w, c = train_loader.image_shape
+    num_classes = train_loader.num_classes
+
+    torch.manual_seed(config.seed)  # the initial weights are a function of the seed
+    raw = create_model(config.model, num_classes, c).to(device)
+    if device.type == "cuda":
+        raw = raw.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, raw)
+    scheduler = build_scheduler(config, optimizer)
+    start = 0
+    if state is not None:
+        raw.load_state_dict(state["model"]["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start = int(state["epoch"]) + 1
+    model = raw
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if master:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        if state is not None:
+            _rewrite_metrics(metrics_path, start - 1, state.get("metrics"))
+        elif metrics_path.exists():
+            metrics_path.unlink()  # --overwrite
+            ckpt_path.unlink(missing_ok=True)
+
+    vcfg = config.variant_config()
+    use_amp = config.amp and device.type == "cuda"
+    for epoch in range(start, config.epochs):
+        train_loader.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(
+            model,
+            train_loader,
+            optimizer,
+            variant,
+            vcfg,
+            epoch,
+            seed=config.seed,
+            rank=rank,
+            amp=use_amp,
+            attack_model=raw,
+            show_progress=master,
+            description=f"epoch {epoch + 1}/{config.epochs} {variant.name}",
+        )
+        if scheduler is not None:
+            scheduler.step()
+        if master:
+            t0 = time.perf_counter()
+            test_acc = clean_accuracy(raw, test_loader, amp=use_amp)
+            record = {
+                "epoch": epoch,
+                "loss": stats["loss"],
+                "train_acc": stats["train_acc"],
+                "test_acc": test_acc,
+                "lr": lr,
+                "seconds": stats["seconds"],
+                "eval_seconds": time.perf_counter() - t0,
+                "images_per_s": stats["images"] / max(stats["seconds"], 1e-9),
+                "attacked_batches": stats["attacked_batches"],
+                "batches": stats["batches"],
+            }
+            if variant.needs_saliency:
+                record["alpha_t"] = alpha_schedule(epoch, config.alpha_base)
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model_record(raw, num_classes, c),
+                    "variant": variant.name,
+                    "epoch": epoch,
+                    "config": config.to_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": rng_state(),
+                    "metrics": record,
+                },
+            )
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(
+                f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  "
+                f"train {100 * record['train_acc']:.1f}%  test {100 * test_acc:.1f}%  "
+                f"{record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s",
+                file=sys.stderr,
+            )
+        if world > 1:
+            barrier()
+    if world > 1:
+        cleanup()
+    return run
