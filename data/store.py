@@ -15,6 +15,7 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -46,31 +47,178 @@ def now_iso() -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def local_path(uri: str) -> str:
+    """`file:///x` -> `/x`; other URIs unchanged. zarr's own local store handles `/x` (it makes
+    parent directories), whereas `file://` would go through fsspec's LocalFileSystem, which
+    does not."""
+    uri = str(uri)
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def is_url(uri: str) -> bool:
+    """True for a remote fsspec URL (`s3://...`), False for a local path or `file://`."""
+    return "://" in local_path(uri)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    # Errors that mean "the storage service could not be reached or refused us", as opposed to
+    # the FileNotFoundError/KeyError that zarr uses to mean "no such key". botocore and aiohttp
+    # come with s3fs, an optional dependency.
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, PermissionError]
+    try:
+        import botocore.exceptions
+
+        errors.append(botocore.exceptions.BotoCoreError)
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        errors.append(aiohttp.ClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+@contextmanager
+def storage_errors(uri: str):
+    """Turn an unreachable or refusing storage service into a one-line SatpipeError."""
+    try:
+        yield
+    except SatpipeError:
+        raise
+    except _transport_errors() as exc:
+        raise SatpipeError(f"{uri}: storage unreachable or refused ({_one_line(exc)})") from exc
+    except TypeError as exc:
+        # fsspec passes storage options on as keyword arguments; an unknown one lands here.
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise SatpipeError(f"{uri}: storage option not understood ({_one_line(exc)})") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class _FriendlyStore(zarr.storage.WrapperStore):
+    """An fsspec store whose transport failures (S3 down mid-write, bad credentials) surface as
+    one-line SatpipeErrors naming the store, instead of botocore tracebacks from deep inside
+    zarr. Semantics are unchanged: missing keys still read as missing."""
+
+    def __init__(self, store, uri: str = "") -> None:
+        super().__init__(store)
+        self._uri = uri
+
+    def _with_store(self, store):
+        return type(self)(store, self._uri)
+
+    def __reduce__(self):
+        return (type(self), (self._store, self._uri))
+
+    def _friendly(self, exc: BaseException) -> SatpipeError:
+        return SatpipeError(f"{self._uri}: storage unreachable or refused ({_one_line(exc)})")
+
+    async def get(self, key, prototype, byte_range=None):
+        try:
+            return await self._store.get(key, prototype, byte_range)
+        except _transport_errors() as exc:
+            raise self._friendly(exc) from exc
+
+    async def get_partial_values(self, prototype, key_ranges):
+        try:
+            return await self._store.get_partial_values(prototype, key_ranges)
+        except _transport_errors() as exc:
+            raise self._friendly(exc) from exc
+
+    async def exists(self, key):
+        try:
+            return await self._store.exists(key)
+        except _transport_errors() as exc:
+            raise self._friendly(exc) from exc
+
+    async def set(self, key, value):
+        try:
+            await self._store.set(key, value)
+        except _transport_errors() as exc:
+            raise self._friendly(exc) from exc
+
+    async def set_if_not_exists(self, key, value):
+        try:
+            await self._store.set_if_not_exists(key, value)
+        except _transport_errors() as exc:
+            raise self._friendly(exc) from exc
+
+    async def delete(self, key):
+        try:
+            await self._store.delete(key)
+        except _transport_errors() as exc:
+            raise self._friendly(exc) from exc
+
+    async def is_empty(self, prefix):
+        try:
+            return await self._store.is_empty(prefix)
+        except _transport_errors() as exc:
+            raise self._friendly(exc) from exc
+
+    async def _translate(self, agen):
+        try:
+            async for item in agen:
+                yield item
+        except _transport_errors() as exc:
+            raise self._friendly(exc) from exc
+
+    def list(self):
+        return self._translate(self._store.list())
+
+    def list_prefix(self, prefix):
+        return self._translate(self._store.list_prefix(prefix))
+
+    def list_dir(self, prefix):
+        return self._translate(self._store.list_dir(prefix))
+
+
+def _url_store(uri: str, storage_options: Mapping[str, Any] | None, read_only: bool):
+    store = zarr.storage.FsspecStore.from_url(
+        str(uri), storage_options=dict(storage_options or {}), read_only=read_only
+    )
+    return _FriendlyStore(store, str(uri))
+
+
+def url_to_fs(uri: str, storage_options: Mapping[str, Any] | None = None):
+    """(fsspec filesystem, path) of a store; storage options only reach URL filesystems."""
+    if is_url(uri):
+        return fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
+    return fsspec.core.url_to_fs(local_path(uri))
+
+
 def store_exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     """True when anything is present at `uri` (local path or fsspec URL)."""
-    fs, path = fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
-    return fs.exists(path)
+    with storage_errors(uri):
+        fs, path = url_to_fs(uri, storage_options)
+        return fs.exists(path)
 
 
 def remove_store(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    fs, path = fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
-def _group_kwargs(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    # zarr wants storage_options only for URLs; plain paths must not get them.
-    if storage_options and "://" in str(uri):
-        return {"storage_options": dict(storage_options)}
-    return {}
+    with storage_errors(uri):
+        fs, path = url_to_fs(uri, storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def open_group(uri: str, mode: str = "r", storage_options: Mapping[str, Any] | None = None):
-    """Open a satpipe store group; a missing or non-zarr path is a one-line SatpipeError."""
+    """Open a satpipe store group; a missing or non-zarr path is a one-line SatpipeError.
+
+    `uri` is a local path, `file://` or any fsspec URL (`s3://bucket/x.zarr`, with
+    `storage_options` such as key, secret, endpoint_url, or the usual AWS env vars).
+    """
+    # zarr wants storage_options only for URLs; plain paths must not get them.
+    target = _url_store(uri, storage_options, mode == "r") if is_url(uri) else local_path(uri)
     try:
-        return zarr.open_group(
-            str(uri), mode=mode, zarr_format=3, **_group_kwargs(uri, storage_options)
-        )
+        with storage_errors(uri):
+            return zarr.open_group(target, mode=mode, zarr_format=3)
+    except SatpipeError:
+        raise
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise SatpipeError(f"{uri}: no zarr v3 store here") from exc
     except (ValueError, KeyError, OSError) as exc:
@@ -83,13 +231,8 @@ def create_group(uri: str, overwrite: bool, storage_options: Mapping[str, Any] |
         if not overwrite:
             raise SatpipeError(f"{uri}: output exists (pass --overwrite to replace it)")
         remove_store(uri, storage_options)
-    kwargs = _group_kwargs(uri, storage_options)
-    if "://" in str(uri):
-        store = zarr.storage.FsspecStore.from_url(
-            str(uri), storage_options=kwargs.get("storage_options")
-        )
-        return zarr.create_group(store, zarr_format=3)
-    return zarr.create_group(str(uri), zarr_format=3)
+    target = _url_store(uri, storage_options, False) if is_url(uri) else local_path(uri)
+    return zarr.create_group(target, zarr_format=3)
 
 
 def row_layout(row_bytes: int, n_rows: int, rows_per_shard: int | None = None) -> tuple[int, int]:

@@ -10,6 +10,8 @@ import torch
 
 from satpipe.data.store import DatasetWriter
 
+from .s3server import s3, s3_server  # noqa: F401
+
 # Tests must not depend on how many cores the machine has.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("SATPIPE_NO_PROGRESS", "1")
@@ -57,3 +59,97 @@ def write_tiny_dataset(
 @pytest.fixture
 def tiny_dataset(tmp_path) -> str:
     return write_tiny_dataset(tmp_path / "tiny.zarr")
+
+
+def write_tiny_saliency(
+    uri,
+    dataset_uri: str,
+    channels: int = 1,
+    source: str = "masks",
+    seed: int = 0,
+    complete: bool = True,
+    shards_done: int | None = None,
+    fingerprint: str | None = None,
+) -> str:
+    """A saliency store for the train split of `dataset_uri`, written with the store helpers.
+
+    source="masks": weak saliency, +1 inside the object mask and -1 outside (DESIGN); "random":
+    uniform in [-1, 1]. `complete=False` leaves the store unfinished; `shards_done=k` marks only
+    the first k shards done; `fingerprint` overrides the recorded dataset fingerprint.
+    """
+    from satpipe.data.store import (
+        create_group,
+        create_rows_array,
+        now_iso,
+        open_dataset,
+        shard_rows,
+        shard_slices,
+        write_attrs,
+    )
+
+    view = open_dataset(dataset_uri)
+    train = view.split("train")
+    n, h, w, _ = train.images.shape
+    if source == "masks":
+        maps = np.asarray(train.masks[:], dtype=np.float32) * 2 - 1
+        maps = np.repeat(maps[..., None], channels, axis=3)
+    else:
+        maps = np.random.default_rng(seed).uniform(-1, 1, (n, h, w, channels))
+    group = create_group(str(uri), overwrite=True)
+    rows = shard_rows(train.images)
+    sal = create_rows_array(group, "train/saliency", n, (h, w, channels), "float16", rows)
+    sal[:] = maps.astype(np.float16)
+    n_shards = len(shard_slices(n, rows))
+    done = group.create_array(
+        "train/done", shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0
+    )
+    done[:] = (np.arange(n_shards) < (n_shards if shards_done is None else shards_done)).astype(
+        np.uint8
+    )
+    write_attrs(
+        group,
+        {
+            "kind": "saliency",
+            "format": 1,
+            "method": source,
+            "params": {},
+            "normalization": "sign",
+            "seed": seed,
+            "source_model": {"arch": None, "checkpoint_sha256": None, "variant": None},
+            "dataset": {"uri": str(dataset_uri), "fingerprint": fingerprint or view.fingerprint},
+            "complete": complete,
+            "created": now_iso(),
+            "satpipe_version": "test",
+        },
+    )
+    return str(uri)
+
+
+def write_colour_dataset(
+    uri, n_train: int = 64, n_test: int = 64, size: int = 16, seed: int = 0
+) -> str:
+    """A learnable dataset: a square of the class colour (4 classes) on a noisy grey
+    background; masks mark the square. A small CNN learns it in a few epochs."""
+    rng = np.random.default_rng(seed)
+    palette = np.array([[220, 40, 40], [40, 200, 40], [40, 60, 230], [220, 210, 40]])
+    with DatasetWriter(
+        str(uri),
+        name="colour",
+        classes=["red", "green", "blue", "yellow"],
+        image_shape=(size, size, 3),
+        split_sizes={"train": n_train, "test": n_test},
+        has_masks=True,
+        source={"generator": "tests.write_colour_dataset", "seed": seed},
+        rows_per_shard=16,
+    ) as writer:
+        for split, n in (("train", n_train), ("test", n_test)):
+            labels = rng.integers(0, 4, n)
+            images = rng.normal(128, 30, (n, size, size, 3))
+            masks = np.zeros((n, size, size), np.uint8)
+            side = size // 2
+            for i in range(n):
+                y0, x0 = rng.integers(0, size - side + 1, 2)
+                images[i, y0 : y0 + side, x0 : x0 + side] = palette[labels[i]]
+                masks[i, y0 : y0 + side, x0 : x0 + side] = 1
+            writer.write(split, np.clip(images, 0, 255).astype(np.uint8), labels, masks)
+    return str(uri)
