@@ -2,6 +2,7 @@ import math
 
 from satpipe.train.report import (
     check_claims,
+    claims_markdown,
     markdown_table,
     robustness_plot,
     source_claim,
@@ -67,6 +68,13 @@ def test_claims_report_what_held_and_what_did_not():
     assert cheaper["held"] is True and math.isclose(cheaper["detail"]["ratio"], 35 / 60)
     same = next(c for k, c in claims.items() if k.startswith("SAT costs"))
     assert same["held"] is True
+
+    text = claims_markdown(list(claims.values()))
+    pgd_section = text.split("## PGD-SAT >")[1].split("##")[0]
+    assert pgd_section.startswith(" PGD + Uniform-Noise > PGD (PGD accuracy at every eps): did NOT")
+    rows = [line for line in pgd_section.splitlines() if line.startswith("| ") and "ε" not in line]
+    assert [r.split("|")[-2].strip() for r in rows] == ["yes", "no"]  # eps 1 ordered, eps 2 not
+    assert "trains faster than PGD**: held (ratio 0.58)" in text
 
 
 def test_source_claim_and_time_table_and_plot(tmp_path):

@@ -1,0 +1,55 @@
+"""The whole reproduce path on the `tiny` preset: data, sources, saliency, runs, eval, report."""
+
+import json
+
+import pytest
+
+import satpipe.reproduce as rp
+import satpipe.train.trainer as trainer
+from satpipe.errors import SatpipeError
+
+
+def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(tmp_path, monkeypatch):
+    out = tmp_path / "tiny"
+    config = rp.ReproduceConfig(preset="tiny", out=str(out), device="cpu", seeds=(0,))
+    real_run_student, finished = rp.run_student, []
+
+    def killed_after_two(spec, *args):
+        if len(finished) == 2:
+            raise KeyboardInterrupt  # what a Ctrl-C (or a kill) mid-grid looks like here
+        finished.append(spec.out)
+        return real_run_student(spec, *args)
+
+    monkeypatch.setattr(rp, "run_student", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        rp.reproduce(config)
+    assert not (out / "table.md").exists()
+
+    trained = []
+    real_train = trainer.train
+    monkeypatch.setattr(rp, "run_student", real_run_student)
+    monkeypatch.setattr(trainer, "train", lambda cfg: trained.append(cfg.out) or real_train(cfg))
+    rp.reproduce(config)
+    # Sources, saliency stores and the first two runs were complete: none is trained again.
+    assert not set(trained) & set(finished)
+    assert str(out / "sources" / "std") not in trained
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert len(runs) == len(trained) + 2 == 3 + 2  # 3 weak-grid variants + 2 sources' SAT
+    for name in ("table.md", "time.md", "claims.md", "robustness.png", "saliency.png"):
+        assert (out / name).stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert "| pgd-sat |" in table and "SAT smallcnn-Adv.-S.Grad" in table
+    assert "ε=8/255" in table
+
+    before = {p: (out / p).read_bytes() for p in ("table.md", "results.json", "claims.md")}
+    trained.clear()
+    rp.reproduce(config)
+    assert trained == []  # everything was complete
+    assert before == {p: (out / p).read_bytes() for p in before}
+
+
+def test_unknown_preset_and_missing_data_root_are_one_line(tmp_path):
+    with pytest.raises(SatpipeError, match="choose one of tiny, quick"):
+        rp.get_preset("imagenet")
+    with pytest.raises(SatpipeError, match="--data-root"):
+        rp.reproduce(rp.ReproduceConfig(preset="cifar100", out=str(tmp_path / "c")))
