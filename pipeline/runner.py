@@ -57,7 +57,8 @@ class SaliencyConfig:
     present), "cpu", "cuda", "cuda:1". workers: N > 0 runs on a dask LocalCluster of N
     workers; scheduler: address of an existing dask scheduler; neither: in-process.
     rows_per_shard: shard size of the output (default: the dataset's). amp: bf16 autocast
-    for methods where it is safe, on CUDA only.
+    for methods where it is safe, on CUDA only. threads_per_worker: torch threads in each
+    LocalCluster worker (default: CPU cores / workers).
     """
 
     method: str
@@ -76,6 +77,8 @@ class SaliencyConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     rows_per_shard: int | None = None
     amp: bool = True
+    # torch threads in each LocalCluster worker (default: the CPU cores shared out evenly).
+    threads_per_worker: int | None = None
 
 
 @dataclass(frozen=True)
@@ -359,7 +362,10 @@ def compute_saliency(
                 on_shard_done(*result)
 
         if config.scheduler or config.workers:
-            _run_dask(tasks, finished, config.workers, config.scheduler, device)
+            _run_dask(
+                tasks, finished, config.workers, config.scheduler, device,
+                config.threads_per_worker,
+            )  # fmt: skip
         else:
             for task in tasks:
                 finished(run_shard(task))
@@ -373,6 +379,7 @@ def _run_dask(
     workers: int | None,
     scheduler: str | None,
     device: str,
+    threads_per_worker: int | None = None,
 ) -> None:
     """One dask task per shard; results are handled here as they complete."""
     try:
@@ -389,6 +396,7 @@ def _run_dask(
         if workers is None or workers < 1:
             raise SatpipeError(f"--workers must be >= 1, got {workers}")
         cluster, threads = _local_cluster(workers, device)
+        threads = threads_per_worker or threads
         tasks = [dataclasses.replace(t, torch_threads=threads) for t in tasks]
         client = Client(cluster)
     try:

@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from satpipe.data.synthetic import write_random_dataset, write_random_saliency
 from satpipe.errors import SatpipeError
 from satpipe.train.config import TrainConfig
 from satpipe.train.models import create_model, list_models
@@ -49,58 +49,12 @@ def write_synthetic_stores(
     seed: int = 0,
 ) -> tuple[str, str]:
     """(dataset_uri, saliency_uri): random images and random maps in [-1, 1], paired."""
-    from satpipe.data.store import (
-        DatasetWriter,
-        create_group,
-        create_rows_array,
-        now_iso,
-        open_dataset,
-        shard_rows,
-        shard_slices,
-        write_attrs,
-    )
-
-    rng = np.random.default_rng(seed)
     data_uri, sal_uri = str(Path(directory) / "bench.zarr"), str(Path(directory) / "sal.zarr")
-    n_test = max(num_classes, n_train // 8)
-    with DatasetWriter(
-        data_uri,
-        name="bench-random",
-        classes=[f"c{i}" for i in range(num_classes)],
-        image_shape=(size, size, 3),
-        split_sizes={"train": n_train, "test": n_test},
-        source={"generator": "satpipe.train.bench", "seed": seed},
-        overwrite=True,
-    ) as writer:
-        for split, n in (("train", n_train), ("test", n_test)):
-            images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-            writer.write(split, images, rng.integers(0, num_classes, n))
-    view = open_dataset(data_uri)
-    rows = shard_rows(view.split("train").images)
-    group = create_group(sal_uri, overwrite=True)
-    maps = create_rows_array(
-        group, "train/saliency", n_train, (size, size, channels), "float16", rows
-    )
-    maps[:] = rng.uniform(-1, 1, maps.shape).astype(np.float16)
-    n_shards = len(shard_slices(n_train, rows))
-    done = group.create_array("train/done", shape=(n_shards,), dtype="uint8", chunks=(1,))
-    done[:] = np.ones(n_shards, np.uint8)
-    write_attrs(
-        group,
-        {
-            "kind": "saliency",
-            "format": 1,
-            "method": "random",
-            "params": {"seed": seed},
-            "normalization": "signed-maxabs",
-            "seed": seed,
-            "source_model": {"arch": None, "checkpoint_sha256": None, "variant": None},
-            "dataset": {"uri": data_uri, "fingerprint": view.fingerprint},
-            "complete": True,
-            "created": now_iso(),
-            "satpipe_version": "bench",
-        },
-    )
+    write_random_dataset(
+        data_uri, n_train, size, n_test=max(num_classes, n_train // 8), num_classes=num_classes,
+        seed=seed, generator="satpipe.train.bench",
+    )  # fmt: skip
+    write_random_saliency(sal_uri, data_uri, channels, seed=seed)
     return data_uri, sal_uri
 
 

@@ -25,20 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from satpipe.data.loader import make_loader
-from satpipe.data.store import (
-    DatasetWriter,
-    create_group,
-    create_rows_array,
-    now_iso,
-    open_dataset,
-    shard_rows,
-    shard_slices,
-    write_attrs,
-)
+from satpipe.data.store import now_iso
+from satpipe.data.synthetic import write_random_dataset, write_random_saliency
 from satpipe.progress import progress
 from satpipe.train.models import create_model
 
@@ -50,48 +41,11 @@ def write_bench_pair(
     one-channel saliency store for it, under `root`. Written block by block (bounded memory)."""
     root = Path(root)
     data, sal = str(root / f"bench{size}_{n}.zarr"), str(root / f"bench{size}_{n}_sal.zarr")
-    rng = np.random.default_rng(seed)
-    block = max(rows_per_shard, 1)
-    with DatasetWriter(
-        data,
-        name=f"bench{size}",
-        classes=[f"c{k}" for k in range(10)],
-        image_shape=(size, size, 3),
-        split_sizes={"train": n},
-        source={"generator": "satpipe.train.bench_loader", "seed": seed},
-        rows_per_shard=rows_per_shard,
-        overwrite=True,
-    ) as writer:
-        for a in range(0, n, block):
-            b = min(a + block, n) - a
-            writer.write(
-                "train", rng.integers(0, 256, (b, size, size, 3), np.uint8), rng.integers(0, 10, b)
-            )
-    group = create_group(sal, overwrite=True)
-    maps = create_rows_array(group, "train/saliency", n, (size, size, 1), "float16", rows_per_shard)
-    slices = shard_slices(n, shard_rows(maps))
-    for sl in slices:
-        rows = sl.stop - sl.start
-        maps[sl] = rng.uniform(-1, 1, (rows, size, size, 1)).astype(np.float16)
-    done = group.create_array("train/done", shape=(len(slices),), dtype="uint8", chunks=(1,))
-    done[:] = 1
-    write_attrs(
-        group,
-        {
-            "kind": "saliency",
-            "format": 1,
-            "method": "random",
-            "params": {},
-            "normalization": "signed-maxabs",
-            "seed": seed,
-            "source_model": {"arch": None, "checkpoint_sha256": None, "variant": None},
-            "dataset": {"uri": data, "fingerprint": open_dataset(data).fingerprint},
-            "complete": True,
-            "created": now_iso(),
-            "satpipe_version": "bench",
-        },
-    )
-    return data, sal
+    write_random_dataset(
+        data, n, size, rows_per_shard=rows_per_shard, seed=seed,
+        generator="satpipe.train.bench_loader",
+    )  # fmt: skip
+    return data, write_random_saliency(sal, data, 1, seed=seed)
 
 
 def _sync(device: torch.device) -> None:
