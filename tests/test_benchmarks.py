@@ -74,3 +74,11 @@ def test_bench_all_quick_runs_every_part(tmp_path):
     report = json.loads(out.read_text())
     assert {"saliency", "dask", "loader", "train", "headline"} <= set(report)
     assert (tmp_path / "bench.md").read_text().count("\n|") == len(report["headline"]) + 1
+
+
+def test_part_sizes_shrink_only_the_cpu_train_part():
+    from satpipe.benchmarks import CPU, QUICK, part_sizes
+
+    assert part_sizes("train", "cpu", quick=False) == CPU["train"]
+    assert part_sizes("saliency", "cpu", quick=False) == {}
+    assert part_sizes("train", "cpu", quick=True) == QUICK["train"]
