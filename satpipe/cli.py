@@ -642,7 +642,9 @@ def bench_saliency_cmd(
     ),
     model: str = typer.Option("smallcnn", "--model", help="Architecture (untrained weights)."),
     size: int = typer.Option(32, "--size", help="Image side in pixels."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per method call."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Images per method call (default: 64 on CPU, 1024 on CUDA)."
+    ),
     n_images: int = typer.Option(256, "--n-images", help="Images timed per method."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     param: list[str] | None = typer.Option(

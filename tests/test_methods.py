@@ -73,7 +73,7 @@ def test_registry_names_params_and_errors():
         get_method("smoothgrad", samples=0)
     # CLI strings take the parameter's type.
     sg = get_method("smoothgrad", samples="20", sigma="0.1")
-    assert sg.params == {"samples": 20, "sigma": 0.1, "samples_batch_size": 10}
+    assert sg.params == {"samples": 20, "sigma": 0.1, "samples_batch_size": 1}
     assert method_params("ig")["steps"] == 50
 
 

@@ -38,15 +38,17 @@ class IntegratedGradientsMethod(Method):
 
     steps: quadrature points (default 50). baseline x': "black" (zeros, default), "blur"
     (x blurred with a Gaussian of std `blur_sigma` pixels), "uniform" (U(0, 1) noise from the
-    generator). internal_batch_size: images per forward pass across steps (bounds memory;
-    default 512). Completeness: the map sums to logit(x) - logit(x') up to quadrature error.
-    Not `amp_safe`: completeness is the point of IG and bf16 breaks it. Output (B, C, H, W).
+    generator). internal_batch_size: images per forward pass across steps, at least one
+    step of the whole batch (default 64: one step per pass, so the runner's --batch-size is
+    the pass size; see smoothgrad for why small passes on a CPU, large batches on a GPU).
+    Completeness: the map sums to logit(x) - logit(x') up to quadrature error. Not
+    `amp_safe`: completeness is the point of IG and bf16 breaks it. Output (B, C, H, W).
     """
 
     steps: int = 50
     baseline: str = "black"
     blur_sigma: float = 4.0
-    internal_batch_size: int = 512
+    internal_batch_size: int = 64
 
     uses_generator = True
 

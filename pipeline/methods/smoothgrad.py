@@ -29,13 +29,15 @@ class SmoothGrad(Method):
     samples: noisy copies per image (default 10). sigma: noise std as a fraction of the input
     range; inputs live in [0, 1], so the std is `sigma` in pixel units (default 0.15; the noisy
     copies are not clamped, as in captum). samples_batch_size: noisy copies per image per
-    forward pass (bounds memory: one pass sees B * samples_batch_size images; default 10).
+    forward pass (one pass sees B * samples_batch_size images; default 1, so the runner's
+    --batch-size is the pass size: on a CPU, passes of ~64 small images ran 1.5-2.4x faster
+    per image than passes of 640 (cache); on a GPU raise --batch-size instead).
     Output (B, C, H, W) float32.
     """
 
     samples: int = 10
     sigma: float = 0.15
-    samples_batch_size: int = 10
+    samples_batch_size: int = 1
 
     amp_safe = True
     uses_generator = True
