@@ -32,9 +32,9 @@ QUICK = {
 
 # Full sizes on a CPU: the train part at its GPU size (1024 rows, 2 timed epochs, resnet34
 # SmoothGrad-10 on the fly) runs for more than 20 minutes on 2 cores. Its figures are per-epoch
-# ratios, so fewer rows keep them meaningful; batches
-# of 32 give 16 coin flips per epoch, so the mixed variants attack about p_mix of the batches
-# (with 3 batches all three came up "attack" and PGD-SAT timed like PGD).
+# ratios, so fewer rows keep them meaningful; batches of 32 give 16 coin flips per epoch, so
+# the mixed variants attack about p_mix of the batches (with 3 batches all three came up
+# "attack" and PGD-SAT timed like PGD).
 CPU = {"train": {"n_train": 512, "batch_size": 32, "epochs": 2}}
 
 

@@ -192,7 +192,7 @@ def bench_train(
                 seed=seed,
                 amp=amp,
                 saliency_fn=run["saliency_fn"],
-                description=f"bench {run['name']} {epoch + 1}/{epochs}",
+                description=f"bench {key or run['name']} epoch {epoch + 1}",
             )
             if key is not None and stats["seconds"] < seconds.get(key, float("inf")):
                 seconds[key] = stats["seconds"]
