@@ -24,6 +24,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 from satpipe.data.store import (
+    NORMALIZATION_RANGES,
     SPLITS,
     Fingerprint,
     open_group,
@@ -34,7 +35,6 @@ from satpipe.data.store import (
 from satpipe.errors import SatpipeError
 from satpipe.progress import progress
 
-NORMALIZATION_RANGES = {"signed-maxabs": (-1.0, 1.0), "minmax": (0.0, 1.0), "sign": (-1.0, 1.0)}
 # At most this many example rows are named in one problem line.
 EXAMPLES = 3
 

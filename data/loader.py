@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import closing
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -45,9 +46,19 @@ from satpipe.data.store import (
 )
 from satpipe.data.streaming import ShardReader, StreamStats, plan_segments, stream_batches
 from satpipe.errors import SatpipeError
+from satpipe.options import check_choice
 from satpipe.progress import progress
+from satpipe.seeding import derive_seed, generator
 
-MODES = ("auto", "resident", "streaming")
+
+class LoaderMode(str, Enum):
+    """Where a split lives while training: on the device, streamed, or whichever fits."""
+
+    auto = "auto"
+    resident = "resident"
+    streaming = "streaming"
+
+
 CPU_BUDGET_BYTES = 2 << 30  # resident on CPU up to 2 GiB (and at most 25% of free RAM)
 CUDA_BUDGET_FRACTION = 0.25  # resident on CUDA up to 25% of free device memory
 
@@ -55,14 +66,8 @@ CUDA_BUDGET_FRACTION = 0.25  # resident on CUDA up to 25% of free device memory
 _ORDER, _AUGMENT, _WINDOW = 0, 1, 2
 
 
-def epoch_seed(seed: int, epoch: int, purpose: int, rank: int = 0) -> int:
-    """A 63-bit seed for one (seed, epoch, purpose, rank); stable across runs and platforms."""
-    state = np.random.SeedSequence([seed, epoch, purpose, rank]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
-
-
 def _generator(seed: int, epoch: int, purpose: int, rank: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(epoch_seed(seed, epoch, purpose, rank))
+    return generator(seed, epoch, purpose, rank)
 
 
 def default_budget(device: torch.device) -> int:
@@ -234,7 +239,7 @@ class PairLoader:
             self.split,
             self.storage_options,
         )
-        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, _WINDOW, self.rank))
+        rng = np.random.default_rng(derive_seed(self.seed, self.epoch, _WINDOW, self.rank))
         self.stats = StreamStats()
         batches = stream_batches(
             reader,
@@ -307,8 +312,7 @@ def make_loader(
     Streaming keeps at most `prefetch_shards + buffer_shards` shards in memory, read by
     `io_threads` threads.
     """
-    if mode not in MODES:
-        raise SatpipeError(f"unknown loader mode '{mode}'; choose one of {', '.join(MODES)}")
+    mode = check_choice(mode, LoaderMode, "loader mode")
     if batch_size < 1:
         raise SatpipeError(f"batch size must be at least 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:

@@ -15,13 +15,14 @@ sharded or written. Same seed -> same images, masks, boxes and fingerprint.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from satpipe.data.store import DatasetWriter
 from satpipe.errors import SatpipeError
+from satpipe.options import option
 from satpipe.progress import progress
 
 GENERATOR_VERSION = 1
@@ -186,59 +187,72 @@ def generate_split(
         yield images, lab, masks, boxes
 
 
-def make_shapes(
-    out: str,
-    *,
-    classes: int = 6,
-    n_train: int = 2000,
-    n_test: int = 500,
-    size: int = 32,
-    seed: int = 0,
-    overwrite: bool = False,
-    storage_options: Mapping[str, Any] | None = None,
-) -> str:
+@dataclass
+class ShapesConfig:
+    """The `shapes` generator's settings (`satpipe data make shapes`)."""
+
+    out: str = option(help="Output store: path or URL (.zarr).", short="-o")
+    classes: int = option(6, f"Number of shape classes (2..{len(SHAPES)}).")
+    n_train: int = option(2000, "Training images.")
+    n_test: int = option(500, "Test images (0: no test split).")
+    size: int = option(32, f"Image side in pixels (>= {MIN_SIZE}).")
+    seed: int = option(0, "Seed: same seed, same bytes.")
+    overwrite: bool = option(False, "Replace an existing OUT.")
+    storage_options: dict[str, Any] = option(
+        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
+        short="-S",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.classes <= len(SHAPES):
+            raise SatpipeError(f"shapes: --classes must be in 2..{len(SHAPES)}, got {self.classes}")
+        if self.size < MIN_SIZE:
+            raise SatpipeError(f"shapes: --size must be at least {MIN_SIZE}, got {self.size}")
+        if self.n_train < 1 or self.n_test < 0:
+            raise SatpipeError(
+                f"shapes: need n-train >= 1 and n-test >= 0, got {self.n_train}, {self.n_test}"
+            )
+
+
+def make_shapes(out: str, **options: Any) -> str:
     """Write the `shapes` dataset store to `out` (path or fsspec URL); returns `out`.
 
-    classes: 2..8, the first `classes` of circle, square, triangle, cross, ring, star,
-    crescent, ell (default 6). size: image side in pixels (>= 16, default 32). Images uint8
-    (N, size, size, 3), masks (N, size, size) in {0, 1}, boxes (N, 4) int32, end exclusive.
+    options: the fields of ShapesConfig (classes 2..8 of circle, square, triangle, cross, ring,
+    star, crescent, ell; size >= 16; n_train, n_test, seed, overwrite, storage_options).
+    Images uint8 (N, size, size, 3), masks (N, size, size) in {0, 1}, boxes (N, 4) int32, end
+    exclusive.
     """
-    if not 2 <= classes <= len(SHAPES):
-        raise SatpipeError(f"shapes: --classes must be in 2..{len(SHAPES)}, got {classes}")
-    if size < MIN_SIZE:
-        raise SatpipeError(f"shapes: --size must be at least {MIN_SIZE}, got {size}")
-    if n_train < 1 or n_test < 0:
-        raise SatpipeError(f"shapes: need n-train >= 1 and n-test >= 0, got {n_train}, {n_test}")
-    sizes = {"train": n_train, "test": n_test}
+    cfg = ShapesConfig(out=str(out), **options)
+    sizes = {"train": cfg.n_train, "test": cfg.n_test}
     sizes = {k: v for k, v in sizes.items() if v > 0}
     source = {
         "generator": "satpipe.data.shapes",
         "generator_version": GENERATOR_VERSION,
-        "seed": seed,
-        "size": size,
-        "classes": classes,
-        "n_train": n_train,
-        "n_test": n_test,
+        "seed": cfg.seed,
+        "size": cfg.size,
+        "classes": cfg.classes,
+        "n_train": cfg.n_train,
+        "n_test": cfg.n_test,
         "block_rows": BLOCK_ROWS,
     }
     blocks = sum(-(-n // BLOCK_ROWS) for n in sizes.values())
     with (
         DatasetWriter(
-            str(out),
+            cfg.out,
             name="shapes",
-            classes=list(SHAPES[:classes]),
-            image_shape=(size, size, 3),
+            classes=list(SHAPES[: cfg.classes]),
+            image_shape=(cfg.size, cfg.size, 3),
             split_sizes=sizes,
             has_masks=True,
             has_boxes=True,
             source=source,
-            overwrite=overwrite,
-            storage_options=storage_options,
+            overwrite=cfg.overwrite,
+            storage_options=cfg.storage_options,
         ) as writer,
         progress("shapes", blocks) as advance,
     ):
         for split, n in sizes.items():
-            for images, labels, masks, boxes in generate_split(seed, split, n, classes, size):
-                writer.write(split, images, labels, masks, boxes)
+            for block in generate_split(cfg.seed, split, n, cfg.classes, cfg.size):
+                writer.write(split, *block)
                 advance()
-    return str(out)
+    return cfg.out

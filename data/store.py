@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
 import fsspec
@@ -593,6 +594,22 @@ def compute_fingerprint(view: DatasetView, block_rows: int = 4096) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Saliency stores (read side; the pipeline owns writing)
+
+
+class Normalization(str, Enum):
+    """How a saliency store's maps were normalised per image (satpipe.pipeline.normalize)."""
+
+    signed_maxabs = "signed-maxabs"
+    minmax = "minmax"
+    sign = "sign"
+
+
+# The values each normalisation can produce: part of the store contract, checked by verify.
+NORMALIZATION_RANGES = {
+    Normalization.signed_maxabs.value: (-1.0, 1.0),
+    Normalization.minmax.value: (0.0, 1.0),
+    Normalization.sign.value: (-1.0, 1.0),
+}
 
 
 @dataclass(frozen=True)

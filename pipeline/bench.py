@@ -22,15 +22,14 @@ from typing import Any
 import torch
 
 from satpipe import __version__
+from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
-from satpipe.pipeline.choices import BENCH_METHODS
-from satpipe.pipeline.methods import get_method
+from satpipe.pipeline.methods import get_method, model_methods
 from satpipe.pipeline.methods.base import frozen, input_leaf, target_logit_sum
-from satpipe.pipeline.runner import resolve_device
 from satpipe.progress import progress
 from satpipe.train.models import create_model
 
-DEFAULT_METHODS = BENCH_METHODS
+DEFAULT_METHODS = tuple(model_methods())
 
 
 def _sync(device: torch.device) -> None:
@@ -314,7 +313,7 @@ def bench_saliency(
 
     batch_size: images per method call (default 64 on a CPU, 1024 on CUDA, where small
     batches leave the GPU idle)."""
-    dev = resolve_device(device)
+    dev = str(resolve_device(device))
     if batch_size is None:
         batch_size = 1024 if dev.startswith("cuda") else 64
     report: dict[str, Any] = {

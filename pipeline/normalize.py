@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from satpipe.data.store import Normalization
 from satpipe.errors import SatpipeError
-from satpipe.pipeline.choices import Normalization
 
 __all__ = ["Normalization", "normalize"]
 

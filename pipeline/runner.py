@@ -21,19 +21,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from satpipe.cluster import dask_client, run_tasks
 from satpipe.data.store import SPLITS, open_dataset, open_group, shard_rows
+from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
+from satpipe.pipeline.config import SaliencyConfig
 from satpipe.pipeline.methods import Method, get_method
-from satpipe.pipeline.normalize import Normalization, normalize
+from satpipe.pipeline.normalize import normalize
 from satpipe.pipeline.saliency_store import (
     done_shards,
     mark_complete,
@@ -43,42 +45,10 @@ from satpipe.pipeline.saliency_store import (
     write_shard,
 )
 from satpipe.progress import progress
-from satpipe.train.checkpoint import build_model, file_sha256, load_checkpoint, load_model
+from satpipe.seeding import MASK63, seed_words
+from satpipe.train.models import load_model
 
-
-@dataclass
-class SaliencyConfig:
-    """One saliency run (what `satpipe saliency` fills in).
-
-    method/params: registry name and its parameters (see `satpipe list methods`). model: a
-    satpipe checkpoint (not needed for mask, bbox, random). data/out: dataset store in,
-    saliency store out (paths or fsspec URLs, `storage_options` for both). splits: "train"
-    and optionally "test". batch_size: images per method call. device: "auto" (CUDA when
-    present), "cpu", "cuda", "cuda:1". workers: N > 0 runs on a dask LocalCluster of N
-    workers; scheduler: address of an existing dask scheduler; neither: in-process.
-    rows_per_shard: shard size of the output (default: the dataset's). amp: bf16 autocast
-    for methods where it is safe, on CUDA only. threads_per_worker: torch threads in each
-    LocalCluster worker (default: CPU cores / workers).
-    """
-
-    method: str
-    data: str
-    out: str
-    model: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    splits: tuple[str, ...] = ("train",)
-    normalization: str = "signed-maxabs"
-    seed: int = 0
-    batch_size: int = 64
-    device: str = "auto"
-    workers: int | None = None
-    scheduler: str | None = None
-    overwrite: bool = False
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    rows_per_shard: int | None = None
-    amp: bool = True
-    # torch threads in each LocalCluster worker (default: the CPU cores shared out evenly).
-    threads_per_worker: int | None = None
+__all__ = ["SaliencyConfig", "compute_saliency", "run_shard", "shard_seed"]
 
 
 @dataclass(frozen=True)
@@ -117,20 +87,22 @@ _COMPUTE_LOCK = threading.Lock()
 
 
 def shard_seed(seed: int, split: str, shard: int) -> int:
-    """A 63-bit seed for (seed, split, shard), independent across shards (SeedSequence)."""
-    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(SPLITS.index(split), int(shard)))
-    hi, lo = (int(v) for v in ss.generate_state(2, np.uint32))
-    return ((hi << 32) | lo) & ((1 << 63) - 1)
+    """A 63-bit seed for (seed, split, shard), independent across shards (SeedSequence).
+
+    Combined as (hi << 32 | lo), unlike `derive_seed`: stores made since the first release
+    carry these bytes, and a rerun must add shards that belong with them."""
+    hi, lo = seed_words(int(seed), spawn_key=(SPLITS.index(split), int(shard)))
+    return ((hi << 32) | lo) & MASK63
 
 
 def cached_model(path: str, sha256: str, device: str) -> nn.Module:
     """The checkpoint's model on `device`, loaded once per process (checked against sha256)."""
     key = (sha256, device)
     if key not in _MODEL_CACHE:
-        found = file_sha256(path)
-        if found != sha256:
-            raise SatpipeError(f"{path}: checkpoint changed during the run (sha256 {found[:12]})")
-        model, _ = load_model(path, device)
+        model, state = load_model(path, device)
+        if state["checkpoint_sha256"] != sha256:
+            found = state["checkpoint_sha256"][:12]
+            raise SatpipeError(f"{path}: checkpoint changed during the run (sha256 {found})")
         if torch.device(device).type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         while len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:
@@ -215,33 +187,16 @@ def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
 # Driver side
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise SatpipeError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SatpipeError(f"device '{device}' requested but CUDA is not available")
-    return device
-
-
 def _source_model(config: SaliencyConfig, method: Method) -> tuple[dict, nn.Module | None]:
     """(source_model provenance, the model on CPU for checks) from the checkpoint."""
     if not method.needs_model:
         return {"arch": None, "checkpoint_sha256": None, "variant": None}, None
     if not config.model:
         raise SatpipeError(f"method '{method.name}' needs a source model (pass --model CKPT)")
-    state = load_checkpoint(config.model)
-    try:
-        model = build_model(state["model"])
-    except (KeyError, RuntimeError, TypeError) as exc:
-        raise SatpipeError(f"{config.model}: cannot rebuild the model ({exc})") from exc
-    record = state["model"]
+    model, state = load_model(config.model)
     source = {
-        "arch": record["arch"],
-        "checkpoint_sha256": file_sha256(config.model),
+        "arch": state["model"]["arch"],
+        "checkpoint_sha256": state["checkpoint_sha256"],
         "variant": state.get("variant"),
     }
     return source, model
@@ -251,17 +206,6 @@ def _check_inputs(config: SaliencyConfig, dataset, method: Method, model) -> Non
     unknown = [s for s in config.splits if s not in SPLITS]
     if unknown or not config.splits:
         raise SatpipeError(f"--splits must name some of {', '.join(SPLITS)}, got {unknown}")
-    if config.batch_size < 1:
-        raise SatpipeError(f"--batch-size must be >= 1, got {config.batch_size}")
-    if config.seed < 0:
-        raise SatpipeError(f"--seed must be >= 0, got {config.seed}")
-    try:
-        Normalization(config.normalization)
-    except ValueError:
-        valid = ", ".join(n.value for n in Normalization)
-        raise SatpipeError(
-            f"unknown normalization '{config.normalization}'; choose one of {valid}"
-        ) from None
     for split in config.splits:
         view = dataset.split(split)
         for name in method.requires:
@@ -302,7 +246,10 @@ def compute_saliency(
     _check_inputs(config, dataset, method, model)
     method = method.resolve(model)
     del model  # workers load their own copy on their device
-    device = resolve_device(config.device)
+    resolved = resolve_device(config.device)
+    # "cuda" (no index) lets dask workers spread over the GPUs; an explicit cuda:N pins them.
+    explicit = ":" in str(config.device)
+    device = str(resolved) if resolved.type == "cpu" or explicit else "cuda"
     # bf16 autocast only on CUDA and only for methods shown to agree with fp32.
     on_cuda = torch.device(device).type == "cuda"
     amp = bool(config.amp and on_cuda and method.amp_safe and method.needs_model)
@@ -316,7 +263,7 @@ def compute_saliency(
     attrs = saliency_attrs(
         method=method.name,
         params=method.params,
-        normalization=Normalization(config.normalization).value,
+        normalization=config.normalization,
         seed=config.seed,
         source_model=source,
         dataset={"uri": str(config.data), "fingerprint": dataset.fingerprint},
@@ -362,10 +309,7 @@ def compute_saliency(
                 on_shard_done(*result)
 
         if config.scheduler or config.workers:
-            _run_dask(
-                tasks, finished, config.workers, config.scheduler, device,
-                config.threads_per_worker,
-            )  # fmt: skip
+            _run_dask(tasks, finished, config, device)
         else:
             for task in tasks:
                 finished(run_shard(task))
@@ -376,66 +320,17 @@ def compute_saliency(
 def _run_dask(
     tasks: list[ShardTask],
     finished: Callable[[tuple[str, int]], None],
-    workers: int | None,
-    scheduler: str | None,
+    config: SaliencyConfig,
     device: str,
-    threads_per_worker: int | None = None,
 ) -> None:
-    """One dask task per shard; results are handled here as they complete."""
-    try:
-        from distributed import Client, as_completed
-    except ImportError as exc:  # pragma: no cover - dask[distributed] is a dependency
-        raise SatpipeError("--workers/--scheduler need dask.distributed installed") from exc
-    cluster = None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="30s")
-        except (OSError, TimeoutError) as exc:
-            raise SatpipeError(f"cannot reach dask scheduler {scheduler} ({exc})") from exc
-    else:
-        if workers is None or workers < 1:
-            raise SatpipeError(f"--workers must be >= 1, got {workers}")
-        cluster, threads = _local_cluster(workers, device)
-        threads = threads_per_worker or threads
+    """One dask task per shard; results are handled here as they complete. On a local CPU
+    cluster each worker gets its share of the cores as torch threads."""
+    gpus = torch.cuda.device_count() if torch.device(device).type == "cuda" else 0
+    if not config.scheduler and not gpus and config.workers:
+        threads = config.threads_per_worker or max(1, (os.cpu_count() or 1) // config.workers)
         tasks = [dataclasses.replace(t, torch_threads=threads) for t in tasks]
-        client = Client(cluster)
-    try:
-        token = uuid.uuid4().hex[:8]
-        futures = [
-            client.submit(run_shard, t, key=f"saliency-{t.split}-{t.shard}-{token}", pure=False)
-            for t in tasks
-        ]
-        for future in as_completed(futures):
-            finished(future.result())
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-def _local_cluster(workers: int, device: str) -> tuple[Any, int | None]:
-    """(cluster, torch threads per worker): processes with one dask thread each; on GPUs one
-    worker per GPU (dask-cuda pins each to its own device when installed)."""
-    from distributed import LocalCluster
-
-    if torch.device(device).type == "cuda":
-        gpus = torch.cuda.device_count()
-        n = max(1, min(workers, gpus))
-        try:
-            from dask_cuda import LocalCUDACluster
-
-            return LocalCUDACluster(n_workers=n, threads_per_worker=1), None
-        except ImportError:
-            pass
-        return _cpu_cluster(LocalCluster, n), None
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    return _cpu_cluster(LocalCluster, workers), threads
-
-
-def _cpu_cluster(cls, n: int):
-    return cls(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-    )
+    with dask_client(config.workers, config.scheduler, gpus=gpus) as client:
+        run_tasks(
+            client, run_shard, tasks, key=lambda t: f"saliency-{t.split}-{t.shard}",
+            on_done=lambda _, result: finished(result),
+        )  # fmt: skip

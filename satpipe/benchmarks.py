@@ -59,7 +59,7 @@ def part_sizes(part: str, device: str, quick: bool) -> dict[str, Any]:
     """The size overrides `part` runs with on `device` (empty: the benchmark's defaults)."""
     if quick:
         return dict(QUICK[part])
-    from satpipe.train.trainer import resolve_device
+    from satpipe.device import resolve_device
 
     return dict(CPU.get(part, {})) if resolve_device(device).type == "cpu" else {}
 

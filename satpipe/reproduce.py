@@ -15,165 +15,45 @@ is reported is what was measured: no preset is tuned to make a claim hold.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from satpipe.cluster import ONE_THREAD_ENV, dask_client, run_tasks
+from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
+from satpipe.options import coerce_fields, option
+from satpipe.presets import METHOD_LABELS, PRESETS, SOURCES, Preset
 from satpipe.progress import progress
-
-ALL_VARIANTS = (
-    "original",
-    "original-noise",
-    "sat",
-    "pgd",
-    "pgd-noise",
-    "pgd-sat",
-    "trades",
-    "trades-noise",
-    "trades-sat",
-)
-METHOD_LABELS = {
-    "gbp": "GBP",
-    "smoothgrad": "S.Grad",
-    "guided-gradcam++": "G.G.CAM++",
-    "ig": "I.Grad",
-    "gradient": "Grad",
-    "gradcam++": "G.CAM++",
-}
-SOURCES = {"std": ("original", "Std."), "adv": ("pgd", "Adv.")}
-
-
-@dataclass(frozen=True)
-class Preset:
-    """One reproducible grid. eps values are in /255 units, as on the command line."""
-
-    name: str
-    dataset: str  # "shapes" or an importer format
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    weak_method: str | None = "mask"  # weak saliency for the nine-variant grid; None: no grid
-    variants: tuple[str, ...] = ALL_VARIANTS
-    study_methods: tuple[str, ...] = ()  # saliency-method study: SAT from these methods ...
-    study_sources: tuple[str, ...] = ("std", "adv")  # ... on these source models
-    study_baselines: tuple[str, ...] = ("original", "original-noise")
-    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    student: str = "resnet10"
-    source_arch: str = "resnet34"
-    source_epochs: int = 100
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    eps: float = 8.0
-    attack_steps: int = 7
-    attack_step_size: float = 2.0
-    eval_eps: tuple[float, ...] = (1, 2, 3, 4, 8)
-    eval_steps: int = 5
-    eval_step_size: float = 2.0
-    needs_data_root: bool = False
-    gpu: bool = False  # meant for a GPU; runs on a CPU, slowly
-
-
-PRESETS: dict[str, Preset] = {
-    # Seconds: the fast test suite runs the whole path on it.
-    "tiny": Preset(
-        name="tiny",
-        dataset="shapes",
-        dataset_options={"classes": 3, "n_train": 96, "n_test": 48, "size": 16},
-        variants=("original", "sat", "pgd-sat"),
-        study_methods=("smoothgrad",),
-        study_baselines=(),
-        method_params={"smoothgrad": {"samples": 2}},
-        student="smallcnn",
-        source_arch="smallcnn",
-        source_epochs=1,
-        seeds=(0, 1),
-        epochs=1,
-        batch_size=32,
-        attack_steps=2,
-        attack_step_size=4.0,
-        eval_eps=(2, 8),
-        eval_steps=2,
-        eval_step_size=4.0,
-    ),
-    # The `make demo` job: about a quarter of an hour on 2 CPU cores (24x24 images keep every
-    # epoch around a second; 8 epochs is where smallcnn stops being a coin toss on shapes).
-    "quick": Preset(
-        name="quick",
-        dataset="shapes",
-        dataset_options={"n_train": 1500, "n_test": 300, "size": 24},
-        study_methods=("smoothgrad",),
-        study_baselines=(),
-        method_params={"smoothgrad": {"samples": 10}},
-        student="smallcnn",
-        source_arch="smallcnn",
-        source_epochs=8,
-        seeds=(0, 1, 2),
-        epochs=8,
-        batch_size=32,
-        attack_steps=3,
-        attack_step_size=3.0,
-        eval_eps=(1, 2, 4, 8),
-        eval_steps=5,
-        eval_step_size=2.0,
-    ),
-    # The paper's settings (DESIGN "Paper settings"): real data from --data-root, a GPU.
-    "flowers17": Preset(
-        name="flowers17",
-        dataset="flowers17",
-        dataset_options={"size": 32},
-        weak_method="mask",
-        eval_eps=(1, 2, 3),
-        needs_data_root=True,
-        gpu=True,
-    ),
-    "tinyimagenet": Preset(
-        name="tinyimagenet",
-        dataset="tinyimagenet",
-        dataset_options={"size": 32},
-        weak_method="bbox",
-        eval_eps=(1, 2, 3),
-        needs_data_root=True,
-        gpu=True,
-    ),
-    "cifar100": Preset(
-        name="cifar100",
-        dataset="cifar100",
-        weak_method=None,
-        study_methods=("gbp", "smoothgrad", "guided-gradcam++", "ig"),
-        method_params={"smoothgrad": {"samples": 50}, "ig": {"steps": 50}},
-        eval_eps=(1, 2, 3, 4),
-        needs_data_root=True,
-        gpu=True,
-    ),
-}
-
-
-def list_presets() -> list[str]:
-    return list(PRESETS)
-
-
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise SatpipeError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 @dataclass
 class ReproduceConfig:
     """What `satpipe reproduce` fills in. `seeds`/`epochs` override the preset (smoke runs)."""
 
-    preset: str
-    out: str
-    data_root: str | None = None
-    jobs: int = 1
-    scheduler: str | None = None
-    device: str = "auto"
-    seeds: tuple[int, ...] | None = None
-    epochs: int | None = None
+    preset: str = option(
+        "quick", "The grid to run (`satpipe list presets`).", short="-p",
+        choices="satpipe.presets:PRESETS",
+    )  # fmt: skip
+    out: str | None = option(None, "Report folder (default: results/PRESET).", short="-o")
+    data_root: str | None = option(None, "Folder with the real data set (paper presets).")
+    jobs: int = option(1, "Runs in parallel on a local dask cluster.", short="-j")
+    scheduler: str | None = option(None, "dask scheduler address to run on.")
+    device: str = option("auto", DEVICE_HELP)
+    seeds: tuple[int, ...] | None = option(None, "Override the preset's seeds, e.g. 0,1.")
+    epochs: int | None = option(None, "Override the preset's epochs.")
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        self.preset = PRESETS.entry(self.preset).name
+        if self.out is None:
+            self.out = f"results/{self.preset}"
+        if self.jobs < 1:
+            raise SatpipeError(f"--jobs must be >= 1, got {self.jobs}")
 
 
 @dataclass(frozen=True)
@@ -313,12 +193,12 @@ def plan_runs(
     preset: Preset, out: Path, seeds: Sequence[int], weak: str | None, study: dict[tuple, str]
 ) -> list[RunSpec]:
     """Every student run: the nine-variant grid on weak saliency, then the method study."""
-    from satpipe.train.variants import get_variant
+    from satpipe.train.variants import PAPER_VARIANTS, VARIANTS
 
     specs: list[RunSpec] = []
 
     def add(row: str, group: str, variant: str, saliency: str | None) -> None:
-        needs = get_variant(variant).needs_saliency
+        needs = VARIANTS.get(variant).needs_saliency
         for seed in seeds:
             run_dir = out / "runs" / _slug(row) / f"seed{seed}"
             specs.append(
@@ -326,7 +206,7 @@ def plan_runs(
             )
 
     if weak:
-        for variant in preset.variants:
+        for variant in preset.variants or PAPER_VARIANTS:
             add(variant, "weak", variant, weak)
     for variant in preset.study_baselines:
         add(variant, "methods", variant, None)
@@ -355,7 +235,7 @@ def _complete(opener: Callable, uri: Path) -> bool:
 
 def reproduce(config: ReproduceConfig) -> Path:
     """Run the preset's whole grid into `config.out` and write the report; returns the folder."""
-    preset = get_preset(config.preset)
+    preset = PRESETS.get(config.preset)
     if config.epochs is not None:
         preset = replace(preset, epochs=config.epochs, source_epochs=config.epochs)
     seeds = tuple(config.seeds) if config.seeds else preset.seeds
@@ -394,43 +274,17 @@ def reproduce(config: ReproduceConfig) -> Path:
 def _run_all(
     specs: list[RunSpec], preset: Preset, data: str, config: ReproduceConfig
 ) -> list[dict[str, Any]]:
-    if config.jobs <= 1 and not config.scheduler:
-        results = []
-        with progress(f"reproduce {preset.name}: runs", len(specs)) as advance:
+    run = functools.partial(run_student, preset=preset, data=data, device=config.device)
+    with progress(f"reproduce {preset.name}: runs", len(specs)) as advance:
+        if config.jobs <= 1 and not config.scheduler:
+            results = []
             for spec in specs:
-                results.append(run_student(spec, preset, data, config.device))
+                results.append(run(spec))
                 advance()
-        return results
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if config.scheduler:
-        client = Client(config.scheduler)
-    else:
+            return results
         # One torch thread per worker process: jobs share the cores instead of fighting.
-        cluster = LocalCluster(
-            n_workers=config.jobs,
-            threads_per_worker=1,
-            processes=True,
-            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-            dashboard_address=None,
-        )
-        client = Client(cluster)
-    try:
-        futures = [
-            client.submit(run_student, s, preset, data, config.device, pure=False) for s in specs
-        ]
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: list[Any] = [None] * len(specs)
-        with progress(f"reproduce {preset.name}: runs", len(specs)) as advance:
-            for future in as_completed(futures):
-                results[index[future.key]] = future.result()
-                advance()
-        return results
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        with dask_client(config.jobs, config.scheduler, env=ONE_THREAD_ENV) as client:
+            return run_tasks(client, run, specs, on_done=lambda *_: advance())
 
 
 def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]:

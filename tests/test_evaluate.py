@@ -8,9 +8,10 @@ from typer.testing import CliRunner
 from satpipe.cli import app
 from satpipe.data.loader import make_loader
 from satpipe.errors import SatpipeError
-from satpipe.train import checkpoint
+from satpipe.train import evaluate as evaluate_module
 from satpipe.train.config import TrainConfig
 from satpipe.train.evaluate import evaluate, failed_checks, robustness, sanity_checks
+from satpipe.train.models import load_model
 from satpipe.train.trainer import train
 from tests.conftest import write_colour_dataset
 
@@ -81,7 +82,7 @@ def test_trained_model_passes_the_sanity_checks(trained_run):
 
 def test_a_masked_model_is_caught(trained_run):
     run, data = trained_run
-    model, _ = checkpoint.load_model(run / "checkpoint.pt")
+    model, _ = load_model(run / "checkpoint.pt")
     loader = make_loader(data, "test", None, batch_size=16, shuffle=False)
     masked = Quantized(model).eval()
     checks = {c["name"]: c for c in sanity_checks(robustness(masked, loader, GRID, 5, 10), 4)}
@@ -119,7 +120,7 @@ def test_sanity_checks_flag_each_violation():
 
 def test_cli_eval_fails_loudly_on_masking_unless_no_strict(trained_run, monkeypatch, tmp_path):
     run, _ = trained_run
-    real = checkpoint.load_model
+    real = load_model
 
     def load_masked(path, device="cpu"):
         model, state = real(path, device)
@@ -142,7 +143,7 @@ def test_cli_eval_fails_loudly_on_masking_unless_no_strict(trained_run, monkeypa
     runner = CliRunner()
     ok = runner.invoke(app, args)
     assert ok.exit_code == 0, ok.output
-    monkeypatch.setattr(checkpoint, "load_model", load_masked)
+    monkeypatch.setattr(evaluate_module, "load_model", load_masked)
     bad = runner.invoke(app, args)
     assert bad.exit_code == 1
     assert "GRADIENT-MASKING SANITY CHECKS FAILED: large_eps_near_zero" in bad.output

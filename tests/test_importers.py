@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from satpipe.cli import app
-from satpipe.data.importers import get_importer, import_dataset, list_importers
+from satpipe.data.importers import IMPORTERS, import_dataset
 from satpipe.data.importers.common import (
     ResizePolicy,
     fit_box,
@@ -55,10 +55,10 @@ def _run(*args: str):
 
 
 def test_registry_lists_formats_and_rejects_unknown_ones(tmp_path):
-    assert list_importers() == sorted(
+    assert sorted(IMPORTERS.names()) == sorted(
         ["cifar10", "cifar100", "flowers17", "imagefolder", "oxford-pet", "tinyimagenet"]
     )
-    assert "data_batch_1" in get_importer("cifar10").summary
+    assert "data_batch_1" in IMPORTERS.summary("cifar10")
     with pytest.raises(SatpipeError, match="unknown dataset format 'mnist'; choose one of cifar10"):
         import_dataset("mnist", tmp_path, str(tmp_path / "o.zarr"))
     with pytest.raises(SatpipeError, match="'cifar10' does not take --masks"):

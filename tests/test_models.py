@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from satpipe.errors import SatpipeError
-from satpipe.train.checkpoint import load_checkpoint, load_model, model_record, save_checkpoint
-from satpipe.train.models import create_model, list_models
+from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
+from satpipe.train.models import MODELS, create_model, load_model
 
 
 @pytest.mark.parametrize("name", ["smallcnn", "resnet10"])
@@ -19,7 +19,7 @@ def test_models_take_unit_range_input_and_name_cam_layer(name):
 def test_unknown_model_names_the_choices():
     with pytest.raises(SatpipeError, match="resnet10"):
         create_model("vgg", 10)
-    assert {"smallcnn", "resnet10", "resnet18", "resnet34"} <= set(list_models())
+    assert {"smallcnn", "resnet10", "resnet18", "resnet34"} <= set(MODELS.names())
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):

@@ -14,11 +14,11 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(tmp_path, 
     config = rp.ReproduceConfig(preset="tiny", out=str(out), device="cpu", seeds=(0,))
     real_run_student, finished = rp.run_student, []
 
-    def killed_after_two(spec, *args):
+    def killed_after_two(spec, **kwargs):
         if len(finished) == 2:
             raise KeyboardInterrupt  # what a Ctrl-C (or a kill) mid-grid looks like here
         finished.append(spec.out)
-        return real_run_student(spec, *args)
+        return real_run_student(spec, **kwargs)
 
     monkeypatch.setattr(rp, "run_student", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
@@ -50,6 +50,6 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(tmp_path, 
 
 def test_unknown_preset_and_missing_data_root_are_one_line(tmp_path):
     with pytest.raises(SatpipeError, match="choose one of tiny, quick"):
-        rp.get_preset("imagenet")
+        rp.ReproduceConfig(preset="imagenet")
     with pytest.raises(SatpipeError, match="--data-root"):
         rp.reproduce(rp.ReproduceConfig(preset="cifar100", out=str(tmp_path / "c")))

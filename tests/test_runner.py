@@ -17,8 +17,8 @@ from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.normalize import normalize
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency, shard_seed
-from satpipe.train.checkpoint import file_sha256, load_model, model_record, save_checkpoint
-from satpipe.train.models import create_model
+from satpipe.train.checkpoint import file_sha256, model_record, save_checkpoint
+from satpipe.train.models import create_model, load_model
 from tests.conftest import write_tiny_dataset
 
 SG = {"samples": 2, "sigma": 0.2, "samples_batch_size": 2}

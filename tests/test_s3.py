@@ -298,9 +298,9 @@ def test_saliency_into_s3_matches_local_and_trains_from_s3(s3, tmp_path, monkeyp
 
 
 def test_storage_option_values_are_typed_like_fsspec_expects():
-    from satpipe.cli import parse_storage_options
+    from satpipe.cli._common import storage_options
 
-    options = parse_storage_options(
+    options = storage_options(
         ["anon=true", "use_ssl=false", "endpoint_url=http://127.0.0.1:9000", "max_concurrency=4",
          'client_kwargs={"region_name": "eu-west-1"}']
     )  # fmt: skip
@@ -312,4 +312,4 @@ def test_storage_option_values_are_typed_like_fsspec_expects():
         "client_kwargs": {"region_name": "eu-west-1"},
     }
     with pytest.raises(SatpipeError, match="key=value"):
-        parse_storage_options(["anon"])
+        storage_options(["anon"])

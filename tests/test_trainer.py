@@ -8,9 +8,9 @@ from satpipe.cli import app
 from satpipe.errors import SatpipeError
 from satpipe.train import trainer
 from satpipe.train.checkpoint import load_checkpoint
-from satpipe.train.config import TrainConfig, load_run_config
+from satpipe.train.config import TrainConfig, run_config
 from satpipe.train.trainer import train
-from satpipe.train.variants import list_variants
+from satpipe.train.variants import VARIANTS
 from tests.conftest import write_colour_dataset, write_tiny_saliency
 
 
@@ -50,7 +50,7 @@ def metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("variant", list_variants())
+@pytest.mark.parametrize("variant", VARIANTS.names())
 def test_every_variant_trains_and_beats_chance(stores, tmp_path, variant):
     run = train(config(stores, tmp_path, variant))
     rows = metrics(run)
@@ -98,7 +98,7 @@ def test_resume_from_the_run_config_and_refusals(stores, tmp_path):
         train(config(stores, tmp_path, "original", epochs=1))
     with pytest.raises(SatpipeError, match="different config.*lr"):
         train(config(stores, tmp_path, "original", epochs=2, lr=0.1, resume=True))
-    again = load_run_config(run, epochs=2, resume=True)
+    again = run_config(run, epochs=2, resume=True)
     assert again.variant == "original" and again.epochs == 2 and again.model == "smallcnn"
     train(again)
     assert [r["epoch"] for r in metrics(run)] == [0, 1]

@@ -6,7 +6,7 @@ from torch import nn
 from satpipe.errors import SatpipeError
 from satpipe.train.losses import trades_loss
 from satpipe.train.perturb import alpha_schedule, sat_perturb
-from satpipe.train.variants import Cost, VariantConfig, get_variant, list_variants
+from satpipe.train.variants import VARIANTS, Cost, VariantConfig
 
 NINE = [
     "original",
@@ -57,28 +57,28 @@ def batch(seed=0, b=4):
 
 
 def test_registry_has_the_nine_variants_in_table_order():
-    assert list_variants() == NINE
-    assert [v for v in NINE if get_variant(v).needs_saliency] == ["sat", "pgd-sat", "trades-sat"]
+    assert VARIANTS.names() == NINE
+    assert [v for v in NINE if VARIANTS.get(v).needs_saliency] == ["sat", "pgd-sat", "trades-sat"]
     with pytest.raises(SatpipeError, match="pgd-sat"):
-        get_variant("fgsm-sat")
+        VARIANTS.get("fgsm-sat")
 
 
 def test_costs_follow_the_table():
     k = 7
-    assert get_variant("original").cost(k) == Cost(1, 1) == get_variant("sat").cost(k)
-    assert get_variant("pgd").cost(k) == Cost(k + 1, k + 1)
-    assert get_variant("pgd-sat").cost(k) == Cost(1 + k / 2, 1 + k / 2)
-    assert get_variant("pgd-noise").cost(k, p_mix=0.25).forward == 1 + 0.75 * k
-    assert get_variant("trades").cost(k) == Cost(k + 3, k + 2)
-    ratio = get_variant("pgd-sat").cost(k).work / get_variant("pgd").cost(k).work
+    assert VARIANTS.get("original").cost(k) == Cost(1, 1) == VARIANTS.get("sat").cost(k)
+    assert VARIANTS.get("pgd").cost(k) == Cost(k + 1, k + 1)
+    assert VARIANTS.get("pgd-sat").cost(k) == Cost(1 + k / 2, 1 + k / 2)
+    assert VARIANTS.get("pgd-noise").cost(k, p_mix=0.25).forward == 1 + 0.75 * k
+    assert VARIANTS.get("trades").cost(k) == Cost(k + 3, k + 2)
+    ratio = VARIANTS.get("pgd-sat").cost(k).work / VARIANTS.get("pgd").cost(k).work
     assert ratio == pytest.approx((1 + k / 2) / (1 + k))
-    assert get_variant("trades-sat").cost(k).work < get_variant("trades").cost(k).work
+    assert VARIANTS.get("trades-sat").cost(k).work < VARIANTS.get("trades").cost(k).work
 
 
 @pytest.mark.parametrize("name", NINE)
 def test_measured_passes_match_the_declared_cost(name):
     """Count real forward/backward passes over many batches: the mean must match cost()."""
-    variant, cfg = get_variant(name), VariantConfig(attack_steps=3)
+    variant, cfg = VARIANTS.get(name), VariantConfig(attack_steps=3)
     model = Recorder().train()
     g = torch.Generator().manual_seed(0)
     x, s, y = batch()
@@ -96,7 +96,7 @@ def test_measured_passes_match_the_declared_cost(name):
 def test_sat_step_trains_on_x_sat_with_alpha_t():
     model, cfg = Recorder().train(), VariantConfig()
     x, s, y = batch()
-    out = get_variant("sat").step(
+    out = VARIANTS.get("sat").step(
         model, x, s, y, epoch=20, cfg=cfg, generator=torch.Generator().manual_seed(5)
     )
     expected = sat_perturb(x, s, cfg.eps, alpha_schedule(20, 0.6), torch.Generator().manual_seed(5))
@@ -108,7 +108,7 @@ def test_sat_step_trains_on_x_sat_with_alpha_t():
 def test_trades_step_is_the_trades_loss_on_clean_and_attacked_inputs():
     model, cfg = Recorder().train(), VariantConfig(attack_steps=2)
     x, s, y = batch()
-    out = get_variant("trades").step(
+    out = VARIANTS.get("trades").step(
         model, x, s, y, epoch=0, cfg=cfg, generator=torch.Generator().manual_seed(0)
     )
     # attack: clean (eval) + 2 steps (eval); training: clean (train) + adversarial (train)
@@ -130,7 +130,7 @@ def test_steps_are_deterministic_given_the_generator():
             g = torch.Generator().manual_seed(11)
             losses.append(
                 [
-                    get_variant(name)
+                    VARIANTS.get(name)
                     .step(model, x, s, y, epoch=3, cfg=VariantConfig(), generator=g)
                     .loss.item()
                     for _ in range(5)
@@ -142,6 +142,6 @@ def test_steps_are_deterministic_given_the_generator():
 def test_sat_variants_refuse_missing_saliency_and_config_checks():
     x, _, y = batch()
     with pytest.raises(SatpipeError, match="saliency"):
-        get_variant("pgd-sat").step(Recorder(), x, None, y, epoch=0, cfg=VariantConfig())
+        VARIANTS.get("pgd-sat").step(Recorder(), x, None, y, epoch=0, cfg=VariantConfig())
     with pytest.raises(SatpipeError, match="p_mix"):
         VariantConfig(p_mix=1.5)

@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from satpipe.data.synthetic import write_random_dataset, write_random_saliency
+from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
 from satpipe.train.config import TrainConfig
-from satpipe.train.models import create_model, list_models
-from satpipe.train.trainer import build_optimizer, resolve_device, train_one_epoch
-from satpipe.train.variants import get_variant
+from satpipe.train.models import MODELS, create_model
+from satpipe.train.trainer import build_optimizer, train_one_epoch
+from satpipe.train.variants import VARIANTS
 
 DEFAULT_VARIANTS = ("original", "sat", "pgd", "pgd-sat", "trades", "trades-sat")
 ON_THE_FLY = "sat-smoothgrad-on-the-fly"
@@ -127,17 +128,17 @@ def bench_train(
 
     variants = list(dict.fromkeys(["original", *variants]))
     for name in variants:
-        get_variant(name)
+        VARIANTS.get(name)
     if smoothgrad_samples < 1 or epochs < 1:
         raise SatpipeError("smoothgrad samples and epochs must be at least 1")
-    if on_the_fly and teacher is not None and teacher not in list_models():
-        raise SatpipeError(f"unknown teacher '{teacher}'; choose one of {', '.join(list_models())}")
+    if on_the_fly and teacher is not None:
+        MODELS.get(teacher)
     dev = resolve_device(device)
     tmp = None
     if data is None:
         tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-")
         data, saliency = write_synthetic_stores(tmp.name, n_train, size, seed=seed)
-    needs_maps = any(get_variant(v).needs_saliency for v in variants)
+    needs_maps = any(VARIANTS.get(v).needs_saliency for v in variants)
     if needs_maps and saliency is None:
         raise SatpipeError("the SAT variants need --saliency when --data is given")
     try:
@@ -173,7 +174,7 @@ def bench_train(
             net = create_model(model, k, c).to(dev)
             if dev.type == "cuda":
                 net = net.to(memory_format=torch.channels_last)
-            variant = get_variant(name)
+            variant = VARIANTS.get(name)
             loader = with_maps if variant.needs_saliency and saliency_fn is None else no_maps
             return dict(name=name, net=net, opt=build_optimizer(cfg, net), variant=variant,
                         loader=loader, saliency_fn=saliency_fn)  # fmt: skip
@@ -225,9 +226,9 @@ def bench_train(
     # Predictions from the declared costs, with each mixed variant's coin as it actually fell
     # (a short epoch can flip far from p_mix; the expectation is reported too).
     cost = {
-        name: get_variant(name).cost(attack_steps, 1.0 - attacked[name]).work for name in variants
+        name: VARIANTS.get(name).cost(attack_steps, 1.0 - attacked[name]).work for name in variants
     }
-    expected = {name: get_variant(name).cost(attack_steps, vcfg.p_mix).work for name in variants}
+    expected = {name: VARIANTS.get(name).cost(attack_steps, vcfg.p_mix).work for name in variants}
     result: dict[str, Any] = {
         "satpipe": {"kind": "bench", "bench": "train", "format": 1},
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),

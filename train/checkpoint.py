@@ -7,7 +7,8 @@ Layout (format 1)::
      "variant": str, "epoch": int (last finished, 0-based),
      "config": dict, "optimizer": dict, "scheduler": dict | None, "rng": dict, "metrics": dict}
 
-Only "satpipe" and "model" are required; the trainer adds the rest.
+Only "satpipe" and "model" are required; the trainer adds the rest. Rebuilding the model
+from a checkpoint is `satpipe.train.models.load_model` (this module knows no architectures).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from torch import nn
 
 from satpipe import __version__
 from satpipe.errors import SatpipeError
-from satpipe.train.models import create_model
 
 FORMAT = 1
 
@@ -79,23 +79,8 @@ def load_checkpoint(
     return state
 
 
-def build_model(record: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from a checkpoint's "model" entry."""
-    model = create_model(record["arch"], record["num_classes"], record["in_channels"])
-    model.load_state_dict(record["state_dict"])
-    return model
-
-
-def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode on `device`, the full checkpoint dict)."""
-    state = load_checkpoint(path)
-    model = build_model(state["model"]).to(device).eval()
-    return model, state
-
-
 def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

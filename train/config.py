@@ -1,7 +1,8 @@
-"""The trainer's typed configuration and its closed choice sets (importable without torch).
+"""The trainer's typed configuration (importable without torch).
 
-The CLI builds a TrainConfig from its flags; the trainer saves it as a plain dict in
-RUN/config.json and in every checkpoint; `load_run_config` reads it back for `--resume`.
+The CLI builds a TrainConfig from its flags (one option per field, defaults from here);
+the trainer saves it as a plain dict in RUN/config.json and in every checkpoint;
+`run_config` reads it back for `--resume`.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
+from satpipe.options import check_choice, coerce_fields, option
 
 
 class Optimizer(str, Enum):
@@ -22,26 +25,13 @@ class Optimizer(str, Enum):
     sgd = "sgd"
 
 
-class Schedule(str, Enum):
-    none = "none"
-    cosine = "cosine"
-    step = "step"
-
-
-class DeviceChoice(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class LoaderMode(str, Enum):
-    auto = "auto"
-    resident = "resident"
-    streaming = "streaming"
-
-
 # Keys that may change when resuming a run; every other key must match the checkpoint's.
 RESUMABLE_CHANGES = frozenset({"epochs", "resume", "overwrite", "device", "out"})
+_VARIANTS = "satpipe.train.variants:VARIANTS"
+_SCHEDULES = "satpipe.train.schedules:SCHEDULES"
+_LOADER_MODES = "satpipe.data.loader:LoaderMode"
+# PGD eps (/255) of the "a very large eps drives accuracy near chance" sanity check.
+LARGE_EPS = 64.0
 
 
 @dataclass
@@ -53,50 +43,55 @@ class TrainConfig:
     `storage_options` (fsspec credentials and endpoints) is never written to disk.
     """
 
-    variant: str
-    data: str
-    out: str
-    saliency: str | None = None
-    model: str = "resnet10"
-    epochs: int = 100
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "none"
-    seed: int = 0
-    device: str = "auto"
-    eps: float = 8.0
-    attack_steps: int = 7
-    attack_step_size: float = 2.0
-    p_mix: float = 0.5
-    alpha_base: float = 0.6
-    trades_beta: float = 6.0
-    augment: bool = True
-    loader_mode: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    amp: bool = True
-    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    variant: str = option(help="Training variant (`satpipe list variants`).", choices=_VARIANTS)
+    data: str = option(help="Dataset store (path or URL).")
+    out: str = option(help="Run directory (config, checkpoint, metrics).")
+    saliency: str | None = option(
+        None, "Saliency store made for --data (the SAT variants need one)."
+    )
+    model: str = option(
+        "resnet10", "Architecture (`satpipe list models`).", choices="satpipe.train.models:MODELS"
+    )
+    epochs: int = option(100, "Epochs (on --resume: extend or shorten the run).")
+    batch_size: int = option(128, "Images per batch (per rank).")
+    optimizer: str = option("adam", "Optimizer.", choices=Optimizer)
+    lr: float = option(1e-3, "Learning rate.")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(0.0, "L2 weight decay.")
+    schedule: str = option(
+        "none",
+        "Learning-rate schedule, a function of the epoch and --epochs.",
+        choices=_SCHEDULES,
+    )
+    seed: int = option(0, "Seed of weights, order, coins and noise.")
+    device: str = option("auto", DEVICE_HELP)
+    eps: float = option(8.0, "Perturbation size, /255 units.")
+    attack_steps: int = option(7, "K: PGD/TRADES training steps.")
+    attack_step_size: float = option(2.0, "Attack step, /255 units.")
+    p_mix: float = option(0.5, "Chance a mixed variant's batch trains on x_sat/x_noise.")
+    alpha_base: float = option(0.6, "a in alpha_t = a^(t/10).")
+    trades_beta: float = option(6.0, "TRADES KL weight.")
+    augment: bool = option(True, "RandomCrop(pad 4) + flip, joint on image and map.")
+    loader_mode: str = option(
+        "auto",
+        "resident (on the device), streaming, or auto (resident when it fits).",
+        choices=_LOADER_MODES,
+    )
+    resume: bool = option(False, "Continue RUN from its last finished epoch (flags optional).")
+    overwrite: bool = option(False, "Start RUN over.")
+    amp: bool = option(True, "bf16 autocast (CUDA only).")
+    storage_options: dict[str, Any] = option(
+        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
+        short="-S",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         # Plain strings, not enum members: the config is saved as a plain dict.
-        for name, enum in (
-            ("optimizer", Optimizer),
-            ("schedule", Schedule),
-            ("device", DeviceChoice),
-            ("loader_mode", LoaderMode),
-        ):
-            value = getattr(self, name)
-            try:
-                setattr(self, name, enum(value).value)
-            except ValueError:
-                choices = ", ".join(e.value for e in enum)
-                raise SatpipeError(f"unknown {name} '{value}'; choose one of {choices}") from None
-        from satpipe.train.variants import get_variant  # torch: only when a config is built
-
-        self.variant = get_variant(str(getattr(self.variant, "value", self.variant))).name
+        # The registries import torch: only when a config is built, not when flags are shown.
+        self.optimizer = check_choice(self.optimizer, Optimizer, "optimizer")
+        self.loader_mode = check_choice(self.loader_mode, _LOADER_MODES, "loader mode")
+        self.schedule = check_choice(self.schedule, _SCHEDULES, "schedule")
+        self.variant = check_choice(self.variant, _VARIANTS, "variant")
         if self.epochs < 1 or self.batch_size < 1:
             raise SatpipeError("epochs and batch size must be at least 1")
         if self.lr <= 0:
@@ -123,8 +118,12 @@ class TrainConfig:
         return d
 
 
-def load_run_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
-    """The TrainConfig saved in RUN/config.json, with `changes` applied (e.g. epochs=200)."""
+def run_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
+    """The TrainConfig saved in RUN/config.json with `changes` applied (e.g. epochs=200).
+
+    What may differ from the saved run on resume is checked by the trainer against the
+    checkpoint (RESUMABLE_CHANGES), so a changed `lr` here is refused there, never ignored.
+    """
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise SatpipeError(f"{path}: no run config here (is {run_dir} a satpipe run directory?)")
@@ -136,3 +135,53 @@ def load_run_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
     saved = {k: v for k, v in saved.items() if k in known}
     saved.update({k: v for k, v in changes.items() if v is not None})
     return TrainConfig(**saved)
+
+
+def train_config(given: dict[str, Any]) -> TrainConfig:
+    """The config of `satpipe train` from the flags a user gave: `--resume --out RUN` alone
+    continues RUN with its saved settings (any other flag given is a change to it, checked on
+    resume); otherwise --variant, --data and --out are required."""
+    if given.get("resume") and (Path(given.get("out", "")) / "config.json").is_file():
+        return run_config(given["out"], **given)
+    missing = [k for k in ("variant", "data", "out") if k not in given]
+    if missing:
+        flags = ", ".join("--" + k for k in missing)
+        raise SatpipeError(f"missing {flags} (or --resume --out RUN to continue a run)")
+    return TrainConfig(**given)
+
+
+@dataclass
+class EvalConfig:
+    """`satpipe eval`: robustness of a trained model on the test split (satpipe.train.evaluate).
+
+    eps and step sizes in /255 units. `strict`: raise (after writing the results) when a
+    gradient-masking sanity check fails; `tolerance` (fraction) absorbs PGD's random start
+    (default max(1%, 2/n)); `large_eps_margin`: how far above chance the large-eps check allows.
+    """
+
+    run: str = option(help="Run directory (its checkpoint.pt) or a checkpoint.", argument=True)
+    data: str | None = option(None, "Dataset store (default: the one the run trained on).")
+    eps: tuple[float, ...] = option((0, 1, 2, 3, 4, 8), "PGD/FGSM eps grid, /255 units.")
+    steps: int = option(5, "PGD steps.")
+    step_size: float = option(2.0, "PGD step size, /255 units.")
+    seeds: tuple[int, ...] = option((0,), "PGD random-start seeds, e.g. 0,1,2.")
+    batch_size: int = option(256, "Images per attack batch.")
+    device: str = option("auto", DEVICE_HELP)
+    large_eps: float = option(LARGE_EPS, "Eps (/255) of the 'drives accuracy near 0' check.")
+    strict: bool = option(True, "Exit non-zero when a sanity check fails.")
+    out: str | None = option(None, "Directory for results (default: RUN).")
+    storage_options: dict[str, Any] = option(
+        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
+        short="-S",
+    )  # fmt: skip
+    large_eps_margin: float = option(0.05, cli=False)
+    tolerance: float | None = option(None, cli=False)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.steps < 1 or self.step_size <= 0 or not self.seeds:
+            raise SatpipeError("PGD needs steps >= 1, step size > 0 and at least one seed")
+        if any(e < 0 or e > 255 for e in self.eps):
+            raise SatpipeError(f"eps must be in [0, 255] (/255 units), got {list(self.eps)}")
+        if self.batch_size < 1:
+            raise SatpipeError(f"--batch-size must be >= 1, got {self.batch_size}")

@@ -13,23 +13,22 @@ import os
 import torch
 import torch.distributed as dist
 
+from satpipe.device import resolve_device
 
-def init_distributed(device: str | None = None) -> tuple[int, int, int, torch.device]:
+
+def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]:
     """(rank, world_size, local_rank, device) from the torchrun environment.
 
-    device: "cuda", "cpu" or None (CUDA when available). Under torchrun on CUDA each process
-    uses `cuda:LOCAL_RANK`. Initialises the default process group once (NCCL on CUDA, gloo on
-    CPU); calling it again returns the same answer.
+    device: as `satpipe.device.resolve_device` takes it; under torchrun "cuda" (or "auto" on a
+    GPU machine) means `cuda:LOCAL_RANK` for each process. Initialises the default process
+    group once (NCCL on CUDA, gloo on CPU); calling it again returns the same answer.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind.startswith("cuda"):
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device(kind)
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         # device_id binds NCCL's communicator to this GPU eagerly (no guessing later).

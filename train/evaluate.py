@@ -29,12 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
 from satpipe.progress import progress
+from satpipe.seeding import generator
 from satpipe.train.attacks import fgsm, pgd
-
-DEFAULT_EPS = (0, 1, 2, 3, 4, 8)
-LARGE_EPS = 64.0  # /255
+from satpipe.train.checkpoint import file_sha256
+from satpipe.train.config import LARGE_EPS, EvalConfig
+from satpipe.train.models import load_model
 
 
 def clean_accuracy(model: nn.Module, loader, amp: bool = False) -> float:
@@ -64,15 +66,17 @@ def _key(eps: float) -> str:
     return str(int(eps)) if float(eps).is_integer() else f"{eps:g}"
 
 
+ATTACK_STREAM = 0xE7A1  # tags the attacks' random starts apart from every other stream
+
+
 def _attack_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
-    words = np.random.SeedSequence([seed, batch, 0xE7A1]).generate_state(2, np.uint32)
-    return torch.Generator(device=device).manual_seed((int(words[0]) << 31) ^ int(words[1]))
+    return generator(seed, batch, ATTACK_STREAM, device=device)
 
 
 def robustness(
     model: nn.Module,
     loader,
-    eps: Sequence[float] = DEFAULT_EPS,
+    eps: Sequence[float] = (0, 1, 2, 3, 4, 8),
     steps: int = 5,
     step_size: float = 2.0,
     seeds: Sequence[int] = (0,),
@@ -244,70 +248,62 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(
-    run: str | os.PathLike,
-    data: str | None = None,
-    eps: Sequence[float] = DEFAULT_EPS,
-    steps: int = 5,
-    step_size: float = 2.0,
-    seeds: Sequence[int] = (0,),
-    batch_size: int = 256,
-    device: str = "auto",
-    *,
-    large_eps: float = LARGE_EPS,
-    large_eps_margin: float = 0.05,
-    tolerance: float | None = None,
-    strict: bool = False,
-    out: str | os.PathLike | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def evaluate(run: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """Evaluate a run directory (its checkpoint.pt) or a checkpoint file on the test split.
 
-    Args:
-        run: RUN/ or a checkpoint path. data: dataset store (default: the one it trained on).
-        eps: grid in /255 units (0 is always added: the first sanity check needs it).
-        steps, step_size: PGD steps and step size (/255 units); paper preset 5 of 2/255.
-        seeds: PGD random-start seeds; PGD is reported as mean and std over them.
-        strict: raise SatpipeError (after writing the files) when a sanity check fails.
-        out: directory for results.json / results.md (default: the run directory).
+    options: the fields of `EvalConfig` (data, eps grid and PGD steps/step size in /255 units,
+    seeds, batch_size, device, large_eps, strict, out, storage_options, ...). 0 is always added
+    to the eps grid (the first sanity check needs it); PGD is reported as mean and std over
+    the seeds. With `strict` (the default) a failed sanity check raises SatpipeError after the
+    files are written.
 
     Returns:
-        The results dict written to results.json (accuracies in %, eps keys in /255 units).
+        The results dict written to OUT/results.json (accuracies in %, eps keys in /255 units).
     """
-    from satpipe.data.loader import make_loader
-    from satpipe.train.checkpoint import file_sha256, load_model
-    from satpipe.train.trainer import resolve_device
+    cfg = EvalConfig(run=str(run), **options)
+    ckpt, model, state, loader = _open_for_eval(cfg)
+    num_classes = state["model"]["num_classes"]
+    raw = robustness(model, loader, cfg.eps, cfg.steps, cfg.step_size, cfg.seeds, cfg.large_eps)
+    checks = sanity_checks(raw, num_classes, cfg.tolerance, cfg.large_eps, cfg.large_eps_margin)
+    attack = {"steps": cfg.steps, "step_size": cfg.step_size, "random_start": True,
+              "seeds": list(cfg.seeds), "large_eps": cfg.large_eps}  # fmt: skip
+    results = _results(ckpt, state, str(loader.dataset.uri), raw, checks, attack)
+    out_dir = Path(cfg.out) if cfg.out is not None else ckpt.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    (out_dir / "results.md").write_text(results_markdown(results))
+    warning = masking_warning(results)
+    if cfg.strict and warning:
+        raise SatpipeError(f"{warning}; see {out_dir / 'results.md'} (--no-strict to only warn)")
+    return results
 
-    path = Path(run)
+
+def _open_for_eval(cfg: EvalConfig):
+    """(checkpoint path, model in eval mode, checkpoint dict, test loader) for `evaluate`."""
+    from satpipe.data.loader import make_loader
+
+    path = Path(cfg.run)
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
-    run_dir = ckpt.parent
-    if steps < 1 or step_size <= 0 or not seeds:
-        raise SatpipeError("PGD needs steps >= 1, step size > 0 and at least one seed")
-    if any(e < 0 or e > 255 for e in eps):
-        raise SatpipeError(f"eps must be in [0, 255] (/255 units), got {list(eps)}")
-    dev = resolve_device(device)
+    dev = resolve_device(cfg.device)
     model, state = load_model(ckpt, dev)
-    config = state.get("config") or {}
-    data = data or config.get("data")
+    data = cfg.data or (state.get("config") or {}).get("data")
     if not data:
         raise SatpipeError(f"{ckpt}: checkpoint does not name its dataset; pass --data")
     loader = make_loader(
-        data,
-        "test",
-        None,
-        batch_size=batch_size,
-        shuffle=False,
-        augment=False,
-        device=dev,
-        storage_options=storage_options,
-    )
+        data, "test", None, batch_size=cfg.batch_size, shuffle=False, augment=False, device=dev,
+        storage_options=cfg.storage_options,
+    )  # fmt: skip
     num_classes = state["model"]["num_classes"]
     if loader.num_classes != num_classes:
         raise SatpipeError(f"{data}: has {loader.num_classes} classes, the model {num_classes}")
-    raw = robustness(model, loader, eps, steps, step_size, seeds, large_eps)
-    checks = sanity_checks(raw, num_classes, tolerance, large_eps, large_eps_margin)
+    return ckpt, model, state, loader
+
+
+def _results(ckpt: Path, state, data: str, raw, checks, attack) -> dict[str, Any]:
+    """The results.json dict: accuracies in %, eps keys in /255 units."""
     pct = {e: [100 * v for v in vs] for e, vs in raw["pgd"].items()}
-    results = {
+    config = state.get("config") or {}
+    return {
         "satpipe": {"kind": "results", "format": 1},
         "checkpoint": str(ckpt),
         "checkpoint_sha256": file_sha256(ckpt),
@@ -315,16 +311,10 @@ def evaluate(
         "arch": state["model"]["arch"],
         "seed": config.get("seed"),
         "epochs": (state.get("epoch", -1) + 1),
-        "data": str(data),
+        "data": data,
         "n": raw["n"],
-        "num_classes": num_classes,
-        "attack": {
-            "steps": steps,
-            "step_size": step_size,
-            "random_start": True,
-            "seeds": list(seeds),
-            "large_eps": large_eps,
-        },
+        "num_classes": state["model"]["num_classes"],
+        "attack": attack,
         "clean": 100 * raw["clean"],
         "fgsm": {_key(e): 100 * v for e, v in raw["fgsm"].items()},
         "pgd": {_key(e): float(np.mean(v)) for e, v in pct.items()},
@@ -334,19 +324,19 @@ def evaluate(
         "pgd_double_steps": 100 * raw["pgd_double_steps"],
         "checks": checks,
         "checks_passed": all(c["passed"] for c in checks),
-        "train_time_s": _train_time(run_dir),
+        "train_time_s": _train_time(ckpt.parent),
     }
-    out_dir = Path(out) if out is not None else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    (out_dir / "results.md").write_text(results_markdown(results))
-    if strict and not results["checks_passed"]:
-        failed = ", ".join(c["name"] for c in checks if not c["passed"])
-        raise SatpipeError(
-            f"GRADIENT-MASKING SANITY CHECKS FAILED ({failed}); see {out_dir / 'results.md'} "
-            f"(--no-strict to only warn)"
-        )
-    return results
+
+
+def masking_warning(results: dict[str, Any]) -> str | None:
+    """The one-line warning for a results dict whose sanity checks failed, else None."""
+    failed = failed_checks(results)
+    if not failed:
+        return None
+    return (
+        f"GRADIENT-MASKING SANITY CHECKS FAILED: {', '.join(failed)} "
+        "(accuracies may not mean robustness)"
+    )
 
 
 def failed_checks(results: dict[str, Any]) -> list[str]:

@@ -1,7 +1,7 @@
 """The training loop: one typed config in, one run directory out.
 
     RUN/config.json      the TrainConfig as a plain dict
-    RUN/checkpoint.pt    latest finished epoch (model record, optimizer, scheduler, RNG states),
+    RUN/checkpoint.pt    latest finished epoch (model record, optimizer, RNG states),
                          replaced atomically every epoch; `--resume` continues from it
     RUN/metrics.jsonl    one JSON line per epoch: loss, train/test accuracy, time, images/s
 
@@ -24,6 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,37 +35,31 @@ from torch import nn
 
 from satpipe.errors import SatpipeError
 from satpipe.progress import progress
+from satpipe.seeding import generator
 from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
-from satpipe.train.config import RESUMABLE_CHANGES, TrainConfig, load_run_config
+from satpipe.train.config import RESUMABLE_CHANGES, TrainConfig
 from satpipe.train.distributed import barrier, cleanup, init_distributed, sync_buffers
 from satpipe.train.evaluate import clean_accuracy
 from satpipe.train.models import create_model
 from satpipe.train.perturb import alpha_schedule
-from satpipe.train.variants import Variant, VariantConfig, get_variant
+from satpipe.train.schedules import lr_at
+from satpipe.train.variants import VARIANTS, Variant, VariantConfig
 
-__all__ = ["TrainConfig", "load_run_config", "train", "train_one_epoch"]
+__all__ = ["TrainConfig", "train", "train_one_epoch"]
 
 
 # --------------------------------------------------------------------------------------------
 # Pieces of the loop
 
 
+STEP_STREAM = 0x5A7  # tags the per-step streams apart from every other seeded stream
+
+
 def step_generator(
     seed: int, epoch: int, step: int, rank: int, device: torch.device
 ) -> torch.Generator:
     """The generator for all randomness of one training step: a function of its coordinates."""
-    words = np.random.SeedSequence([seed, epoch, step, rank, 0x5A7]).generate_state(2, np.uint32)
-    gen = torch.Generator(device=device)
-    gen.manual_seed((int(words[0]) << 31) ^ int(words[1]))
-    return gen
-
-
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise SatpipeError("--device cuda was asked for, but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    return generator(seed, epoch, step, rank, STEP_STREAM, device=device)
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -78,14 +73,9 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
-    """Stepped once per epoch. step: x0.1 at 50% and 75% of the epochs."""
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if config.schedule == "step":
-        milestones = sorted({max(1, config.epochs // 2), max(1, config.epochs * 3 // 4)})
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    return None
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def rng_state() -> dict[str, Any]:
@@ -239,6 +229,36 @@ def _rewrite_metrics(path: Path, last_epoch: int, last_record: dict[str, Any] | 
 # The run
 
 
+@dataclass
+class _Run:
+    """What one run holds while it trains (built by `_open_run`)."""
+
+    config: TrainConfig
+    variant: Variant
+    dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    train_loader: Any
+    test_loader: Any
+    raw: nn.Module  # the module itself: checkpoints and attacks use it
+    model: nn.Module  # what the step calls: `raw`, or DDP around it
+    optimizer: torch.optim.Optimizer
+    start: int  # first epoch to train
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+
 def train(config: TrainConfig) -> Path:
     """Train `config.variant` and return the run directory (see the module docstring).
 
@@ -246,65 +266,66 @@ def train(config: TrainConfig) -> Path:
     mismatched saliency store (the loader checks), an existing run without --resume or
     --overwrite, a resume whose config differs in anything but epochs/device/out.
     """
-    variant = get_variant(config.variant)
+    run = _open_run(config)
+    use_amp = config.amp and run.device.type == "cuda"
+    vcfg = config.variant_config()
+    for epoch in range(run.start, config.epochs):
+        run.train_loader.set_epoch(epoch)
+        lr = lr_at(config.schedule, config.lr, epoch, config.epochs)
+        set_lr(run.optimizer, lr)
+        stats = train_one_epoch(
+            run.model, run.train_loader, run.optimizer, run.variant, vcfg, epoch,
+            seed=config.seed, rank=run.rank, amp=use_amp, attack_model=run.raw,
+            show_progress=run.master,
+            description=f"epoch {epoch + 1}/{config.epochs} {run.variant.name}",
+        )  # fmt: skip
+        if run.master:
+            t0 = time.perf_counter()
+            test_acc = clean_accuracy(run.raw, run.test_loader, amp=use_amp)
+            record = _epoch_record(epoch, stats, test_acc, lr, time.perf_counter() - t0)
+            if run.variant.needs_saliency:
+                record["alpha_t"] = alpha_schedule(epoch, config.alpha_base)
+            _save_epoch(run, epoch, record)
+        if run.world > 1:
+            barrier()
+    if run.world > 1:
+        cleanup()
+    return run.dir
+
+
+def _open_run(config: TrainConfig) -> _Run:
+    """Check the request, open the loaders, build (or restore) model and optimizer, and
+    prepare the run directory: everything the epoch loop needs."""
+    variant = VARIANTS.get(config.variant)
     if variant.needs_saliency and not config.saliency:
         raise SatpipeError(
             f"variant '{variant.name}' needs --saliency S.zarr (a saliency store "
             f"made for {config.data})"
         )
-    saliency = config.saliency if variant.needs_saliency else None
-    run = Path(config.out)
-    ckpt_path, metrics_path = run / "checkpoint.pt", run / "metrics.jsonl"
+    run_dir = Path(config.out)
+    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
     state = None
     if config.resume:
         state = load_checkpoint(ckpt_path)
         _check_resumable(config, state.get("config", {}), ckpt_path)
     elif (ckpt_path.exists() or metrics_path.exists()) and not config.overwrite:
         raise SatpipeError(
-            f"{run}: already holds a run (pass --resume to continue it or "
+            f"{run_dir}: already holds a run (pass --resume to continue it or "
             f"--overwrite to start over)"
         )
 
-    resolve_device(config.device)  # --device cuda without CUDA: a clear error before anything
-    rank, world, _, device = init_distributed(None if config.device == "auto" else config.device)
-    master = rank == 0
-    loader = dict(
-        batch_size=config.batch_size,
-        device=device,
-        mode=config.loader_mode,
-        storage_options=config.storage_options,
-    )
-    from satpipe.data.loader import make_loader  # heavy (zarr, threads): import when training
-
-    train_loader = make_loader(
-        config.data,
-        "train",
-        saliency,
-        shuffle=True,
-        augment=config.augment,
-        seed=config.seed,
-        rank=rank,
-        world_size=world,
-        **loader,
-    )
-    test_loader = None
-    if master:  # rank 0 alone evaluates, on the whole test split
-        test_loader = make_loader(config.data, "test", None, shuffle=False, **loader)
+    rank, world, _, device = init_distributed(config.device)
+    train_loader, test_loader = _loaders(config, variant, rank, world, device)
     h, w, c = train_loader.image_shape
-    num_classes = train_loader.num_classes
-
     torch.manual_seed(config.seed)  # the initial weights are a function of the seed
-    raw = create_model(config.model, num_classes, c).to(device)
+    raw = create_model(config.model, train_loader.num_classes, c).to(device)
     if device.type == "cuda":
         raw = raw.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, raw)
-    scheduler = build_scheduler(config, optimizer)
     start = 0
     if state is not None:
         raw.load_state_dict(state["model"]["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start = int(state["epoch"]) + 1
     model = raw
@@ -312,77 +333,84 @@ def train(config: TrainConfig) -> Path:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
-
-    if master:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        if state is not None:
-            _rewrite_metrics(metrics_path, start - 1, state.get("metrics"))
-        elif metrics_path.exists():
-            metrics_path.unlink()  # --overwrite
-            ckpt_path.unlink(missing_ok=True)
-
-    vcfg = config.variant_config()
-    use_amp = config.amp and device.type == "cuda"
-    for epoch in range(start, config.epochs):
-        train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(
-            model,
-            train_loader,
-            optimizer,
-            variant,
-            vcfg,
-            epoch,
-            seed=config.seed,
-            rank=rank,
-            amp=use_amp,
-            attack_model=raw,
-            show_progress=master,
-            description=f"epoch {epoch + 1}/{config.epochs} {variant.name}",
-        )
-        if scheduler is not None:
-            scheduler.step()
-        if master:
-            t0 = time.perf_counter()
-            test_acc = clean_accuracy(raw, test_loader, amp=use_amp)
-            record = {
-                "epoch": epoch,
-                "loss": stats["loss"],
-                "train_acc": stats["train_acc"],
-                "test_acc": test_acc,
-                "lr": lr,
-                "seconds": stats["seconds"],
-                "eval_seconds": time.perf_counter() - t0,
-                "images_per_s": stats["images"] / max(stats["seconds"], 1e-9),
-                "attacked_batches": stats["attacked_batches"],
-                "batches": stats["batches"],
-            }
-            if variant.needs_saliency:
-                record["alpha_t"] = alpha_schedule(epoch, config.alpha_base)
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": model_record(raw, num_classes, c),
-                    "variant": variant.name,
-                    "epoch": epoch,
-                    "config": config.to_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": rng_state(),
-                    "metrics": record,
-                },
-            )
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(
-                f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  "
-                f"train {100 * record['train_acc']:.1f}%  test {100 * test_acc:.1f}%  "
-                f"{record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s",
-                file=sys.stderr,
-            )
-        if world > 1:
-            barrier()
-    if world > 1:
-        cleanup()
+    run = _Run(config, variant, run_dir, rank, world, device, train_loader, test_loader,
+               raw, model, optimizer, start)  # fmt: skip
+    if run.master:
+        _prepare_dir(run, state)
     return run
+
+
+def _loaders(config: TrainConfig, variant: Variant, rank: int, world: int, device):
+    """(train loader of this rank, test loader on rank 0 else None)."""
+    from satpipe.data.loader import make_loader  # heavy (zarr, threads): import when training
+
+    common = dict(
+        batch_size=config.batch_size,
+        device=device,
+        mode=config.loader_mode,
+        storage_options=config.storage_options,
+    )
+    saliency = config.saliency if variant.needs_saliency else None
+    train_loader = make_loader(
+        config.data, "train", saliency, shuffle=True, augment=config.augment, seed=config.seed,
+        rank=rank, world_size=world, **common,
+    )  # fmt: skip
+    test_loader = None
+    if rank == 0:  # rank 0 alone evaluates, on the whole test split
+        test_loader = make_loader(config.data, "test", None, shuffle=False, **common)
+    return train_loader, test_loader
+
+
+def _prepare_dir(run: _Run, state: dict[str, Any] | None) -> None:
+    run.dir.mkdir(parents=True, exist_ok=True)
+    (run.dir / "config.json").write_text(json.dumps(run.config.to_dict(), indent=2) + "\n")
+    if state is not None:
+        _rewrite_metrics(run.metrics, run.start - 1, state.get("metrics"))
+    elif run.metrics.exists():
+        run.metrics.unlink()  # --overwrite
+        run.checkpoint.unlink(missing_ok=True)
+
+
+def _epoch_record(
+    epoch: int, stats: dict[str, Any], test_acc: float, lr: float, eval_seconds: float
+) -> dict[str, Any]:
+    """One line of metrics.jsonl."""
+    return {
+        "epoch": epoch,
+        "loss": stats["loss"],
+        "train_acc": stats["train_acc"],
+        "test_acc": test_acc,
+        "lr": lr,
+        "seconds": stats["seconds"],
+        "eval_seconds": eval_seconds,
+        "images_per_s": stats["images"] / max(stats["seconds"], 1e-9),
+        "attacked_batches": stats["attacked_batches"],
+        "batches": stats["batches"],
+    }
+
+
+def _save_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> None:
+    """Checkpoint (atomically), then the metrics line, then one line on stderr."""
+    c = run.train_loader.image_shape[2]
+    save_checkpoint(
+        run.checkpoint,
+        {
+            "model": model_record(run.raw, run.train_loader.num_classes, c),
+            "variant": run.variant.name,
+            "epoch": epoch,
+            "config": run.config.to_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            # The lr is a function of (epoch, epochs): no scheduler state to carry.
+            "scheduler": {"schedule": run.config.schedule, "epochs": run.config.epochs},
+            "rng": rng_state(),
+            "metrics": record,
+        },
+    )
+    with run.metrics.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(
+        f"epoch {epoch + 1}/{run.config.epochs}  loss {record['loss']:.4f}  "
+        f"train {100 * record['train_acc']:.1f}%  test {100 * record['test_acc']:.1f}%  "
+        f"{record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s",
+        file=sys.stderr,
+    )

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from satpipe.errors import SatpipeError
+from satpipe.registry import Registry
 from satpipe.train.attacks import model_mode, pgd, trades_attack
 from satpipe.train.losses import trades_loss
 from satpipe.train.perturb import alpha_schedule, sat_perturb, uniform_noise
@@ -112,6 +113,16 @@ class Variant:
     @property
     def needs_saliency(self) -> bool:
         return self.mix == "sat"
+
+    @property
+    def title(self) -> str:
+        """The name the paper's tables use: Original, PGD + Uniform-Noise, TRADES-SAT, ..."""
+        base = {"none": "Original", "pgd": "PGD", "trades": "TRADES"}[self.attack]
+        if self.mix == "noise":
+            return f"{base} + Uniform-Noise"
+        if self.mix == "sat":
+            return "SAT" if self.attack == "none" else f"{base}-SAT"
+        return base
 
     def cost(self, steps: int, p_mix: float = 0.5) -> Cost:
         """Expected forward/backward passes per batch for K = `steps` attack steps.
@@ -208,28 +219,15 @@ class Variant:
         return StepOutput(loss, logits_clean, not cheap)
 
 
-_VARIANTS: dict[str, Variant] = {}
+# name -> Variant, in the paper's table order.
+VARIANTS: Registry[Variant] = Registry("variant")
 
 
 def register_variant(name: str, *, attack: str, mix: str, description: str) -> Variant:
     """Register a variant built from (attack, mix); the name must be new."""
     if attack not in ATTACKS or mix not in MIXES:
         raise ValueError(f"variant {name}: attack must be one of {ATTACKS}, mix one of {MIXES}")
-    if name in _VARIANTS:
-        raise ValueError(f"variant '{name}' is already registered")
-    _VARIANTS[name] = Variant(name, attack, mix, description)
-    return _VARIANTS[name]
-
-
-def list_variants() -> list[str]:
-    """Registered variant names, in the paper's table order."""
-    return list(_VARIANTS)
-
-
-def get_variant(name: str) -> Variant:
-    if name not in _VARIANTS:
-        raise SatpipeError(f"unknown variant '{name}'; choose one of {', '.join(_VARIANTS)}")
-    return _VARIANTS[name]
+    return VARIANTS.register(name, Variant(name, attack, mix, description), summary=description)
 
 
 _ATTACK_TEXT: dict[str, Callable[[str], str]] = {
@@ -246,7 +244,7 @@ _ATTACK_TEXT: dict[str, Callable[[str], str]] = {
     ),
 }
 
-for _name, _attack, _mix in (
+_PAPER = (
     ("original", "none", "none"),
     ("original-noise", "none", "noise"),
     ("sat", "none", "sat"),
@@ -256,5 +254,19 @@ for _name, _attack, _mix in (
     ("trades", "trades", "none"),
     ("trades-noise", "trades", "noise"),
     ("trades-sat", "trades", "sat"),
-):
+)
+for _name, _attack, _mix in _PAPER:
     register_variant(_name, attack=_attack, mix=_mix, description=_ATTACK_TEXT[_attack](_mix))
+
+# The paper's nine, in its table order (the presets' default grid).
+PAPER_VARIANTS: tuple[str, ...] = tuple(name for name, _, _ in _PAPER)
+
+
+def families() -> dict[str, dict[str, str]]:
+    """{attack: {mix: variant name}} of the (attack, mix) variants: the paper compares the
+    mixes of one attack (SAT > +noise > plain) and their training times."""
+    out: dict[str, dict[str, str]] = {}
+    for name, v in VARIANTS.items():
+        if isinstance(v, Variant):
+            out.setdefault(v.attack, {})[v.mix] = name
+    return out

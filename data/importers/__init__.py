@@ -3,7 +3,7 @@
 Each format is one module that registers a function `fn(src, out, *, size, resize_policy,
 overwrite, storage_options, ...format options) -> out` under its name:
 
-    from satpipe.data.importers import import_dataset, list_importers
+    from satpipe.data.importers import IMPORTERS, import_dataset
     import_dataset("cifar10", "cifar-10-batches-py", "stores/cifar10.zarr")
 
 Nothing is downloaded: point `src` at the unpacked official archive.
@@ -11,6 +11,7 @@ Nothing is downloaded: point `src` at the unpacked official archive.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,48 +19,79 @@ from pathlib import Path
 from typing import Any
 
 from satpipe.errors import SatpipeError
+from satpipe.options import check_choice, option
+from satpipe.registry import Registry
 
-
-@dataclass(frozen=True)
-class Importer:
-    name: str
-    fn: Callable[..., str]
-    summary: str
-
-    @property
-    def options(self) -> list[str]:
-        """Keyword options the importer takes (besides src and out)."""
-        params = inspect.signature(self.fn).parameters.values()
-        return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-
-_IMPORTERS: dict[str, Importer] = {}
+# name -> fn(src, out, **options) -> out; the summary is the fn's first docstring line.
+IMPORTERS: Registry[Callable[..., str]] = Registry("dataset format", plural="importers")
 
 
 def register_importer(name: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
     """Decorator: register `fn(src, out, **options) -> out` as the importer for `name`."""
-
-    def decorate(fn: Callable[..., str]) -> Callable[..., str]:
-        if name in _IMPORTERS:
-            raise ValueError(f"importer '{name}' is registered twice")
-        summary = (inspect.getdoc(fn) or "").split("\n", 1)[0]
-        _IMPORTERS[name] = Importer(name, fn, summary)
-        return fn
-
-    return decorate
+    return IMPORTERS.register(name)
 
 
-def list_importers() -> list[str]:
-    return sorted(_IMPORTERS)
+def importer_options(name: str) -> list[str]:
+    """Keyword options importer `name` takes (besides src and out)."""
+    params = inspect.signature(IMPORTERS.get(name)).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def get_importer(name: str) -> Importer:
-    """The importer registered as `name`; an unknown name lists the valid ones."""
-    try:
-        return _IMPORTERS[name]
-    except KeyError:
-        valid = ", ".join(list_importers())
-        raise SatpipeError(f"unknown dataset format '{name}'; choose one of {valid}") from None
+_POLICIES = "satpipe.data.importers.common:ResizePolicy"
+
+
+@dataclass
+class ImportConfig:
+    """`satpipe data import`: a format, its source folder, the output and the options.
+
+    Options left at None take the format's own default (see each format's module).
+    """
+
+    fmt: str = option(help="Dataset format (`satpipe list importers`).", argument=True,
+                      choices="satpipe.data.importers:IMPORTERS")  # fmt: skip
+    src: str = option(help="Unpacked dataset folder on local disk.", argument=True)
+    out: str = option(help="Output store: path or URL (.zarr).", short="-o")
+    size: int | None = option(
+        None, "Resize to SIZE x SIZE (default: native, or the format's paper size)."
+    )
+    resize_policy: str | None = option(
+        None, "stretch (default), center-crop (short side to SIZE, centre cut) or pad "
+        "(long side to SIZE, black borders).", choices=_POLICIES,
+    )  # fmt: skip
+    test_fraction: float | None = option(
+        None, "Seeded stratified test share where the format has no official split."
+    )
+    seed: int | None = option(None, "Seed of that split.")
+    masks: str | None = option(
+        None, "imagefolder: mask tree mirroring SRC (PNG, non-zero = object)."
+    )
+    masks_only: bool | None = option(
+        None, "flowers17: import only the images with a trimap, with masks."
+    )
+    per_class: int | None = option(None, "flowers17: images per class, in file order.")
+    overwrite: bool = option(False, "Replace an existing OUT.")
+    storage_options: dict[str, Any] = option(
+        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
+        short="-S",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        self.fmt = IMPORTERS.entry(self.fmt).name
+        if self.resize_policy is not None:
+            self.resize_policy = check_choice(self.resize_policy, _POLICIES, "resize policy")
+
+    def run(self) -> str:
+        """Import: the options that were set go to the format's importer."""
+        fixed = {"fmt", "src", "out", "overwrite", "storage_options"}
+        options = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in fixed and getattr(self, f.name) is not None
+        }
+        return import_dataset(
+            self.fmt, self.src, self.out, overwrite=self.overwrite,
+            storage_options=self.storage_options, **options,
+        )  # fmt: skip
 
 
 def import_dataset(fmt: str, src: str | Path, out: str, **options: Any) -> str:
@@ -69,16 +101,17 @@ def import_dataset(fmt: str, src: str | Path, out: str, **options: Any) -> str:
     "center-crop", "pad"), overwrite, storage_options; others per format (see each module).
     An option the format does not take is an error naming it. Returns `out`.
     """
-    importer = get_importer(fmt)
-    unknown = sorted(set(options) - set(importer.options))
+    importer = IMPORTERS.get(fmt)
+    takes = importer_options(fmt)
+    unknown = sorted(set(options) - set(takes))
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        takes = ", ".join("--" + k.replace("_", "-") for k in importer.options)
-        raise SatpipeError(f"format '{fmt}' does not take {flags} (it takes {takes})")
+        valid = ", ".join("--" + k.replace("_", "-") for k in takes)
+        raise SatpipeError(f"format '{fmt}' does not take {flags} (it takes {valid})")
     src = Path(src)
     if not src.exists():
         raise SatpipeError(f"{src}: source not found")
-    return importer.fn(src, str(out), **options)
+    return importer(src, str(out), **options)
 
 
 # The built-in formats register themselves on import (they need the functions above).
@@ -91,13 +124,13 @@ from satpipe.data.importers import (  # noqa: E402
 )
 
 __all__ = [
-    "Importer",
+    "IMPORTERS",
+    "ImportConfig",
     "cifar",
     "flowers17",
-    "get_importer",
     "imagefolder",
     "import_dataset",
-    "list_importers",
+    "importer_options",
     "oxford_pet",
     "register_importer",
     "tinyimagenet",

@@ -18,17 +18,19 @@ from satpipe.pipeline.methods import (  # noqa: F401  (imported to register the 
 )
 from satpipe.pipeline.methods.base import Method, frozen
 from satpipe.pipeline.methods.registry import (
+    METHODS,
     get_method,
-    list_methods,
     method_params,
+    model_methods,
     register_method,
 )
 
 __all__ = [
+    "METHODS",
     "Method",
     "frozen",
     "get_method",
-    "list_methods",
     "method_params",
+    "model_methods",
     "register_method",
 ]

@@ -9,37 +9,35 @@ from typing import Any
 
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods.base import Method
+from satpipe.registry import Registry
 
-_METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("saliency method", plural="methods")
 
 
 def register_method(name: str):
     """Class decorator: register a Method dataclass under `name` (sets `cls.name`)."""
 
     def add(cls: type[Method]) -> type[Method]:
-        if name in _METHODS:
-            raise ValueError(f"saliency method '{name}' registered twice")
         cls.name = name
-        _METHODS[name] = cls
-        return cls
+        return METHODS.register(name, cls)
 
     return add
 
 
-def list_methods() -> list[str]:
-    return sorted(_METHODS)
-
-
 def method_params(name: str) -> dict[str, Any]:
     """Parameter names of method `name` with their defaults."""
-    cls = _lookup(name)
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    return {f.name: f.default for f in dataclasses.fields(METHODS.get(name))}
+
+
+def model_methods() -> list[str]:
+    """The methods that run a model (the ones a benchmark can time)."""
+    return [name for name, cls in METHODS.items() if cls.needs_model]
 
 
 def get_method(name: str, **params: Any) -> Method:
     """Build method `name` with `params` (strings, as from the CLI, are converted to the
     parameter's type). Unknown names or parameters are a one-line SatpipeError."""
-    cls = _lookup(name)
+    cls = METHODS.get(name)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - known)
@@ -51,14 +49,6 @@ def get_method(name: str, **params: Any) -> Method:
         )
     values = {k: _coerce(name, k, v, hints[k]) for k, v in params.items()}
     return cls(**values)
-
-
-def _lookup(name: str) -> type[Method]:
-    if name not in _METHODS:
-        raise SatpipeError(
-            f"unknown saliency method '{name}'; choose one of {', '.join(list_methods())}"
-        )
-    return _METHODS[name]
 
 
 def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:

@@ -1,0 +1,63 @@
+"""The saliency stage's typed configuration (importable without torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from satpipe.device import DEVICE_HELP
+from satpipe.errors import SatpipeError
+from satpipe.options import check_choice, coerce_fields, option
+
+_NORMALIZATIONS = "satpipe.data.store:Normalization"
+
+
+@dataclass
+class SaliencyConfig:
+    """One saliency run: dataset store in, saliency store out (what `satpipe saliency` fills).
+
+    method/params: registry name and its parameters (`satpipe list methods` shows both).
+    model: a satpipe checkpoint (not needed for mask, bbox, random). Paths or fsspec URLs,
+    `storage_options` for both stores. workers: N > 0 runs on a dask LocalCluster of N workers
+    (one per GPU on GPUs); scheduler: an existing dask scheduler; neither: in-process.
+    """
+
+    method: str = option(
+        help="Saliency method (`satpipe list methods`).", short="-m",
+        choices="satpipe.pipeline.methods:METHODS",
+    )  # fmt: skip
+    data: str = option(help="Dataset store (path or URL).")
+    out: str = option(help="Saliency store to write (path or URL).")
+    model: str | None = option(None, "Source model checkpoint; not needed for mask, bbox, random.")
+    params: dict[str, Any] = option(
+        {}, "Method parameter key=value (repeatable), e.g. baseline=blur.", flag="--param",
+        short="-p",
+    )  # fmt: skip
+    splits: tuple[str, ...] = option(("train",), "Comma-separated: train or train,test.")
+    normalization: str = option(
+        "signed-maxabs", "Per-image normalisation.", choices=_NORMALIZATIONS
+    )
+    seed: int = option(0, "Seed; per-shard generators derive from it.")
+    batch_size: int = option(64, "Images per method call (recorded; a resume must match).")
+    device: str = option("auto", DEVICE_HELP)
+    workers: int | None = option(
+        None, "Run on a dask LocalCluster of N workers (one per GPU on GPUs)."
+    )
+    scheduler: str | None = option(None, "Join an existing dask scheduler, e.g. tcp://host:8786.")
+    overwrite: bool = option(False, "Replace an existing store made for another run.")
+    storage_options: dict[str, Any] = option(
+        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
+        short="-S",
+    )  # fmt: skip
+    rows_per_shard: int | None = option(None, "Shard size of the output (default: the dataset's).")
+    amp: bool = option(True, "bf16 autocast on CUDA for methods where it is safe.")
+    # torch threads in each LocalCluster worker (default: the CPU cores shared out evenly).
+    threads_per_worker: int | None = option(None, cli=False)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        self.normalization = check_choice(self.normalization, _NORMALIZATIONS, "normalization")
+        if self.batch_size < 1:
+            raise SatpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise SatpipeError(f"--seed must be >= 0, got {self.seed}")

@@ -1,0 +1,40 @@
+"""`satpipe list`: every registry's names, from the registries themselves."""
+
+from __future__ import annotations
+
+import typer
+
+from satpipe.cli._common import app, friendly_errors
+from satpipe.registry import REGISTRY_MODULES, load_all, load_registry
+
+
+def registry_markdown() -> str:
+    """Every registry as a markdown table (name | what it is): the docs' reference tables."""
+    out = []
+    for plural, registry in load_all().items():
+        out += [f"### {plural}", "", "| name | what it is |", "|---|---|"]
+        out += [f"| `{e.name}` | {e.summary} |" for e in registry.entries()]
+        out.append("")
+    return "\n".join(out)
+
+
+@app.command("list")
+@friendly_errors
+def list_cmd(
+    what: str = typer.Argument("all", help=f"all, or one of: {', '.join(REGISTRY_MODULES)}."),
+    long: bool = typer.Option(False, "--long", "-l", help="One line per entry with its summary."),
+    markdown: bool = typer.Option(False, "--markdown", help="Markdown tables (the docs' ones)."),
+) -> None:
+    """List the registered models, saliency methods, variants, importers, presets, ..."""
+    if markdown:
+        typer.echo(registry_markdown())
+        return
+    registries = load_all() if what == "all" else {what: load_registry(what)}
+    for plural, registry in registries.items():
+        if not long:
+            typer.echo(f"{plural}: {', '.join(registry.names())}")
+            continue
+        typer.echo(f"{plural}:")
+        width = max((len(n) for n in registry.names()), default=0)
+        for entry in registry.entries():
+            typer.echo(f"  {entry.name:<{width}}  {entry.summary}")

@@ -1,0 +1,78 @@
+"""`satpipe saliency` and `satpipe show saliency`."""
+
+from __future__ import annotations
+
+import inspect
+
+import typer
+
+from satpipe.cli._common import (
+    StorageOption,
+    app,
+    config_command,
+    friendly_errors,
+    storage_options,
+    sub_app,
+)
+from satpipe.options import parse_pairs
+from satpipe.pipeline.config import SaliencyConfig
+
+show_app = sub_app("show", "Pictures for a person to look at.")
+
+# Shorthands for the most used method parameters (each is also --param key=value); their
+# defaults are the method's own (`satpipe list methods --long`).
+_SHORTHANDS = (
+    ("samples", int, "smoothgrad: noisy copies per image."),
+    ("sigma", float, "smoothgrad: noise std, fraction of the [0, 1] range."),
+    ("steps", int, "ig: integration steps."),
+    ("layer", str, "gradcam++ family: dotted layer name (default: the model's cam_layer)."),
+)
+
+
+def _shorthand(name: str, kind: type, help: str) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=kind | None,
+        default=typer.Option(None, f"--{name}", help=help),
+    )  # fmt: skip
+
+
+def _saliency(given):
+    from satpipe.pipeline.runner import compute_saliency
+
+    # --param values stay strings: the method converts them to its parameters' types.
+    params = parse_pairs(given.pop("params_raw", None), "--param", value=str)
+    params.update({k: given.pop(k) for k, _, _ in _SHORTHANDS if k in given})
+    return compute_saliency(SaliencyConfig(params=params, **given))
+
+
+config_command(
+    app, "saliency", SaliencyConfig, _saliency, exclude=("params",),
+    extra=(
+        inspect.Parameter(
+            "params_raw", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
+            default=typer.Option(
+                None, "--param", "-p",
+                help="Method parameter key=value (repeatable), e.g. baseline=blur.",
+            ),
+        ),
+        *(_shorthand(*s) for s in _SHORTHANDS),
+    ),
+    help="Compute one saliency map per image into a saliency store (resumes an interrupted run).",
+)  # fmt: skip
+
+
+@show_app.command("saliency")
+@friendly_errors
+def show_saliency_cmd(
+    saliency: str = typer.Argument(..., help="Saliency store (path or URL)."),
+    data: str = typer.Option(..., "--data", help="The dataset store it was made from."),
+    out: str = typer.Option("gallery.png", "--out", help="PNG to write."),
+    n: int = typer.Option(16, "--n", help="Number of images."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    storage_option: list[str] | None = StorageOption,
+) -> None:
+    """Grid of images with their saliency maps (diverging colour map), for a person to look at."""
+    from satpipe.pipeline.gallery import saliency_gallery
+
+    options = storage_options(storage_option)
+    typer.echo(saliency_gallery(saliency, data, out, n=n, split=split, storage_options=options))

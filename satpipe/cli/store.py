@@ -1,0 +1,66 @@
+"""`satpipe store ...`: inspect, verify and publish stores."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from satpipe.cli._common import StorageOption, friendly_errors, storage_options, sub_app
+
+store_app = sub_app("store", "Inspect, verify and publish stores.")
+
+
+@store_app.command("info")
+@friendly_errors
+def store_info_cmd(
+    uri: str = typer.Argument(..., help="Store path or URL."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    storage_option: list[str] | None = StorageOption,
+) -> None:
+    """Kind, arrays (shape, dtype, chunks, shards), classes, provenance and completeness."""
+    from satpipe.data.inspect import format_info, store_info
+
+    info = store_info(uri, storage_options(storage_option))
+    typer.echo(json.dumps(info, indent=2) if as_json else format_info(info))
+
+
+@store_app.command("verify")
+@friendly_errors
+def store_verify_cmd(
+    uri: str = typer.Argument(..., help="Store path or URL."),
+    data: str | None = typer.Option(
+        None, "--data", help="Dataset store a saliency store must belong to (fingerprint)."
+    ),
+    storage_option: list[str] | None = StorageOption,
+) -> None:
+    """Read every chunk and check the store's contract; one line per problem, exit 1 if any."""
+    from satpipe.data.inspect import verify_store
+
+    problems = verify_store(uri, data=data, storage_options=storage_options(storage_option))
+    for problem in problems:
+        typer.echo(f"satpipe: verify: {uri}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{uri}: ok")
+
+
+@store_app.command("publish")
+@friendly_errors
+def store_publish_cmd(
+    src: str = typer.Argument(..., help="Complete store to publish: path or URL."),
+    dst: str = typer.Argument(..., help="Destination path or URL, e.g. s3://bucket/name.zarr."),
+    storage_option: list[str] | None = StorageOption,
+    dst_storage_option: list[str] | None = typer.Option(
+        None,
+        "--dst-storage-option",
+        help="fsspec option key=value for DST only (repeatable); default: the --storage-option.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing DST."),
+) -> None:
+    """Verify SRC, copy it to DST, and mark DST complete last (readers never see half a store)."""
+    from satpipe.data.publish import publish_store
+
+    src_options = storage_options(storage_option)
+    dst_options = storage_options(dst_storage_option) if dst_storage_option else src_options
+    typer.echo(publish_store(src, dst, src_options, dst_options, overwrite=overwrite))

@@ -1,0 +1,142 @@
+"""`satpipe reproduce` presets: each a whole grid of the paper at one size, in one registry.
+
+`tiny` runs in seconds (the fast tests run the whole path on it), `quick` is what `make demo`
+runs on a CPU, and the paper presets import real data (`--data-root`) and are meant for a GPU.
+eps values are in /255 units, as on the command line. What is reported is what was measured:
+no preset is tuned to make a claim hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from satpipe.registry import Registry
+
+# Short method names in the method-study rows, as the paper's Table 3 writes them.
+METHOD_LABELS = {
+    "gbp": "GBP",
+    "smoothgrad": "S.Grad",
+    "guided-gradcam++": "G.G.CAM++",
+    "ig": "I.Grad",
+    "gradient": "Grad",
+    "gradcam++": "G.CAM++",
+}
+# Source models of the method study: key -> (training variant, label in row names).
+SOURCES = {"std": ("original", "Std."), "adv": ("pgd", "Adv.")}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One reproducible grid. eps values are in /255 units, as on the command line."""
+
+    name: str
+    summary: str
+    dataset: str  # "shapes" or an importer format
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    weak_method: str | None = "mask"  # weak saliency for the nine-variant grid; None: no grid
+    variants: tuple[str, ...] | None = None  # None: the paper's nine (variants.PAPER_VARIANTS)
+    study_methods: tuple[str, ...] = ()  # saliency-method study: SAT from these methods ...
+    study_sources: tuple[str, ...] = ("std", "adv")  # ... on these source models
+    study_baselines: tuple[str, ...] = ("original", "original-noise")
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    student: str = "resnet10"
+    source_arch: str = "resnet34"
+    source_epochs: int = 100
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    eps: float = 8.0
+    attack_steps: int = 7
+    attack_step_size: float = 2.0
+    eval_eps: tuple[float, ...] = (1, 2, 3, 4, 8)
+    eval_steps: int = 5
+    eval_step_size: float = 2.0
+    needs_data_root: bool = False
+    gpu: bool = False  # meant for a GPU; runs on a CPU, slowly
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+
+def _add(preset: Preset) -> None:
+    PRESETS.register(preset.name, preset, summary=preset.summary)
+
+
+_add(Preset(
+    # Seconds: the fast test suite runs the whole path on it.
+    name="tiny",
+    summary="every step of the grid in seconds (what the fast tests run)",
+    dataset="shapes",
+    dataset_options={"classes": 3, "n_train": 96, "n_test": 48, "size": 16},
+    variants=("original", "sat", "pgd-sat"),
+    study_methods=("smoothgrad",),
+    study_baselines=(),
+    method_params={"smoothgrad": {"samples": 2}},
+    student="smallcnn",
+    source_arch="smallcnn",
+    source_epochs=1,
+    seeds=(0, 1),
+    epochs=1,
+    batch_size=32,
+    attack_steps=2,
+    attack_step_size=4.0,
+    eval_eps=(2, 8),
+    eval_steps=2,
+    eval_step_size=4.0,
+))  # fmt: skip
+_add(Preset(
+    # The `make demo` job: about a quarter of an hour on 2 CPU cores (24x24 images keep every
+    # epoch around a second; 8 epochs is where smallcnn stops being a coin toss on shapes).
+    name="quick",
+    summary="the make-demo grid on the built-in shapes data (minutes on a CPU)",
+    dataset="shapes",
+    dataset_options={"n_train": 1500, "n_test": 300, "size": 24},
+    study_methods=("smoothgrad",),
+    study_baselines=(),
+    method_params={"smoothgrad": {"samples": 10}},
+    student="smallcnn",
+    source_arch="smallcnn",
+    source_epochs=8,
+    seeds=(0, 1, 2),
+    epochs=8,
+    batch_size=32,
+    attack_steps=3,
+    attack_step_size=3.0,
+    eval_eps=(1, 2, 4, 8),
+    eval_steps=5,
+    eval_step_size=2.0,
+))  # fmt: skip
+# The paper's settings (DESIGN "Paper settings"): real data from --data-root, a GPU.
+_add(Preset(
+    name="flowers17",
+    summary="the paper's Flowers-17 grid (needs --data-root; GPU)",
+    dataset="flowers17",
+    dataset_options={"size": 32},
+    weak_method="mask",
+    eval_eps=(1, 2, 3),
+    needs_data_root=True,
+    gpu=True,
+))  # fmt: skip
+_add(Preset(
+    name="tinyimagenet",
+    summary="the paper's Tiny-ImageNet grid, boxes as weak saliency (needs --data-root; GPU)",
+    dataset="tinyimagenet",
+    dataset_options={"size": 32},
+    weak_method="bbox",
+    eval_eps=(1, 2, 3),
+    needs_data_root=True,
+    gpu=True,
+))  # fmt: skip
+_add(Preset(
+    name="cifar100",
+    summary="the paper's CIFAR-100 saliency-method study (needs --data-root; GPU)",
+    dataset="cifar100",
+    weak_method=None,
+    study_methods=("gbp", "smoothgrad", "guided-gradcam++", "ig"),
+    method_params={"smoothgrad": {"samples": 50}, "ig": {"steps": 50}},
+    eval_eps=(1, 2, 3, 4),
+    needs_data_root=True,
+    gpu=True,
+))  # fmt: skip
