@@ -27,7 +27,9 @@ from satpipe.data.store import (
     NORMALIZATION_RANGES,
     SPLITS,
     Fingerprint,
+    boxes_valid,
     open_group,
+    pairing_problems,
     read_attrs,
     shard_rows,
     shard_slices,
@@ -287,10 +289,7 @@ def _verify_dataset(group, attrs: dict, problems: list[str]) -> None:
                     m = data["masks"]
                     masks.add((m > 1).reshape(len(m), -1).any(1), block.start)
                 if data.get("boxes") is not None:
-                    b = data["boxes"]
-                    ok = (b[:, 0] >= 0) & (b[:, 1] >= 0) & (b[:, 2] <= w) & (b[:, 3] <= h)
-                    ok &= (b[:, 0] < b[:, 2]) & (b[:, 1] < b[:, 3])
-                    boxes.add(~ok, block.start)
+                    boxes.add(~boxes_valid(data["boxes"], w, h), block.start)
             for findings in (labels, masks, boxes):
                 findings.report(problems)
 
@@ -383,22 +382,10 @@ def _check_pairing(
         raise SatpipeError(f"{data}: is a {dattrs.get('kind')} store, not a dataset store")
     if not dattrs.get("complete"):
         problems.append(f"{data}: dataset store is incomplete")
-    want = dataset.get("fingerprint")
-    if want != dattrs.get("fingerprint"):
-        problems.append(
-            f"dataset fingerprint mismatch: made for {str(want)[:23]}..., "
-            f"{data} is {str(dattrs.get('fingerprint'))[:23]}..."
-        )
-    for split, maps in plans.items():
-        if split not in dgroup or "images" not in dgroup[split]:
-            problems.append(f"{split}/saliency: {data} has no {split} split")
-            continue
-        images = dgroup[split]["images"]
-        if maps.shape[:3] != images.shape[:3] or maps.shape[3] not in (1, images.shape[3]):
-            problems.append(
-                f"{split}/saliency: shape {tuple(maps.shape)} does not match images "
-                f"{tuple(images.shape)} of {data}"
-            )
+    images = {s: dgroup[s]["images"] for s in plans if s in dgroup and "images" in dgroup[s]}
+    problems += pairing_problems(
+        dataset.get("fingerprint"), dattrs.get("fingerprint"), data, plans, images
+    )
 
 
 def verify_store(

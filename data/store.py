@@ -117,57 +117,10 @@ class _FriendlyStore(zarr.storage.WrapperStore):
     def __reduce__(self):
         return (type(self), (self._store, self._uri))
 
-    def _friendly(self, exc: BaseException) -> SatpipeError:
-        return SatpipeError(f"{self._uri}: storage unreachable or refused ({_one_line(exc)})")
-
-    async def get(self, key, prototype, byte_range=None):
-        try:
-            return await self._store.get(key, prototype, byte_range)
-        except _transport_errors() as exc:
-            raise self._friendly(exc) from exc
-
-    async def get_partial_values(self, prototype, key_ranges):
-        try:
-            return await self._store.get_partial_values(prototype, key_ranges)
-        except _transport_errors() as exc:
-            raise self._friendly(exc) from exc
-
-    async def exists(self, key):
-        try:
-            return await self._store.exists(key)
-        except _transport_errors() as exc:
-            raise self._friendly(exc) from exc
-
-    async def set(self, key, value):
-        try:
-            await self._store.set(key, value)
-        except _transport_errors() as exc:
-            raise self._friendly(exc) from exc
-
-    async def set_if_not_exists(self, key, value):
-        try:
-            await self._store.set_if_not_exists(key, value)
-        except _transport_errors() as exc:
-            raise self._friendly(exc) from exc
-
-    async def delete(self, key):
-        try:
-            await self._store.delete(key)
-        except _transport_errors() as exc:
-            raise self._friendly(exc) from exc
-
-    async def is_empty(self, prefix):
-        try:
-            return await self._store.is_empty(prefix)
-        except _transport_errors() as exc:
-            raise self._friendly(exc) from exc
-
     async def _translate(self, agen):
-        try:
+        with storage_errors(self._uri):
             async for item in agen:
                 yield item
-        except _transport_errors() as exc:
-            raise self._friendly(exc) from exc
 
     def list(self):
         return self._translate(self._store.list())
@@ -177,6 +130,22 @@ class _FriendlyStore(zarr.storage.WrapperStore):
 
     def list_dir(self, prefix):
         return self._translate(self._store.list_dir(prefix))
+
+
+def _friendly(name: str):
+    """The store method `name`, forwarded to the wrapped store under `storage_errors`."""
+
+    async def method(self, *args, **kwargs):
+        with storage_errors(self._uri):
+            return await getattr(self._store, name)(*args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("get", "get_partial_values", "exists", "set", "set_if_not_exists", "delete",
+              "is_empty"):  # fmt: skip
+    setattr(_FriendlyStore, _name, _friendly(_name))
 
 
 def _url_store(uri: str, storage_options: Mapping[str, Any] | None, read_only: bool):
@@ -412,6 +381,12 @@ def open_dataset(
     return DatasetView(uri=str(uri), group=group, attrs=attrs)
 
 
+def boxes_valid(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N,) bool: box (x0, y0, x1, y1), end exclusive, is non-empty and inside the image."""
+    x0, y0, x1, y1 = (boxes[:, i] for i in range(4))
+    return (x0 >= 0) & (y0 >= 0) & (x1 <= width) & (y1 <= height) & (x0 < x1) & (y0 < y1)
+
+
 class DatasetWriter:
     """Write a dataset store row by row; `finish()` records the fingerprint and marks it complete.
 
@@ -536,8 +511,7 @@ class DatasetWriter:
             if boxes is None:
                 raise SatpipeError(f"{self.uri}: {split} rows need boxes")
             boxes = np.asarray(boxes).astype(np.int32, copy=False).reshape(b, 4)
-            ok = (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] <= w) & (boxes[:, 3] <= h)
-            ok &= (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])
+            ok = boxes_valid(boxes, w, h)
             if not ok.all():
                 i = int(np.argmin(ok))
                 raise SatpipeError(
@@ -663,16 +637,35 @@ def open_saliency(
     return SaliencyView(uri=str(uri), group=group, attrs=attrs)
 
 
+def pairing_problems(
+    made_for: str | None, fingerprint: str | None, data_uri: str, maps_by_split, images_by_split
+) -> list[str]:
+    """Why a saliency store does not belong row for row to a dataset: its recorded dataset
+    fingerprint `made_for` against the dataset's, and each split's maps (N, H, W, Cs) against
+    the images (N, H, W, C) (Cs in {1, C}). Empty when it belongs."""
+    problems = []
+    if made_for != fingerprint:
+        problems.append(
+            f"dataset fingerprint mismatch: made for {str(made_for)[:19]}…, "
+            f"but {data_uri} is {str(fingerprint)[:19]}…"
+        )
+    for split, maps in maps_by_split.items():
+        images = images_by_split.get(split)
+        if images is None:
+            problems.append(f"{split}/saliency: {data_uri} has no {split} split")
+        elif maps.shape[:3] != images.shape[:3] or maps.shape[3] not in (1, images.shape[3]):
+            problems.append(
+                f"{split}/saliency shape {tuple(maps.shape)} does not match images "
+                f"{tuple(images.shape)} of {data_uri}"
+            )
+    return problems
+
+
 def check_pairing(dataset: DatasetView, saliency: SaliencyView, split: str = "train") -> None:
     """Refuse a saliency store that does not belong row for row to this dataset split."""
-    if saliency.dataset_fingerprint != dataset.fingerprint:
-        raise SatpipeError(
-            f"{saliency.uri}: made for dataset {saliency.dataset_fingerprint[:19]}…, "
-            f"but {dataset.uri} is {dataset.fingerprint[:19]}…"
-        )
-    maps, images = saliency.split(split), dataset.split(split).images
-    if maps.shape[:3] != images.shape[:3] or maps.shape[3] not in (1, images.shape[3]):
-        raise SatpipeError(
-            f"{saliency.uri}: {split}/saliency shape {tuple(maps.shape)} does not match "
-            f"images {tuple(images.shape)} of {dataset.uri}"
-        )
+    problems = pairing_problems(
+        saliency.dataset_fingerprint, dataset.fingerprint, dataset.uri,
+        {split: saliency.split(split)}, {split: dataset.split(split).images},
+    )  # fmt: skip
+    if problems:
+        raise SatpipeError(f"{saliency.uri}: {problems[0]}")

@@ -162,6 +162,89 @@ class _Failure:
         self.exc = exc
 
 
+class _Assembler:
+    """The assembler thread's work: read segments through a pool in plan order, shuffle each
+    window of `buffer_shards` segments, cut batches, hand them to `out` (see stream_batches)."""
+
+    def __init__(
+        self, reader, segments, batch_size, *, drop_last, shuffle, generator, buffer_shards,
+        prefetch_shards, io_threads, pin_memory, stats, out, stop,
+    ) -> None:  # fmt: skip
+        self.reader, self.plan = reader, iter(segments)
+        self.batch_size, self.drop_last, self.shuffle = batch_size, drop_last, shuffle
+        self.generator, self.pin_memory, self.stats = generator, pin_memory, stats
+        self.buffer_shards, self.prefetch_shards = max(1, buffer_shards), max(1, prefetch_shards)
+        self.io_threads, self.out, self.stop = max(1, io_threads), out, stop
+        self.pending: deque = deque()
+
+    def put(self, item) -> bool:
+        """Blocking put that gives up when the consumer went away."""
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def emit(self, arrays, n_batches: int, order: np.ndarray | None) -> bool:
+        b = self.batch_size
+        for i in range(n_batches):
+            rows = order[i * b : (i + 1) * b] if order is not None else slice(i * b, (i + 1) * b)
+            batch = tuple(None if a is None else torch.from_numpy(a[rows]) for a in arrays)
+            if self.pin_memory:
+                batch = tuple(None if t is None else t.pin_memory() for t in batch)
+            if not self.put(batch):
+                return False
+        return True
+
+    def fill(self, pool) -> None:
+        while len(self.pending) < self.prefetch_shards and not self.stop.is_set():
+            seg = next(self.plan, None)
+            if seg is None:
+                return
+            self.stats.acquire()
+            self.pending.append(pool.submit(self.reader.read, *seg))
+
+    def window(self, pool, carry: list | None) -> list:
+        """The next window's arrays (images, maps, labels), after the rows `carry`ed over."""
+        parts = [carry] if carry is not None else []
+        while self.pending and len(parts) < self.buffer_shards + (carry is not None):
+            parts.append(self.pending.popleft().result())
+            self.stats.segments_read += 1
+            self.fill(pool)
+        return [
+            None if parts[0][j] is None else np.concatenate([p[j] for p in parts]) for j in range(3)
+        ]
+
+    def run(self) -> None:
+        try:
+            with ThreadPoolExecutor(self.io_threads, thread_name_prefix="satpipe-io") as pool:
+                self.fill(pool)
+                carry: list | None = None  # fewer than batch_size rows left from a window
+                while self.pending and not self.stop.is_set():
+                    arrays = self.window(pool, carry)
+                    n = len(arrays[2])
+                    order = self.generator.permutation(n) if self.shuffle else None
+                    full = n // self.batch_size
+                    if not self.emit(arrays, full, order):
+                        return
+                    carry = None
+                    if n > full * self.batch_size:
+                        rest = (order[full * self.batch_size :] if order is not None
+                                else slice(full * self.batch_size, n))  # fmt: skip
+                        carry = [None if a is None else a[rest] for a in arrays]
+                    del arrays
+                    self.stats.release(self.stats.held - len(self.pending))
+                    last = not self.pending
+                    tail = last and carry is not None and not self.drop_last
+                    if tail and not self.emit(carry, 1, None):
+                        return
+                self.put(_DONE)
+        except BaseException as exc:  # hand every failure to the consumer thread
+            self.put(_Failure(exc))
+
+
 def stream_batches(
     reader: ShardReader,
     segments: Sequence[tuple[int, int]],
@@ -186,82 +269,15 @@ def stream_batches(
     """
     if shuffle and generator is None:
         raise ValueError("stream_batches: shuffle needs a generator")
-    stats = stats if stats is not None else StreamStats()
     out: queue.Queue = queue.Queue(maxsize=max(1, queue_batches))
     stop = threading.Event()
-
-    def put(item) -> bool:
-        # Blocking put that gives up when the consumer went away.
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def emit(arrays, n_batches: int, order: np.ndarray | None) -> bool:
-        for i in range(n_batches):
-            idx = slice(i * batch_size, (i + 1) * batch_size)
-            rows = order[idx] if order is not None else idx
-            batch = tuple(None if a is None else torch.from_numpy(a[rows]) for a in arrays)
-            if pin_memory:
-                batch = tuple(None if t is None else t.pin_memory() for t in batch)
-            if not put(batch):
-                return False
-        return True
-
-    def produce() -> None:
-        try:
-            with ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="satpipe-io") as pool:
-                plan = iter(segments)
-                pending: deque = deque()
-
-                def fill() -> None:
-                    while len(pending) < max(1, prefetch_shards) and not stop.is_set():
-                        seg = next(plan, None)
-                        if seg is None:
-                            return
-                        stats.acquire()
-                        pending.append(pool.submit(reader.read, *seg))
-
-                fill()
-                carry: list | None = None  # fewer than batch_size rows left from a window
-                while pending and not stop.is_set():
-                    window = []
-                    while pending and len(window) < max(1, buffer_shards):
-                        window.append(pending.popleft().result())
-                        stats.segments_read += 1
-                        fill()
-                    parts = ([carry] if carry is not None else []) + window
-                    arrays = [
-                        None if parts[0][j] is None else np.concatenate([p[j] for p in parts])
-                        for j in range(3)
-                    ]
-                    del parts, window
-                    n = len(arrays[2])
-                    order = generator.permutation(n) if shuffle else None
-                    last = not pending
-                    full = n // batch_size
-                    if not emit(arrays, full, order):
-                        return
-                    rest = order[full * batch_size :] if order is not None else None
-                    tail = slice(full * batch_size, n)
-                    carry = None
-                    if n > full * batch_size:
-                        carry = [
-                            None if a is None else (a[rest] if rest is not None else a[tail])
-                            for a in arrays
-                        ]
-                    del arrays
-                    stats.release(stats.held - len(pending))
-                    if last and carry is not None and not drop_last and not emit(carry, 1, None):
-                        return
-                put(_DONE)
-        except BaseException as exc:  # hand every failure to the consumer thread
-            put(_Failure(exc))
-
-    thread = threading.Thread(target=produce, name="satpipe-assembler", daemon=True)
+    assembler = _Assembler(
+        reader, segments, batch_size, drop_last=drop_last, shuffle=shuffle, generator=generator,
+        buffer_shards=buffer_shards, prefetch_shards=prefetch_shards, io_threads=io_threads,
+        pin_memory=pin_memory, stats=stats if stats is not None else StreamStats(), out=out,
+        stop=stop,
+    )  # fmt: skip
+    thread = threading.Thread(target=assembler.run, name="satpipe-assembler", daemon=True)
     thread.start()
     try:
         while True:

@@ -23,6 +23,7 @@ from zarr.codecs import Crc32cCodec
 
 from satpipe import __version__
 from satpipe.data.store import (
+    ATTR,
     FORMAT,
     create_group,
     create_rows_array,
@@ -35,7 +36,6 @@ from satpipe.data.store import (
 )
 from satpipe.errors import SatpipeError
 
-ATTR = "satpipe"
 # How long a run waits for a store another process is creating to get its attributes.
 CREATION_WAIT_S = 30.0
 # Keys that must match for a run to continue an existing store (everything but timestamps).

@@ -216,12 +216,6 @@ def _unwrap_optional(hint: Any) -> Any:
     return hint
 
 
-def is_optional(hint: Any) -> bool:
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return type(None) in typing.get_args(hint)
-    return False
-
-
 def coerce_fields(config: Any) -> None:
     """Convert the values of a config's list fields given as strings or lists ("1,2", [1, 2])
     into tuples of their element type, in place; a bad value is a one-line error naming the

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -123,11 +124,14 @@ class Registry(Generic[T]):
 
 
 def _first_line(value: Any) -> str:
+    """The summary of an entry: its `summary` attribute, else the first sentence of the first
+    paragraph of its docstring (joined across line breaks)."""
     doc = getattr(value, "summary", None)
-    if isinstance(doc, str) and doc:
-        return doc.strip().splitlines()[0]
-    doc = inspect.getdoc(value) if callable(value) or inspect.isclass(value) else None
-    return (doc or "").strip().split("\n", 1)[0]
+    if not (isinstance(doc, str) and doc):
+        doc = inspect.getdoc(value) if callable(value) or inspect.isclass(value) else None
+    paragraph = " ".join((doc or "").strip().split("\n\n", 1)[0].split())
+    sentence = re.match(r"(.+?[.!?])(?:\s|$)", paragraph)
+    return sentence.group(1) if sentence else paragraph
 
 
 def load_registry(plural: str) -> Registry:

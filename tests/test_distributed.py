@@ -69,11 +69,11 @@ def _rank_main(rank: int, port: int, config: dict, out_dir: str) -> None:
 
     def recording_epoch(model, loader, *args, **kwargs):
         stats = real_epoch(model, Recording(loader), *args, **kwargs)
-        record["equal"].append(distributed.params_equal_across_ranks(model))
+        record["equal"].append(params_equal_across_ranks(model))
         # BatchNorm statistics are per rank until averaged; averaged, everything agrees.
         probe = copy.deepcopy(model.module)
         distributed.sync_buffers(probe)
-        record["synced"] = distributed.params_equal_across_ranks(probe, buffers=True)
+        record["synced"] = params_equal_across_ranks(probe, buffers=True)
         record["state"] = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
         record["ddp"] = type(model).__name__
         return stats
@@ -139,9 +139,9 @@ def test_init_distributed_alone_is_rank_zero_of_one(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     rank, world, local_rank, device = distributed.init_distributed("cpu")
     assert (rank, world, local_rank, device) == (0, 1, 0, torch.device("cpu"))
-    assert distributed.is_main() and not torch.distributed.is_initialized()
+    assert not torch.distributed.is_initialized()
     model = torch.nn.Linear(2, 2)
-    assert distributed.params_equal_across_ranks(model)
+    assert params_equal_across_ranks(model)
     distributed.cleanup()  # nothing to tear down: no error
 
 
@@ -191,3 +191,29 @@ def test_satpipe_train_runs_unchanged_under_torchrun(tmp_path):
     from satpipe.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == EPOCHS - 1
+
+
+# A check for the tests: rank 0's parameters everywhere, bit for bit.
+def _state_tensors(module: torch.nn.Module, buffers: bool) -> list[torch.Tensor]:
+    tensors = [p.detach() for p in module.parameters()]
+    return tensors + ([b.detach() for b in module.buffers()] if buffers else [])
+
+
+def params_equal_across_ranks(module: torch.nn.Module, buffers: bool = False) -> bool:
+    """True when every parameter (and buffer, if `buffers`) equals rank 0's bit for bit.
+
+    Broadcasts rank 0's tensors and compares locally; every rank gets the same answer (True
+    when not distributed). Buffers are off by default: DDP keeps parameters in lockstep, but
+    BatchNorm running statistics drift apart after each rank's last forward (see sync_buffers).
+    """
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return True
+    tensors = _state_tensors(module, buffers)
+    same = torch.ones(1, device=tensors[0].device if tensors else "cpu")
+    for t in tensors:
+        ref = t.clone()
+        torch.distributed.broadcast(ref, src=0)
+        if not torch.equal(ref, t):
+            same.zero_()
+    torch.distributed.all_reduce(same, op=torch.distributed.ReduceOp.MIN)
+    return bool(same.item() == 1)

@@ -92,6 +92,21 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(stores, tmp_path,
     assert metrics(resumed)[1]["loss"] == metrics(straight)[1]["loss"]
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_resume_with_more_epochs_follows_the_new_horizon(stores, tmp_path, schedule):
+    """--resume --epochs N: the lr of every later epoch is that of an N-epoch run (torch's
+    scheduler state would keep the old T_max / milestones, and a cosine would rise again)."""
+    short = dict(model="smallcnn", epochs=2, lr=0.01, schedule=schedule)
+    run = train(config(stores, tmp_path / "a", "original", **short))
+    train(run_config(run, epochs=5, resume=True))
+    resumed = [r["lr"] for r in metrics(run)]
+    straight = train(config(stores, tmp_path / "b", "original", **{**short, "epochs": 5}))
+    assert resumed[2:] == [r["lr"] for r in metrics(straight)][2:]
+    # Never rising again after the old end (the bug: a cosine past T_max climbs back up).
+    assert all(b <= a for a, b in zip(resumed[2:], resumed[3:], strict=False)), resumed
+    assert resumed[-1] > 0
+
+
 def test_resume_from_the_run_config_and_refusals(stores, tmp_path):
     run = train(config(stores, tmp_path, "original", epochs=1))
     with pytest.raises(SatpipeError, match="already holds a run"):
@@ -108,7 +123,11 @@ def test_resume_from_the_run_config_and_refusals(stores, tmp_path):
 
 @pytest.mark.parametrize(
     ("store", "message"),
-    [("incomplete", "incomplete"), ("half_done", "1 of 4"), ("mismatched", "made for dataset")],
+    [
+        ("incomplete", "incomplete"),
+        ("half_done", "1 of 4"),
+        ("mismatched", "dataset fingerprint mismatch: made for"),
+    ],
 )
 def test_bad_saliency_stores_are_refused(stores, tmp_path, store, message):
     with pytest.raises(SatpipeError, match=message):

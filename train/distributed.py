@@ -39,11 +39,6 @@ def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]
     return rank, world, local_rank, dev
 
 
-def is_main() -> bool:
-    """True on rank 0 (and when not distributed): the one process that logs and writes."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -53,31 +48,6 @@ def cleanup() -> None:
     """Tear the process group down (safe to call when none was started)."""
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _state_tensors(module: torch.nn.Module, buffers: bool) -> list[torch.Tensor]:
-    tensors = [p.detach() for p in module.parameters()]
-    return tensors + ([b.detach() for b in module.buffers()] if buffers else [])
-
-
-def params_equal_across_ranks(module: torch.nn.Module, buffers: bool = False) -> bool:
-    """True when every parameter (and buffer, if `buffers`) equals rank 0's bit for bit.
-
-    Broadcasts rank 0's tensors and compares locally; every rank gets the same answer (True
-    when not distributed). Buffers are off by default: DDP keeps parameters in lockstep, but
-    BatchNorm running statistics drift apart after each rank's last forward (see sync_buffers).
-    """
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return True
-    tensors = _state_tensors(module, buffers)
-    same = torch.ones(1, device=tensors[0].device if tensors else "cpu")
-    for t in tensors:
-        ref = t.clone()
-        dist.broadcast(ref, src=0)
-        if not torch.equal(ref, t):
-            same.zero_()
-    dist.all_reduce(same, op=dist.ReduceOp.MIN)
-    return bool(same.item() == 1)
 
 
 @torch.no_grad()

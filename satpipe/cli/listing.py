@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import typer
 
 from satpipe.cli._common import app, friendly_errors
@@ -38,3 +40,13 @@ def list_cmd(
         width = max((len(n) for n in registry.names()), default=0)
         for entry in registry.entries():
             typer.echo(f"  {entry.name:<{width}}  {entry.summary}")
+            params = _parameters(entry.value)
+            if params:
+                typer.echo(f"  {'':<{width}}  parameters: {params}")
+
+
+def _parameters(value) -> str:
+    """`key=default, ...` of an entry that is a dataclass type (a saliency method, say)."""
+    if not (isinstance(value, type) and dataclasses.is_dataclass(value)):
+        return ""
+    return ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(value))
