@@ -22,7 +22,7 @@ import numpy as np
 
 from satpipe.data.store import DatasetWriter
 from satpipe.errors import SatpipeError
-from satpipe.options import option
+from satpipe.options import option, storage_options_field
 from satpipe.progress import progress
 
 GENERATOR_VERSION = 1
@@ -198,10 +198,7 @@ class ShapesConfig:
     size: int = option(32, f"Image side in pixels (>= {MIN_SIZE}).")
     seed: int = option(0, "Seed: same seed, same bytes.")
     overwrite: bool = option(False, "Replace an existing OUT.")
-    storage_options: dict[str, Any] = option(
-        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
-        short="-S",
-    )  # fmt: skip
+    storage_options: dict[str, Any] = storage_options_field()
 
     def __post_init__(self) -> None:
         if not 2 <= self.classes <= len(SHAPES):

@@ -7,7 +7,7 @@ from typing import Any
 
 from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
-from satpipe.options import check_choice, coerce_fields, option
+from satpipe.options import check_choice, coerce_fields, option, storage_options_field
 
 _NORMALIZATIONS = "satpipe.data.store:Normalization"
 
@@ -45,10 +45,7 @@ class SaliencyConfig:
     )
     scheduler: str | None = option(None, "Join an existing dask scheduler, e.g. tcp://host:8786.")
     overwrite: bool = option(False, "Replace an existing store made for another run.")
-    storage_options: dict[str, Any] = option(
-        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
-        short="-S",
-    )  # fmt: skip
+    storage_options: dict[str, Any] = storage_options_field()
     rows_per_shard: int | None = option(None, "Shard size of the output (default: the dataset's).")
     amp: bool = option(True, "bf16 autocast on CUDA for methods where it is safe.")
     # torch threads in each LocalCluster worker (default: the CPU cores shared out evenly).

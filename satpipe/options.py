@@ -65,6 +65,15 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def storage_options_field() -> Any:
+    """The `-S/--storage-option key=value` field every config that opens stores has: fsspec
+    options for URL stores (credentials, endpoints), never written to disk."""
+    return option(
+        {}, "fsspec option key=value for URL stores (repeatable), e.g. endpoint_url=http://...",
+        flag="--storage-option", short="-S",
+    )  # fmt: skip
+
+
 def field_default(f: dataclasses.Field) -> Any:
     """The default of a dataclass field (factory called), or dataclasses.MISSING."""
     if f.default is not _MISSING:

@@ -17,7 +17,7 @@ from typing import Any
 
 from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
-from satpipe.options import check_choice, coerce_fields, option
+from satpipe.options import check_choice, coerce_fields, option, storage_options_field
 
 
 class Optimizer(str, Enum):
@@ -80,10 +80,7 @@ class TrainConfig:
     resume: bool = option(False, "Continue RUN from its last finished epoch (flags optional).")
     overwrite: bool = option(False, "Start RUN over.")
     amp: bool = option(True, "bf16 autocast (CUDA only).")
-    storage_options: dict[str, Any] = option(
-        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
-        short="-S",
-    )  # fmt: skip
+    storage_options: dict[str, Any] = storage_options_field()
 
     def __post_init__(self) -> None:
         # Plain strings, not enum members: the config is saved as a plain dict.
@@ -170,10 +167,7 @@ class EvalConfig:
     large_eps: float = option(LARGE_EPS, "Eps (/255) of the 'drives accuracy near 0' check.")
     strict: bool = option(True, "Exit non-zero when a sanity check fails.")
     out: str | None = option(None, "Directory for results (default: RUN).")
-    storage_options: dict[str, Any] = option(
-        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
-        short="-S",
-    )  # fmt: skip
+    storage_options: dict[str, Any] = storage_options_field()
     large_eps_margin: float = option(0.05, cli=False)
     tolerance: float | None = option(None, cli=False)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from satpipe.errors import SatpipeError
-from satpipe.options import check_choice, option
+from satpipe.options import check_choice, option, storage_options_field
 from satpipe.registry import Registry
 
 # name -> fn(src, out, **options) -> out; the summary is the fn's first docstring line.
@@ -70,10 +70,7 @@ class ImportConfig:
     )
     per_class: int | None = option(None, "flowers17: images per class, in file order.")
     overwrite: bool = option(False, "Replace an existing OUT.")
-    storage_options: dict[str, Any] = option(
-        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
-        short="-S",
-    )  # fmt: skip
+    storage_options: dict[str, Any] = storage_options_field()
 
     def __post_init__(self) -> None:
         self.fmt = IMPORTERS.entry(self.fmt).name
