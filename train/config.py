@@ -208,3 +208,39 @@ class EvalConfig:
             raise SatpipeError(f"eps must be in [0, 255] (/255 units), got {list(self.eps)}")
         if self.batch_size < 1:
             raise SatpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class ModelImportConfig:
+    """`satpipe model import`: an existing state_dict file -> a satpipe checkpoint.
+
+    The file is read with `weights_only=True` (no code runs; `.safetensors` files with
+    safetensors); a training checkpoint holding the state_dict under a key (state_dict, model,
+    ...) is found or named with --key; `module.` (DDP) and `_orig_mod.` (torch.compile) key
+    prefixes are stripped. The checkpoint records the file's sha256, which saliency stores made
+    from it copy into their provenance.
+    """
+
+    weights: str = option(help="state_dict file (torch.save, or .safetensors).", argument=True)
+    model: str = option(
+        help="Architecture the weights belong to: torchvision:NAME (e.g. torchvision:resnet50), "
+        "timm:NAME, package.module:callable or a built-in name (`satpipe list model-sources`)."
+    )
+    num_classes: int = option(help="Classes of the weights' classifier (logits).")
+    out: str = option(help="satpipe checkpoint to write, e.g. teacher.pt.", short="-o")
+    in_channels: int = option(3, "Input channels of the weights' first layer.")
+    input_mean: tuple[float, ...] | None = option(None, INPUT_MEAN_HELP)
+    input_std: tuple[float, ...] | None = option(None, INPUT_STD_HELP)
+    key: str | None = option(
+        None, "Entry of a training checkpoint that holds the state_dict (default: found)."
+    )
+    ignore: tuple[str, ...] = option(
+        (), "Drop file keys starting with these prefixes, e.g. AuxLogits. (comma-separated)."
+    )
+    overwrite: bool = option(False, "Replace an existing --out.")
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.num_classes < 1 or self.in_channels < 1:
+            raise SatpipeError("--num-classes and --in-channels must be at least 1")
+        check_model_options(self.model, self.input_mean, self.input_std)

@@ -1,0 +1,21 @@
+"""`satpipe model ...`: bring your own trained model."""
+
+from __future__ import annotations
+
+from satpipe.cli._common import config_command, sub_app
+from satpipe.train.config import ModelImportConfig
+
+model_app = sub_app("model", "Bring your own trained model (teacher) into satpipe.")
+
+
+def _import(given):
+    from satpipe.train.model_import import import_model
+
+    return import_model(ModelImportConfig(**given))
+
+
+config_command(
+    model_app, "import", ModelImportConfig, _import,
+    help="Turn a state_dict file (e.g. a torchvision ResNet-50 you trained) into a satpipe "
+    "checkpoint that `satpipe saliency --model` and `satpipe eval` take.",
+)  # fmt: skip
