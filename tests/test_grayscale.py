@@ -38,12 +38,12 @@ def _run(*args: str) -> str:
 
 
 def test_grey_dataset_end_to_end(tmp_path):
-    _grey_npz(tmp_path / "grey.npz", 64, seed=0)
+    _grey_npz(tmp_path / "grey.npz", 48, seed=0)
     data = str(tmp_path / "grey.zarr")
     _run("data", "import", "numpy", tmp_path / "grey.npz", "--out", data)
     assert open_dataset(data).image_shape == (16, 16, 1)
     common = ("--data", data, "--model", "smallcnn", "--batch-size", "16", "--device", "cpu")
-    _run("train", "--variant", "original", "--epochs", "2", "--out", tmp_path / "teacher",
+    _run("train", "--variant", "original", "--epochs", "1", "--out", tmp_path / "teacher",
          *common)  # fmt: skip
     teacher = tmp_path / "teacher" / "checkpoint.pt"
     assert load_checkpoint(teacher)["model"]["in_channels"] == 1
@@ -51,18 +51,21 @@ def test_grey_dataset_end_to_end(tmp_path):
     _run("saliency", "--method", "smoothgrad", "--samples", "2", "--model", teacher,
          "--data", data, "--out", sal, "--device", "cpu")  # fmt: skip
     maps = open_saliency(sal).split("train")
-    assert maps.shape == (32, 16, 16, 1)
+    assert maps.shape == (24, 16, 16, 1)
     values = np.asarray(maps[:], dtype=np.float32)
     assert np.isfinite(values).all() and np.abs(values).max() == 1.0  # signed-maxabs
     cam = str(tmp_path / "cam.zarr")
-    _run("saliency", "--method", "gradcam++", "--model", teacher, "--data", data, "--out", cam,
-         "--device", "cpu")  # fmt: skip
-    assert open_saliency(cam).split("train").shape == (32, 16, 16, 1)
+    _run("saliency", "--method", "gradcam++", "--cam-layer", "features.block1", "--model", teacher,
+         "--data", data, "--out", cam, "--device", "cpu")  # fmt: skip
+    attrs = open_saliency(cam).attrs
+    assert attrs["params"] == {"layer": "features.block1"}
+    assert attrs["source_model"]["cam_layer"] == "features.block1"
+    assert open_saliency(cam).split("train").shape == (24, 16, 16, 1)
     _run("train", "--variant", "sat", "--saliency", sal, "--epochs", "1", "--augment",
          "--out", tmp_path / "sat", *common)  # fmt: skip
     _run("eval", tmp_path / "sat", "--eps", "0,2", "--steps", "1", "--no-strict",
          "--device", "cpu")  # fmt: skip
     results = json.loads((tmp_path / "sat" / "results.json").read_text())
-    assert results["n"] == 32 and results["pgd"]["0"] == results["clean"]
+    assert results["n"] == 24 and results["pgd"]["0"] == results["clean"]
     _run("show", "saliency", sal, "--data", data, "--out", tmp_path / "g.png", "--n", "4")
     assert (tmp_path / "g.png").stat().st_size > 0

@@ -151,9 +151,9 @@ def test_entry_point_models(tmp_path, monkeypatch):
 
 def test_checkpoint_records_rebuild_the_model_and_old_records_still_load(tmp_path):
     torch.manual_seed(0)
-    model = create_model("torchvision:mobilenet_v3_small", 4, mean=(0.5, 0.5, 0.5), std=0.2)
+    model = create_model("timm:test_efficientnet", 4, mean=(0.5, 0.5, 0.5), std=0.2)
     record = model_record(model, 4, 3)
-    assert record["arch"] == "torchvision:mobilenet_v3_small"
+    assert record["arch"] == "timm:test_efficientnet"
     assert record["mean"] == [0.5] * 3 and record["std"] == pytest.approx([0.2] * 3)
     save_checkpoint(tmp_path / "tv.pt", {"model": record})
     again, state = load_model(tmp_path / "tv.pt")
