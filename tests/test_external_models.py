@@ -12,7 +12,9 @@ import copy
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
+from satpipe.cli import app
 from satpipe.data.store import open_saliency
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods import get_method, model_methods
@@ -180,6 +182,13 @@ def test_runner_records_cam_layer_and_imported_weights(stores, tmp_path, models)
                            model=str(mobile), device="cpu")
         )  # fmt: skip
     assert not (tmp_path / "gbp.zarr").exists()
+    # `satpipe model info` says the same before any run.
+    for path, expected in (
+        (ckpt, ["torchvision:resnet18, 4 classes", "imported from r18.pth", "layer: layer2"]),
+        (mobile, ["needs --param other_activations=guide"]),
+    ):
+        result = CliRunner().invoke(app, ["model", "info", str(path), "--size", "16"])
+        assert result.exit_code == 0 and all(e in result.output for e in expected), result.output
 
 
 # The trainer and evaluator do nothing model-specific: the tiny timm net runs in the fast suite,

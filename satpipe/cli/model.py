@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from satpipe.cli._common import config_command, sub_app
+import typer
+
+from satpipe.cli._common import config_command, friendly_errors, sub_app
 from satpipe.train.config import ModelImportConfig
 
 model_app = sub_app("model", "Bring your own trained model (teacher) into satpipe.")
@@ -19,3 +21,15 @@ config_command(
     help="Turn a state_dict file (e.g. a torchvision ResNet-50 you trained) into a satpipe "
     "checkpoint that `satpipe saliency --model` and `satpipe eval` take.",
 )  # fmt: skip
+
+
+@model_app.command("info")
+@friendly_errors
+def info_cmd(
+    checkpoint: str = typer.Argument(..., help="A satpipe checkpoint (trained or imported)."),
+    size: int = typer.Option(32, "--size", help="Image side the saliency methods will see."),
+) -> None:
+    """Arch, classes, input normalisation, provenance, and what the saliency methods see."""
+    from satpipe.pipeline.model_info import model_info
+
+    typer.echo(model_info(checkpoint, size))
