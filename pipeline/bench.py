@@ -112,7 +112,8 @@ def bench_methods(
     floors: list[float] = []
     with progress("bench saliency", len(methods)) as advance:
         for name in methods:
-            method = get_method(name, **dict((params or {}).get(name, {}))).resolve(net)
+            method = get_method(name, **dict((params or {}).get(name, {})))
+            method = method.resolve(net, (3, size, size))
             if not method.needs_model:
                 raise SatpipeError(f"bench: method '{name}' uses no model; nothing to time")
             gen_dev = torch.Generator(device=dev).manual_seed(seed)

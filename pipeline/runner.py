@@ -46,7 +46,7 @@ from satpipe.pipeline.saliency_store import (
 )
 from satpipe.progress import progress
 from satpipe.seeding import MASK63, seed_words
-from satpipe.train.models import load_model
+from satpipe.train.models import load_model, probe_model
 
 __all__ = ["SaliencyConfig", "compute_saliency", "run_shard", "shard_seed"]
 
@@ -194,11 +194,15 @@ def _source_model(config: SaliencyConfig, method: Method) -> tuple[dict, nn.Modu
     if not config.model:
         raise SatpipeError(f"method '{method.name}' needs a source model (pass --model CKPT)")
     model, state = load_model(config.model)
+    record = state["model"]
     source = {
-        "arch": state["model"]["arch"],
+        "arch": record["arch"],
         "checkpoint_sha256": state["checkpoint_sha256"],
         "variant": state.get("variant"),
     }
+    # Teachers imported with `satpipe model import`: the original weights file's identity.
+    if record.get("weights_sha256"):
+        source["weights_sha256"] = record["weights_sha256"]
     return source, model
 
 
@@ -215,15 +219,10 @@ def _check_inputs(config: SaliencyConfig, dataset, method: Method, model) -> Non
                     "which this dataset does not have"
                 )
     if model is not None:
-        record_c = dataset.image_shape[2]
-        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-        if first.in_channels != record_c:
-            raise SatpipeError(
-                f"{config.model}: model takes {first.in_channels} channels, "
-                f"{config.data} has {record_c}"
-            )
-        n_out = model.fc.out_features if hasattr(model, "fc") else None
-        if n_out is not None and n_out < dataset.num_classes:
+        # One probe forward at the data's size checks channels and classes for any model.
+        h, w, c = dataset.image_shape
+        n_out = probe_model(model, (c, h, w), f"{config.model}: the model")
+        if n_out < dataset.num_classes:
             raise SatpipeError(
                 f"{config.model}: model has {n_out} classes, {config.data} has "
                 f"{dataset.num_classes}"
@@ -244,7 +243,10 @@ def compute_saliency(
     dataset = open_dataset(config.data, so)
     source, model = _source_model(config, method)
     _check_inputs(config, dataset, method, model)
-    method = method.resolve(model)
+    h, w, c = dataset.image_shape
+    method = method.resolve(model, (c, h, w))
+    if "layer" in method.params and method.needs_model:
+        source["cam_layer"] = method.params["layer"]  # the Grad-CAM layer actually used
     del model  # workers load their own copy on their device
     resolved = resolve_device(config.device)
     # "cuda" (no index) lets dask workers spread over the GPUs; an explicit cuda:N pins them.

@@ -37,6 +37,7 @@ CATALOG: dict[str, Registry] = {}
 # Module paths only: the names themselves live in the registries.
 REGISTRY_MODULES: dict[str, str] = {
     "models": "satpipe.train.models",
+    "model-sources": "satpipe.train.model_sources",
     "methods": "satpipe.pipeline.methods",
     "variants": "satpipe.train.variants",
     "schedules": "satpipe.train.schedules",

@@ -56,7 +56,16 @@ def _run(*args: str):
 
 def test_registry_lists_formats_and_rejects_unknown_ones(tmp_path):
     assert sorted(IMPORTERS.names()) == sorted(
-        ["cifar10", "cifar100", "flowers17", "imagefolder", "oxford-pet", "tinyimagenet"]
+        [
+            "cifar10",
+            "cifar100",
+            "flowers17",
+            "hf",
+            "imagefolder",
+            "numpy",
+            "oxford-pet",
+            "tinyimagenet",
+        ]
     )
     assert "data_batch_1" in IMPORTERS.summary("cifar10")
     with pytest.raises(SatpipeError, match="unknown dataset format 'mnist'; choose one of cifar10"):

@@ -33,7 +33,7 @@ from satpipe.data.synthetic import write_random_dataset, write_random_saliency
 from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
 from satpipe.train.config import TrainConfig
-from satpipe.train.models import MODELS, create_model
+from satpipe.train.models import check_model_name, create_model
 from satpipe.train.trainer import build_optimizer, train_one_epoch
 from satpipe.train.variants import VARIANTS
 
@@ -132,7 +132,7 @@ def bench_train(
     if smoothgrad_samples < 1 or epochs < 1:
         raise SatpipeError("smoothgrad samples and epochs must be at least 1")
     if on_the_fly and teacher is not None:
-        MODELS.get(teacher)
+        check_model_name(teacher)
     dev = resolve_device(device)
     tmp = None
     if data is None:

@@ -3,11 +3,16 @@
 Layout (format 1)::
 
     {"satpipe": {"kind": "checkpoint", "format": 1, "version": str},
-     "model": {"arch": str, "num_classes": int, "in_channels": int, "state_dict": {...}},
+     "model": {"arch": str, "num_classes": int, "in_channels": int,
+               "mean": [float] * C, "std": [float] * C, "state_dict": {...},
+               "weights_sha256": str, "weights_file": str},   # the last two: imported teachers
      "variant": str, "epoch": int (last finished, 0-based),
      "config": dict, "optimizer": dict, "scheduler": dict | None, "rng": dict, "metrics": dict}
 
-Only "satpipe" and "model" are required; the trainer adds the rest. Rebuilding the model
+Only "satpipe" and "model" are required; the trainer adds the rest. `arch` is the full model
+name (`resnet10`, `torchvision:resnet50`, `pkg.mod:factory`); `mean`/`std` are the input
+normalisation inside the model (checkpoints written before they were recorded have only arch,
+num_classes, in_channels and state_dict, and still load). Rebuilding the model
 from a checkpoint is `satpipe.train.models.load_model` (this module knows no architectures).
 """
 
@@ -29,15 +34,24 @@ from satpipe.errors import SatpipeError
 FORMAT = 1
 
 
-def model_record(model: nn.Module, num_classes: int, in_channels: int) -> dict[str, Any]:
-    """The "model" entry: enough to rebuild the network without any other file."""
+def model_record(
+    model: nn.Module, num_classes: int, in_channels: int, **extra: Any
+) -> dict[str, Any]:
+    """The "model" entry: enough to rebuild the network without any other file. `extra`
+    (plain values) is recorded too, e.g. weights_sha256 of an imported teacher."""
     model = getattr(model, "module", model)  # unwrap DDP
-    return {
+    record: dict[str, Any] = {
         "arch": model.arch,
         "num_classes": int(num_classes),
         "in_channels": int(in_channels),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    norm = getattr(model, "satpipe_normalize", None) or getattr(model, "normalize", None)
+    if norm is not None:
+        record["mean"] = [float(v) for v in norm.mean.flatten().tolist()]
+        record["std"] = [float(v) for v in norm.std.flatten().tolist()]
+    record.update(extra)
+    record["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return record
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:

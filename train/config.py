@@ -32,6 +32,27 @@ _SCHEDULES = "satpipe.train.schedules:SCHEDULES"
 _LOADER_MODES = "satpipe.data.loader:LoaderMode"
 # PGD eps (/255) of the "a very large eps drives accuracy near chance" sanity check.
 LARGE_EPS = 64.0
+MODEL_HELP = (
+    "Architecture: a built-in name, torchvision:NAME, timm:NAME or package.module:callable "
+    "(`satpipe list models`, `satpipe list model-sources`)."
+)
+INPUT_MEAN_HELP = (
+    "Per-channel mean the model's layers expect its [0, 1] input normalised with, e.g. "
+    "0.485,0.456,0.406 (default: the model source's; ImageNet for torchvision)."
+)
+INPUT_STD_HELP = "Per-channel std to go with --input-mean (default: the model source's)."
+
+
+def check_model_options(model: str, mean, std) -> None:
+    """Validate --model by resolving it (nothing is built; imports torch) and the norm."""
+    from satpipe.train.models import check_model_name
+
+    check_model_name(model)
+    for flag, values in (("--input-mean", mean), ("--input-std", std)):
+        if values is not None and not values:
+            raise SatpipeError(f"{flag} needs at least one value")
+    if std is not None and any(not v > 0 for v in std):
+        raise SatpipeError(f"--input-std must be > 0, got {list(std)}")
 
 
 @dataclass
@@ -49,9 +70,9 @@ class TrainConfig:
     saliency: str | None = option(
         None, "Saliency store made for --data (the SAT variants need one)."
     )
-    model: str = option(
-        "resnet10", "Architecture (`satpipe list models`).", choices="satpipe.train.models:MODELS"
-    )
+    model: str = option("resnet10", MODEL_HELP)
+    input_mean: tuple[float, ...] | None = option(None, INPUT_MEAN_HELP)
+    input_std: tuple[float, ...] | None = option(None, INPUT_STD_HELP)
     epochs: int = option(100, "Epochs (on --resume: extend or shorten the run).")
     batch_size: int = option(128, "Images per batch (per rank).")
     optimizer: str = option("adam", "Optimizer.", choices=Optimizer)
@@ -83,12 +104,14 @@ class TrainConfig:
     storage_options: dict[str, Any] = storage_options_field()
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         # Plain strings, not enum members: the config is saved as a plain dict.
         # The registries import torch: only when a config is built, not when flags are shown.
         self.optimizer = check_choice(self.optimizer, Optimizer, "optimizer")
         self.loader_mode = check_choice(self.loader_mode, _LOADER_MODES, "loader mode")
         self.schedule = check_choice(self.schedule, _SCHEDULES, "schedule")
         self.variant = check_choice(self.variant, _VARIANTS, "variant")
+        check_model_options(self.model, self.input_mean, self.input_std)
         if self.epochs < 1 or self.batch_size < 1:
             raise SatpipeError("epochs and batch size must be at least 1")
         if self.lr <= 0:
@@ -179,3 +202,39 @@ class EvalConfig:
             raise SatpipeError(f"eps must be in [0, 255] (/255 units), got {list(self.eps)}")
         if self.batch_size < 1:
             raise SatpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class ModelImportConfig:
+    """`satpipe model import`: an existing state_dict file -> a satpipe checkpoint.
+
+    The file is read with `weights_only=True` (no code runs; `.safetensors` files with
+    safetensors); a training checkpoint holding the state_dict under a key (state_dict, model,
+    ...) is found or named with --key; `module.` (DDP) and `_orig_mod.` (torch.compile) key
+    prefixes are stripped. The checkpoint records the file's sha256, which saliency stores made
+    from it copy into their provenance.
+    """
+
+    weights: str = option(help="state_dict file (torch.save, or .safetensors).", argument=True)
+    model: str = option(
+        help="Architecture the weights belong to: torchvision:NAME (e.g. torchvision:resnet50), "
+        "timm:NAME, package.module:callable or a built-in name (`satpipe list model-sources`)."
+    )
+    num_classes: int = option(help="Classes of the weights' classifier (logits).")
+    out: str = option(help="satpipe checkpoint to write, e.g. teacher.pt.", short="-o")
+    in_channels: int = option(3, "Input channels of the weights' first layer.")
+    input_mean: tuple[float, ...] | None = option(None, INPUT_MEAN_HELP)
+    input_std: tuple[float, ...] | None = option(None, INPUT_STD_HELP)
+    key: str | None = option(
+        None, "Entry of a training checkpoint that holds the state_dict (default: found)."
+    )
+    ignore: tuple[str, ...] = option(
+        (), "Drop file keys starting with these prefixes, e.g. AuxLogits. (comma-separated)."
+    )
+    overwrite: bool = option(False, "Replace an existing --out.")
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.num_classes < 1 or self.in_channels < 1:
+            raise SatpipeError("--num-classes and --in-channels must be at least 1")
+        check_model_options(self.model, self.input_mean, self.input_std)

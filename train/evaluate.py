@@ -36,7 +36,7 @@ from satpipe.seeding import generator
 from satpipe.train.attacks import fgsm, pgd
 from satpipe.train.checkpoint import file_sha256
 from satpipe.train.config import LARGE_EPS, EvalConfig
-from satpipe.train.models import load_model
+from satpipe.train.models import load_model, probe_model
 
 
 def clean_accuracy(model: nn.Module, loader, amp: bool = False) -> float:
@@ -296,6 +296,8 @@ def _open_for_eval(cfg: EvalConfig):
     num_classes = state["model"]["num_classes"]
     if loader.num_classes != num_classes:
         raise SatpipeError(f"{data}: has {loader.num_classes} classes, the model {num_classes}")
+    h, w, c = loader.image_shape
+    probe_model(model, (c, h, w), f"{ckpt}: the model")  # e.g. an RGB teacher on grey data
     return ckpt, model, state, loader
 
 

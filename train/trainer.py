@@ -40,7 +40,7 @@ from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpo
 from satpipe.train.config import RESUMABLE_CHANGES, TrainConfig
 from satpipe.train.distributed import barrier, cleanup, init_distributed, sync_buffers
 from satpipe.train.evaluate import clean_accuracy
-from satpipe.train.models import create_model
+from satpipe.train.models import create_model, probe_model
 from satpipe.train.perturb import alpha_schedule
 from satpipe.train.schedules import lr_at
 from satpipe.train.variants import VARIANTS, Variant, VariantConfig
@@ -318,7 +318,11 @@ def _open_run(config: TrainConfig) -> _Run:
     train_loader, test_loader = _loaders(config, variant, rank, world, device)
     h, w, c = train_loader.image_shape
     torch.manual_seed(config.seed)  # the initial weights are a function of the seed
-    raw = create_model(config.model, train_loader.num_classes, c).to(device)
+    raw = create_model(
+        config.model, train_loader.num_classes, c, mean=config.input_mean, std=config.input_std
+    ).to(device)
+    # One probe forward: a model that cannot take these images fails here, in one line.
+    probe_model(raw, (c, h, w), f"--model {config.model}")
     if device.type == "cuda":
         raw = raw.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, raw)

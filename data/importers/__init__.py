@@ -1,12 +1,15 @@
 """Importers: real dataset formats on local disk -> satpipe dataset stores.
 
 Each format is one module that registers a function `fn(src, out, *, size, resize_policy,
-overwrite, storage_options, ...format options) -> out` under its name:
+overwrite, storage_options, ...format options) -> out` under its name, and every one of them
+writes through `write_dataset` (writer.py), which is public for data in any other form:
 
-    from satpipe.data.importers import IMPORTERS, import_dataset
+    from satpipe.data.importers import IMPORTERS, import_dataset, write_dataset
     import_dataset("cifar10", "cifar-10-batches-py", "stores/cifar10.zarr")
+    import_dataset("numpy", "mine.npz", "stores/mine.zarr")
+    write_dataset("stores/x.zarr", {"train": SplitArrays(images, labels)}, name="x", classes=...)
 
-Nothing is downloaded: point `src` at the unpacked official archive.
+Nothing is downloaded: point `src` at the unpacked official archive (or the file).
 """
 
 from __future__ import annotations
@@ -49,7 +52,10 @@ class ImportConfig:
 
     fmt: str = option(help="Dataset format (`satpipe list importers`).", argument=True,
                       choices="satpipe.data.importers:IMPORTERS")  # fmt: skip
-    src: str = option(help="Unpacked dataset folder on local disk.", argument=True)
+    src: str = option(
+        help="Unpacked dataset folder on local disk (numpy: the .npz file; hf: the "
+        "save_to_disk folder).", argument=True,
+    )  # fmt: skip
     out: str = option(help="Output store: path or URL (.zarr).", short="-o")
     size: int | None = option(
         None, "Resize to SIZE x SIZE (default: native, or the format's paper size)."
@@ -69,6 +75,15 @@ class ImportConfig:
         None, "flowers17: import only the images with a trimap, with masks."
     )
     per_class: int | None = option(None, "flowers17: images per class, in file order.")
+    channels: int | None = option(
+        None, "imagefolder, hf: 1 (grey) or 3 (RGB); default: the first image's."
+    )
+    layout: str | None = option(
+        None, "numpy: nhwc, nchw or auto (default: detected from the axis of 1 or 3)."
+    )
+    image_column: str | None = option(None, "hf: image column (default: the Image feature).")
+    label_column: str | None = option(None, "hf: label column (default: the ClassLabel).")
+    mask_column: str | None = option(None, "hf: optional mask column (non-zero = object).")
     overwrite: bool = option(False, "Replace an existing OUT.")
     storage_options: dict[str, Any] = storage_options_field()
 
@@ -115,20 +130,28 @@ def import_dataset(fmt: str, src: str | Path, out: str, **options: Any) -> str:
 from satpipe.data.importers import (  # noqa: E402
     cifar,
     flowers17,
+    hf,
     imagefolder,
+    numpy_npz,
     oxford_pet,
     tinyimagenet,
 )
+from satpipe.data.importers.writer import Sample, SplitArrays, write_dataset  # noqa: E402
 
 __all__ = [
     "IMPORTERS",
     "ImportConfig",
+    "Sample",
+    "SplitArrays",
     "cifar",
     "flowers17",
+    "hf",
     "imagefolder",
     "import_dataset",
     "importer_options",
+    "numpy_npz",
     "oxford_pet",
     "register_importer",
     "tinyimagenet",
+    "write_dataset",
 ]

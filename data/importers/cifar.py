@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from satpipe.data.importers import register_importer
-from satpipe.data.importers.common import ResizePolicy, check_output, write_arrays
+from satpipe.data.importers.common import ResizePolicy, check_output
+from satpipe.data.importers.writer import write_dataset
 from satpipe.errors import SatpipeError
 
 CIFAR10_CLASSES = (
@@ -143,11 +144,11 @@ def _import(
         "files": {k: [p.name for p in v] for k, v in splits_files.items()},
         "split": "official",
     }
-    return write_arrays(
+    return write_dataset(
         out,
+        splits,
         name=fmt,
         classes=classes,
-        splits=splits,
         size=size,
         policy=resize_policy,
         source=source,

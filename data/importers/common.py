@@ -1,9 +1,12 @@
-"""What every importer shares: decoding, the resize policy, seeded splits and the writer loop.
+"""What every importer shares: decoding, the resize policy and seeded splits (the writer is
+writer.py's `write_dataset`).
 
-Decoding is PIL's. Images that are not RGB (L, LA, P, RGBA, CMYK, 1, I;16) are converted with
-`Image.convert("RGB")`: grey is replicated, palettes are expanded, alpha is dropped (not
-composited). A file that PIL cannot read completely (truncated, not an image) is an error that
-names the file.
+Decoding is PIL's (see writer.py for the channel rule: RGB, or 8-bit grey for greyscale data).
+A file that PIL cannot read completely (truncated, not an image) is an error that names the
+file. PIL rather than `torchvision.io.decode_image`: PIL reads every format the importers take
+(decode_image has no BMP or TIFF), its modes say whether an image is greyscale before any
+conversion, and the bytes it decodes are the ones every store imported so far was made of, so
+re-importing a dataset keeps its fingerprint. (torchvision's own ImageFolder decodes with PIL.)
 
 Resizing (`--size N` gives N x N) follows one explicit policy, recorded in the store's
 `source` attribute:
@@ -16,11 +19,8 @@ boxes are scaled outward (floor of the start, ceil of the end) and clipped to th
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from satpipe.data.store import DatasetWriter, store_exists
+from satpipe.data.store import store_exists
 from satpipe.errors import SatpipeError
-from satpipe.progress import progress
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 BLOCK_ROWS = 256
@@ -59,7 +58,7 @@ def resize_policy(value: str | ResizePolicy) -> ResizePolicy:
 # Decoding
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     """Open and fully decode `path` (so truncation shows here, not later)."""
     try:
         with Image.open(path) as im:
@@ -82,7 +81,7 @@ def _one_line(exc: BaseException) -> str:
 
 def decode_rgb(path: str | Path) -> np.ndarray:
     """The image at `path` as uint8 (H, W, 3); non-RGB modes converted (see module doc)."""
-    im = _open(Path(path))
+    im = open_image(Path(path))
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)
@@ -109,7 +108,7 @@ def decode_gray(path: str | Path) -> np.ndarray:
 
 def decode_rgb_raw(path: str | Path) -> np.ndarray:
     """A mask file that encodes classes as colours, as uint8 (H, W, 3), palette expanded."""
-    im = _open(Path(path))
+    im = open_image(Path(path))
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
@@ -168,11 +167,13 @@ def _place(fit: Fit, resized: np.ndarray) -> np.ndarray:
 
 
 def fit_image(fit: Fit, image: np.ndarray) -> np.ndarray:
-    """uint8 (h, w, 3) -> uint8 (out_h, out_w, 3) by the planned fit (bilinear)."""
+    """uint8 (h, w, C), C 1 or 3 -> uint8 (out_h, out_w, C) by the planned fit (bilinear)."""
     if fit.identity:
         return image
-    resized = np.asarray(Image.fromarray(image).resize((fit.rw, fit.rh), Image.BILINEAR))
-    return _place(fit, resized)
+    grey = image.ndim == 3 and image.shape[2] == 1
+    pil = Image.fromarray(image[..., 0] if grey else image)
+    resized = np.asarray(pil.resize((fit.rw, fit.rh), Image.BILINEAR))
+    return _place(fit, resized[..., None] if grey else resized)
 
 
 def fit_mask(fit: Fit, mask: np.ndarray) -> np.ndarray:
@@ -200,17 +201,6 @@ def fit_box(fit: Fit, box: Sequence[int]) -> tuple[int, int, int, int] | None:
 
 # --------------------------------------------------------------------------------------------
 # Sources and splits
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image file to import: label index, optional mask file and box (x0, y0, x1, y1),
-    end exclusive, in the source image's pixels."""
-
-    image: Path
-    label: int
-    mask: Path | None = None
-    box: tuple[int, int, int, int] | None = None
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -256,182 +246,3 @@ def check_output(out: str, overwrite: bool, storage_options: Mapping[str, Any] |
     """Refuse an existing output before any work is done (the writer checks again)."""
     if not overwrite and store_exists(out, storage_options):
         raise SatpipeError(f"{out}: output exists (pass --overwrite to replace it)")
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-
-
-def _blocks(n: int, rows: int) -> Iterator[slice]:
-    for a in range(0, n, rows):
-        yield slice(a, min(a + rows, n))
-
-
-def _load_sample(
-    sample: Sample,
-    size: int | None,
-    policy: ResizePolicy,
-    expected_hw: tuple[int, int],
-    read_mask: Callable[[Path], np.ndarray] | None,
-):
-    image = decode_rgb(sample.image)
-    h, w = image.shape[:2]
-    if size is None and (h, w) != expected_hw:
-        raise SatpipeError(
-            f"{sample.image}: image is {w}x{h} but the first image is "
-            f"{expected_hw[1]}x{expected_hw[0]}; pass --size to resize them all"
-        )
-    fit = plan_fit(h, w, size, policy)
-    mask = box = None
-    if sample.mask is not None and read_mask is not None:
-        raw = read_mask(sample.mask)
-        if raw.shape != (h, w):
-            raise SatpipeError(
-                f"{sample.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
-                f"{sample.image.name} is {w}x{h}"
-            )
-        mask = fit_mask(fit, raw.astype(np.uint8))
-    if sample.box is not None:
-        x0, y0, x1, y1 = sample.box
-        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-            raise SatpipeError(
-                f"{sample.image}: box {list(sample.box)} lies outside the {w}x{h} image"
-            )
-        box = fit_box(fit, sample.box)
-        if box is None:
-            raise SatpipeError(
-                f"{sample.image}: box {list(sample.box)} falls outside the "
-                f"{policy.value} to {size}x{size}; use --resize-policy stretch or pad"
-            )
-    return fit_image(fit, image), mask, box
-
-
-def write_samples(
-    out: str,
-    *,
-    name: str,
-    classes: Sequence[str],
-    splits: Mapping[str, Sequence[Sample]],
-    size: int | None,
-    policy: str | ResizePolicy,
-    source: Mapping[str, Any],
-    read_mask: Callable[[Path], np.ndarray] | None = None,
-    overwrite: bool = False,
-    storage_options: Mapping[str, Any] | None = None,
-    workers: int | None = None,
-) -> str:
-    """Decode, resize and write every sample of every split into a dataset store at `out`.
-
-    `size=None` keeps images as they are (all must share the first image's size). Masks are
-    stored when the samples carry mask files (all of them must), boxes when they carry boxes.
-    Splits with no samples are left out. Returns `out`.
-    """
-    policy = resize_policy(policy)
-    if size is not None and size < 1:
-        raise SatpipeError(f"--size must be positive, got {size}")
-    splits = {k: list(v) for k, v in splits.items() if len(v)}
-    if "train" not in splits:
-        raise SatpipeError(f"{source.get('path', out)}: no training images found")
-    every = [s for rows in splits.values() for s in rows]
-    for s in every:
-        if not 0 <= s.label < len(classes):
-            raise SatpipeError(f"{s.image}: label {s.label} out of range [0, {len(classes)})")
-    has_masks = any(s.mask is not None for s in every)
-    has_boxes = any(s.box is not None for s in every)
-    if has_masks and read_mask is None:
-        raise ValueError("samples carry mask files but no read_mask was given")
-    for s in every:
-        if has_masks and s.mask is None:
-            raise SatpipeError(f"{s.image}: no mask for this image (other images have masks)")
-        if has_boxes and s.box is None:
-            raise SatpipeError(f"{s.image}: no box for this image (other images have boxes)")
-    if size is None:
-        first = decode_rgb(every[0].image)
-        hw = first.shape[:2]
-    else:
-        hw = (size, size)
-    source = {
-        **dict(source),
-        "size": size,
-        "resize_policy": policy.value,
-        "resize": RESIZE_METHOD,
-        "colour": COLOUR_POLICY,
-    }
-    workers = workers or min(4, os.cpu_count() or 1)
-    load = functools.partial(
-        _load_sample, size=size, policy=policy, expected_hw=hw, read_mask=read_mask
-    )
-    with (
-        DatasetWriter(
-            out,
-            name=name,
-            classes=classes,
-            image_shape=(*hw, 3),
-            split_sizes={k: len(v) for k, v in splits.items()},
-            has_masks=has_masks,
-            has_boxes=has_boxes,
-            source=source,
-            overwrite=overwrite,
-            storage_options=storage_options,
-        ) as writer,
-        ThreadPoolExecutor(workers) as pool,
-        progress(f"import {name}", len(every)) as advance,
-    ):
-        for split, rows in splits.items():
-            for block in _blocks(len(rows), BLOCK_ROWS):
-                chunk = rows[block]
-                # Threads: PIL releases the GIL while decoding; map keeps the order.
-                loaded = list(pool.map(load, chunk))
-                writer.write(
-                    split,
-                    np.stack([img for img, _, _ in loaded]),
-                    np.array([s.label for s in chunk], dtype=np.int64),
-                    np.stack([m for _, m, _ in loaded]) if has_masks else None,
-                    np.array([b for _, _, b in loaded], dtype=np.int32) if has_boxes else None,
-                )
-                advance(len(chunk))
-    return str(out)
-
-
-def write_arrays(
-    out: str,
-    *,
-    name: str,
-    classes: Sequence[str],
-    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    size: int | None,
-    policy: str | ResizePolicy,
-    source: Mapping[str, Any],
-    overwrite: bool = False,
-    storage_options: Mapping[str, Any] | None = None,
-) -> str:
-    """Write in-memory splits {split: (images uint8 (N, H, W, 3), labels (N,))}, resized to
-    size x size by `policy` when `size` is given. Returns `out`."""
-    policy = resize_policy(policy)
-    if size is not None and size < 1:
-        raise SatpipeError(f"--size must be positive, got {size}")
-    h, w = next(iter(splits.values()))[0].shape[1:3]
-    fit = plan_fit(h, w, size, policy)
-    source = {**dict(source), "size": size, "resize_policy": policy.value, "resize": RESIZE_METHOD}
-    total = sum(len(lab) for _, lab in splits.values())
-    with (
-        DatasetWriter(
-            out,
-            name=name,
-            classes=classes,
-            image_shape=(fit.out_h, fit.out_w, 3),
-            split_sizes={k: len(lab) for k, (_, lab) in splits.items()},
-            source=source,
-            overwrite=overwrite,
-            storage_options=storage_options,
-        ) as writer,
-        progress(f"import {name}", total) as advance,
-    ):
-        for split, (images, labels) in splits.items():
-            for block in _blocks(len(labels), BLOCK_ROWS * 4):
-                chunk = images[block]
-                if not fit.identity:
-                    chunk = np.stack([fit_image(fit, im) for im in chunk])
-                writer.write(split, chunk, labels[block])
-                advance(len(labels[block]))
-    return str(out)

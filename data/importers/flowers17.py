@@ -28,13 +28,12 @@ import numpy as np
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import (
     ResizePolicy,
-    Sample,
     check_output,
     decode_rgb_raw,
     require_dir,
     seeded_split,
-    write_samples,
 )
+from satpipe.data.importers.writer import Sample, write_dataset
 from satpipe.errors import SatpipeError
 
 FLOWER_CLASSES = (
@@ -133,13 +132,14 @@ def import_flowers17(
             else "none"
         ),
     }
-    return write_samples(
+    return write_dataset(
         out,
+        {"train": [samples[i] for i in train_idx], "test": [samples[i] for i in test_idx]},
         name="flowers17",
         classes=classes,
-        splits={"train": [samples[i] for i in train_idx], "test": [samples[i] for i in test_idx]},
         size=size,
         policy=resize_policy,
+        channels=3,
         source=source,
         read_mask=trimap_mask if masks_only else None,
         overwrite=overwrite,

@@ -9,6 +9,8 @@ the test split is a seeded stratified one (`--test-fraction`, `--seed`).
 Masks (`--masks DIR`): a tree that mirrors the images, `DIR/<same relative path>.png`, where
 any non-zero pixel is object. Every image needs its mask. Size: `None` keeps the images as
 they are (they must then all have one size); `--size N` resizes by `--resize-policy`.
+Channels: `--channels 1` or `3`; by default the first image's (a greyscale first image makes a
+1-channel store, and a colour image after it is refused; see writer.py).
 """
 
 from __future__ import annotations
@@ -20,15 +22,14 @@ from typing import Any
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import (
     ResizePolicy,
-    Sample,
     check_output,
     class_folders,
     image_files,
     nonzero_mask,
     require_dir,
     seeded_split,
-    write_samples,
 )
+from satpipe.data.importers.writer import Sample, write_dataset
 from satpipe.errors import SatpipeError
 
 
@@ -62,6 +63,7 @@ def import_imagefolder(
     size: int | None = None,
     resize_policy: str = ResizePolicy.stretch.value,
     masks: str | Path | None = None,
+    channels: int | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
     overwrite: bool = False,
@@ -93,13 +95,14 @@ def import_imagefolder(
         "split": split_info,
         "masks": f"{mask_root.resolve()} (non-zero = object)" if mask_root else "none",
     }
-    return write_samples(
+    return write_dataset(
         out,
+        {"train": train, "test": test},
         name=root.resolve().name,
         classes=classes,
-        splits={"train": train, "test": test},
         size=size,
         policy=resize_policy,
+        channels=channels,
         source=source,
         read_mask=nonzero_mask if mask_root else None,
         overwrite=overwrite,

@@ -25,13 +25,12 @@ import numpy as np
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import (
     ResizePolicy,
-    Sample,
     check_output,
     decode_gray,
     require_dir,
     seeded_split,
-    write_samples,
 )
+from satpipe.data.importers.writer import Sample, write_dataset
 from satpipe.errors import SatpipeError
 
 
@@ -117,13 +116,14 @@ def import_oxford_pet(
         "split": split_info,
         "masks": "trimap pet (1) or border (3)" if has_masks else "none",
     }
-    return write_samples(
+    return write_dataset(
         out,
+        splits,
         name="oxford-pet",
         classes=classes,
-        splits=splits,
         size=size,
         policy=resize_policy,
+        channels=3,
         source=source,
         read_mask=trimap_mask if has_masks else None,
         overwrite=overwrite,

@@ -21,12 +21,11 @@ from typing import Any
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import (
     ResizePolicy,
-    Sample,
     check_output,
     image_files,
     require_dir,
-    write_samples,
 )
+from satpipe.data.importers.writer import Sample, write_dataset
 from satpipe.errors import SatpipeError
 
 
@@ -118,13 +117,14 @@ def import_tinyimagenet(
         "boxes": "archive boxes include x1, y1; stored end exclusive (x1 + 1, y1 + 1)",
         "class_words": words,
     }
-    return write_samples(
+    return write_dataset(
         out,
+        {"train": train, "test": test},
         name="tinyimagenet",
         classes=wnids,
-        splits={"train": train, "test": test},
         size=size,
         policy=resize_policy,
+        channels=3,
         source=source,
         overwrite=overwrite,
         storage_options=storage_options,

@@ -86,8 +86,10 @@ class Method:
     def out_channels(self, in_channels: int) -> int:
         return 1 if self.single_channel else in_channels
 
-    def resolve(self, model: nn.Module | None) -> Method:
-        """A copy with model-dependent defaults filled in (e.g. the Grad-CAM layer)."""
+    def resolve(self, model: nn.Module | None, input_shape=None) -> Method:
+        """A copy with model-dependent defaults filled in (e.g. the Grad-CAM layer), found for
+        (C, H, W) inputs (`input_shape`; default (C, 32, 32)); a model the method cannot apply
+        to is refused here, before any work, in one line."""
         return self
 
     def __call__(

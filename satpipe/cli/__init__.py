@@ -9,6 +9,7 @@ from satpipe.cli import (  # noqa: F401  (imported to register their commands)
     bench,
     data,
     listing,
+    model,
     reproduce,
     saliency,
     store,

@@ -19,20 +19,25 @@ from satpipe.pipeline.config import SaliencyConfig
 
 show_app = sub_app("show", "Pictures for a person to look at.")
 
-# Shorthands for the most used method parameters (each is also --param key=value); their
-# defaults are the method's own (`satpipe list methods --long`).
+# Shorthands for the most used method parameters (each is also --param key=value; the store
+# records them under the parameter's name); their defaults are the method's own
+# (`satpipe list methods --long`). (parameter, flag, type, help)
 _SHORTHANDS = (
-    ("samples", int, "smoothgrad: noisy copies per image."),
-    ("sigma", float, "smoothgrad: noise std, fraction of the [0, 1] range."),
-    ("steps", int, "ig: integration steps."),
-    ("layer", str, "gradcam++ family: dotted layer name (default: the model's cam_layer)."),
-)
+    ("samples", "--samples", int, "smoothgrad: noisy copies per image."),
+    ("sigma", "--sigma", float, "smoothgrad: noise std, fraction of the [0, 1] range."),
+    ("steps", "--steps", int, "ig: integration steps."),
+    (
+        "layer", "--cam-layer", str,
+        "gradcam++ family: dotted module name of the Grad-CAM layer (default: the model's "
+        "cam_layer, else the last spatial activation before pooling, found with a probe).",
+    ),
+)  # fmt: skip
 
 
-def _shorthand(name: str, kind: type, help: str) -> inspect.Parameter:
+def _shorthand(name: str, flag: str, kind: type, help: str) -> inspect.Parameter:
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, annotation=kind | None,
-        default=typer.Option(None, f"--{name}", help=help),
+        default=typer.Option(None, flag, help=help),
     )  # fmt: skip
 
 
@@ -41,7 +46,7 @@ def _saliency(given):
 
     # --param values stay strings: the method converts them to its parameters' types.
     params = parse_pairs(given.pop("params_raw", None), "--param", value=str)
-    params.update({k: given.pop(k) for k, _, _ in _SHORTHANDS if k in given})
+    params.update({k: given.pop(k) for k, *_ in _SHORTHANDS if k in given})
     return compute_saliency(SaliencyConfig(params=params, **given))
 
 

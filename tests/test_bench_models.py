@@ -1,0 +1,17 @@
+"""The wrapped-vs-bare benchmark runs and reports its ratios (values are not asserted: timing
+belongs to benchmarks, not unit tests)."""
+
+from satpipe.bench_models import bench_wrapped_model
+
+
+def test_bench_wrapped_model_reports_ratios():
+    report = bench_wrapped_model(
+        "torchvision:mobilenet_v3_small", methods=("gradient",), size=16, batch_size=2,
+        n_batches=1, rounds=1, min_seconds=0.0, device="cpu",
+    )  # fmt: skip
+    assert set(report["methods"]) == {"gradient"}
+    for row in report["methods"].values():
+        assert row["ratio"] > 0 and row["wrapped_img_s"] > 0 and row["bare_img_s"] > 0
+        q1, q3 = row["ratio_quartiles"]
+        assert q1 <= row["ratio"] <= q3
+    assert report["worst_ratio"] == min(r["ratio"] for r in report["methods"].values())
