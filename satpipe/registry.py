@@ -43,6 +43,7 @@ REGISTRY_MODULES: dict[str, str] = {
     "schedules": "satpipe.train.schedules",
     "importers": "satpipe.data.importers",
     "presets": "satpipe.presets",
+    "benchmarks": "satpipe.bench",
 }
 
 

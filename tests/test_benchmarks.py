@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from satpipe.benchmarks import headline, summary_markdown
+from satpipe.bench import BENCHMARKS, headline, summary_markdown
 from satpipe.cli import app
 
 
@@ -61,7 +61,7 @@ def test_headline_skips_parts_that_were_not_run():
 
 def test_bench_all_refuses_unknown_parts(tmp_path):
     result = CliRunner().invoke(app, ["bench", "all", "--parts", "saliency,gpu", "--out", "x"])
-    assert result.exit_code != 0 and "unknown gpu" in result.output
+    assert result.exit_code != 0 and "unknown benchmark 'gpu'" in result.output
 
 
 @pytest.mark.slow
@@ -78,8 +78,118 @@ def test_bench_all_quick_runs_every_part(tmp_path):
 
 
 def test_part_sizes_shrink_only_the_cpu_train_part():
-    from satpipe.benchmarks import CPU, QUICK, part_sizes
+    train, saliency = BENCHMARKS.get("train"), BENCHMARKS.get("saliency")
+    assert train.sizes("cpu", quick=False) == train.cpu and train.cpu
+    assert saliency.sizes("cpu", quick=False) == {}
+    assert train.sizes("cpu", quick=True) == train.quick
 
-    assert part_sizes("train", "cpu", quick=False) == CPU["train"]
-    assert part_sizes("saliency", "cpu", quick=False) == {}
-    assert part_sizes("train", "cpu", quick=True) == QUICK["train"]
+
+class _Clock:
+    """A fake perf_counter: sides advance it by the seconds they are scripted to take."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls = []
+
+    def side(self, name, durations):
+        def fn(index):
+            self.calls.append((name, index))
+            self.now += durations[len([c for c in self.calls if c[0] == name]) - 1]
+            return f"{name}{index}"
+
+        return fn
+
+
+def test_alternate_interleaves_sides_and_keeps_min_median_and_best(monkeypatch):
+    from satpipe.bench import timing
+
+    clock = _Clock()
+    monkeypatch.setattr(timing, "perf_counter", lambda: clock.now)
+    prepared = []
+
+    def prepare(index):
+        prepared.append(index)
+        clock.now += 100.0  # untimed set-up
+
+    sides = {"a": clock.side("a", [9, 1, 4, 2]), "b": clock.side("b", [9, 5, 3, 7])}
+    t = timing.alternate(sides, rounds=3, warmup=1, prepare={"b": prepare})
+    # One warm-up call each, then rounds a, b, a, b, ...; call indices go on from the warm-up.
+    assert clock.calls == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2),
+                           ("a", 3), ("b", 3)]  # fmt: skip
+    assert prepared == [0, 1, 2, 3]
+    assert t.seconds == {"a": [1, 4, 2], "b": [5, 3, 7]}  # warm-up and set-up not timed
+    assert (t.min("a"), t.median("a"), t.min("b"), t.median("b")) == (1, 2, 3, 5)
+    assert t.best("a") == "a1" and t.best("b") == "b2" and t.rounds == 3
+    assert t.summary()["median_s"] == {"a": 2, "b": 5}
+
+
+def test_alternate_adds_rounds_until_the_time_floor(monkeypatch):
+    from satpipe.bench import timing
+
+    clock = _Clock()
+    monkeypatch.setattr(timing, "perf_counter", lambda: clock.now)
+    t = timing.alternate({"fast": clock.side("fast", [0.5] * 100)}, rounds=2, floor_seconds=3)
+    assert t.rounds == 6  # 6 x 0.5 s reaches the 3 s floor
+    t = timing.alternate({"fast": clock.side("fast", [0.5] * 100)}, floor_seconds=99, max_rounds=4)
+    assert t.rounds == 4
+
+
+def test_peak_rss_probe_reads_the_child_peak_and_its_result():
+    from satpipe.bench.timing import peak_rss
+    from satpipe.errors import SatpipeError
+
+    code = "block = bytearray(args['mib'] * 2**20)\nresult['n'] = len(block) // 2**20"
+    out = peak_rss(code, {"mib": 64}, "a 64 MiB block")
+    assert out["n"] == 64 and out["peak_rss_mb"] >= 64
+    with pytest.raises(SatpipeError, match="a failing run failed: ValueError: boom"):
+        peak_rss("raise ValueError('boom')", {}, "a failing run")
+
+
+def test_bench_configs_parse_the_command_line_values():
+    from satpipe.bench.config import LoaderBenchConfig, SaliencyBenchConfig, TrainBenchConfig
+    from satpipe.errors import SatpipeError
+
+    cfg = SaliencyBenchConfig(params={"smoothgrad.samples": 50, "ig": {"steps": 4}})
+    assert cfg.params == {"smoothgrad": {"samples": "50"}, "ig": {"steps": 4}}
+    with pytest.raises(SatpipeError, match="--param expects name.key=value"):
+        SaliencyBenchConfig(params={"samples": 2})
+    with pytest.raises(SatpipeError, match="--rss-rows expects two integers"):
+        LoaderBenchConfig(rss_rows="1")
+    with pytest.raises(SatpipeError, match="unknown variant 'pgd-sta'"):
+        TrainBenchConfig(variants="sat,pgd-sta")
+
+
+def test_every_part_is_a_command_and_its_module_answers_the_protocol():
+    import importlib
+
+    runner = CliRunner()
+    for name, entry in BENCHMARKS.items():
+        module = importlib.import_module(entry.module)
+        assert all(callable(getattr(module, f)) for f in ("run", "headline", "format_report"))
+        result = runner.invoke(app, ["bench", name, "--help"])
+        assert result.exit_code == 0 and "--out" in result.output
+    bad = runner.invoke(app, ["bench", "loader", "--rss-rows", "1,2,3", "--out", "x"])
+    assert bad.exit_code == 1 and "--rss-rows expects two integers" in bad.output
+
+
+def test_format_report_prints_each_parts_figures():
+    from satpipe.bench import dask, loader, saliency
+
+    sal = {"methods": {"gradient": {"img_s": 1234.5, "efficiency": 0.98}},
+           "peak_rss": {"growth": 1.02, "sizes": {"256": {}, "1024": {}}}}  # fmt: skip
+    assert saliency.format_report(sal).splitlines() == [
+        "gradient               1234.5 img/s  efficiency 0.98",
+        "peak RSS growth 1.020 over sizes [256, 1024]",
+    ]
+    d = {"workers": {"1": {"img_s": 30.0}, "2": {"img_s": 57.0}}, "ratio": 1.9, "target": ">= 1.8"}
+    assert dask.format_report(d).splitlines()[-1] == "ratio 2/1 1.90 (target >= 1.8)"
+    ld = {
+        "throughput": {"32x32": {"resident_pairs_per_s": 4e4, "streaming_pairs_per_s": 3e4,
+                                 "streaming_over_resident": 0.75}},
+        "train_step": {"streaming_over_resident": 1.01, "target": 0.95},
+        "streaming_rss": {"1024": {"peak_rss_mb": 600.2}, "4096": {"peak_rss_mb": 610.7},
+                          "large_over_small": 1.02},
+    }  # fmt: skip
+    assert loader.format_report(ld).splitlines()[-1] == (
+        "streaming peak RSS 600 MiB at 1024 rows, 611 MiB at 4096 rows"
+    )

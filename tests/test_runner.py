@@ -249,12 +249,13 @@ def test_cli_saliency_show_and_errors(work):
 
 
 def test_bench_methods_reports_efficiency():
-    from satpipe.pipeline.bench import bench_methods
+    from satpipe.bench.config import SaliencyBenchConfig
+    from satpipe.bench.saliency import bench_methods
 
-    report = bench_methods(
-        ["gradient", "smoothgrad"], size=8, batch_size=4, n_images=8, device="cpu",
-        params={"smoothgrad": {"samples": 2}}, repeats=1,
-    )  # fmt: skip
+    report = bench_methods(SaliencyBenchConfig(
+        methods=("gradient", "smoothgrad"), size=8, batch_size=4, n_images=8, device="cpu",
+        params={"smoothgrad": {"samples": 2}}, repeats=1, floor_seconds=0.0,
+    ))  # fmt: skip
     assert report["forward_backward_img_s"] > 0
     sg = report["methods"]["smoothgrad"]
     assert sg["passes_per_image"] == 2 and sg["efficiency"] > 0
@@ -263,7 +264,9 @@ def test_bench_methods_reports_efficiency():
 
 @pytest.mark.slow
 def test_bench_peak_rss_runs(tmp_path):
-    from satpipe.pipeline.bench import bench_peak_rss
+    from satpipe.bench.saliency import bench_peak_rss
 
-    report = bench_peak_rss(sizes=(64, 256), image_size=8, rows_per_shard=32, device="cpu")
+    report = bench_peak_rss(
+        (64, 256), model="smallcnn", image_size=8, batch_size=64, rows_per_shard=32, device="cpu"
+    )
     assert set(report["sizes"]) == {"64", "256"} and report["growth"] > 0

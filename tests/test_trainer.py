@@ -179,9 +179,11 @@ def test_cli_trains_and_reports_a_refused_store_on_one_line(stores, tmp_path):
 
 
 def test_bench_train_reports_ratios_within_one_run(tmp_path):
-    from satpipe.train.bench import ON_THE_FLY, bench_train
+    from satpipe.bench import run_benchmark
+    from satpipe.bench.train import ON_THE_FLY
 
-    report = bench_train(
+    report = run_benchmark(
+        "train",
         variants=("sat", "pgd", "pgd-sat"),
         model="smallcnn",
         teacher="smallcnn",
