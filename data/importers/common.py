@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from satpipe.data.store import DatasetWriter, store_exists
+from satpipe.data.store import DatasetWriter, store_exists, unfinished_dataset
 from satpipe.errors import SatpipeError
 from satpipe.progress import progress
 
@@ -253,8 +253,12 @@ def seeded_split(labels: Sequence[int], test_fraction: float, seed: int) -> tupl
 
 
 def check_output(out: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> None:
-    """Refuse an existing output before any work is done (the writer checks again)."""
-    if not overwrite and store_exists(out, storage_options):
+    """Refuse an existing output before any work is done (the writer checks again). An
+    unfinished dataset store (an import that crashed or ran out of space) is not refused:
+    the rerun replaces it."""
+    if overwrite or not store_exists(out, storage_options):
+        return
+    if not unfinished_dataset(out, storage_options):
         raise SatpipeError(f"{out}: output exists (pass --overwrite to replace it)")
 
 
