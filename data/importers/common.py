@@ -113,6 +113,22 @@ def decode_rgb_raw(path: str | Path) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def read_text(path: Path) -> str:
+    """A list or annotation file as text; one that is missing, not UTF-8 or holds NUL bytes
+    (a binary file, or a damaged one) is an error naming it."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SatpipeError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise SatpipeError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    except OSError as exc:
+        raise SatpipeError(f"{path}: cannot read ({_one_line(exc)})") from None
+    if "\x00" in text:
+        raise SatpipeError(f"{path}: not a text file (it holds NUL bytes)")
+    return text
+
+
 def nonzero_mask(path: Path) -> np.ndarray:
     """ImageFolder masks: any non-zero value is object."""
     return (decode_gray(path) != 0).astype(np.uint8)
