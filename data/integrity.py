@@ -2,8 +2,12 @@
 
 Inventory. zarr reads a shard that has no stored object as its fill value, without an error,
 so a deleted object or a copy that stopped half-way reads as zeros. Readers therefore list the
-objects of each array once (`stored_shards`: one `list_prefix` per array, which object storage
-answers with one paginated LIST) and refuse a store that lacks a shard that must exist.
+objects of each array once (`stored_shards`: one listing per array, which object storage
+answers with one paginated LIST, sizes included) and refuse a store that lacks a shard that
+must exist. Dataset stores also record the size of every shard object as written, so a shard
+that a copy left half-written (`cp -r` killed mid-file) is refused at open too; saliency stores
+do not (many workers write them at once), and there a truncated shard fails its checksum when
+it is read, before anything is trained on it.
 Stores made since the feature `every-chunk` was recorded in their attributes store every
 chunk, even one equal to the fill value, so there every shard of every array must exist.
 Older stores elided shards equal to the fill value: a labels shard of class 0 is legitimately
@@ -29,6 +33,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import zarr
 from zarr.core.sync import sync
 
 from satpipe.errors import SatpipeError
@@ -75,20 +80,55 @@ async def _collect(agen) -> list[str]:
     return [key async for key in agen]
 
 
-def stored_shards(array) -> set[int]:
-    """Indices of the shards of a row-sharded array that have a stored object: one listing.
+def _unwrap(store):
+    while isinstance(store, zarr.storage.WrapperStore):
+        store = store._store
+    return store
+
+
+def shard_key(array, k: int) -> str:
+    """The store key of shard k of a row-sharded array: `<array path>/c/k/0/.../0`."""
+    base = array.store_path.path
+    key = array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))
+    return f"{base}/{key}" if base else key
+
+
+def _listing(store, prefix: str) -> dict[str, int | None]:
+    """{key: size in bytes, or None where the store cannot say} of every object under prefix,
+    in one listing (local: a directory walk and a stat per file; fsspec: one `find`)."""
+    inner = _unwrap(store)
+    if isinstance(inner, zarr.storage.LocalStore):
+        return {
+            key: (inner.root / key).stat().st_size
+            for key in sync(_collect(inner.list_prefix(prefix)))
+        }
+    if isinstance(inner, zarr.storage.FsspecStore):
+        found = sync(inner.fs._find(f"{inner.path}/{prefix}", detail=True, withdirs=False))
+        return {
+            path.removeprefix(f"{inner.path}/"): info.get("size") for path, info in found.items()
+        }
+    return dict.fromkeys(sync(_collect(store.list_prefix(prefix))))
+
+
+def stored_shards(array) -> dict[int, int | None]:
+    """{shard index: object size in bytes (None: unknown)} of the shards of a row-sharded
+    array that have a stored object: one listing.
 
     Arrays made by `satpipe.data.store.create_rows_array` have one shard across every axis
     but the first, so shard k is the object `c/k/0/.../0`. Anything else under `c/` (zarr's
     `.partial` temporaries, stray files) does not count."""
-    store, base = array.store_path.store, array.store_path.path
-    prefix = f"{base}/c/" if base else "c/"
-    zeros = (0,) * (array.ndim - 1)
-    expected = {
-        (f"{base}/" if base else "") + array.metadata.encode_chunk_key((k, *zeros)): k
-        for k in range(n_shards_of(array))
-    }
-    return {expected[key] for key in sync(_collect(store.list_prefix(prefix))) if key in expected}
+    base = array.store_path.path
+    expected = {shard_key(array, k): k for k in range(n_shards_of(array))}
+    listed = _listing(array.store_path.store, f"{base}/c/" if base else "c/")
+    return {expected[key]: size for key, size in listed.items() if key in expected}
+
+
+def shard_size(array, k: int) -> int | None:
+    """Bytes of the stored object of shard k (one stat or HEAD), None where unknown."""
+    inner = _unwrap(array.store_path.store)
+    if isinstance(inner, zarr.storage.LocalStore | zarr.storage.FsspecStore):
+        return int(sync(inner.getsize(shard_key(array, k))))
+    return None
 
 
 def shard_span(k: int, rows: int, n: int) -> str:
@@ -105,22 +145,31 @@ def missing_line(path: str, missing: Sequence[int], rows: int, n: int, total: in
     )
 
 
-def inventory_problems(arrays: Mapping[str, tuple[object | None, Iterable[int] | None]]) -> list:
-    """One line per array that is absent or lacks shards: `arrays` maps "split/name" to
-    (the zarr array or None when the group has no such array, the shard indices that must be
-    stored, or None for all of them)."""
+def inventory_problems(arrays: Mapping[str, tuple]) -> list[str]:
+    """One line per array that is absent, lacks shards or holds a shard object of another size
+    than was written: `arrays` maps "split/name" to (the zarr array, or None when the group
+    has no such array; the shard indices that must be stored, or None for all; the recorded
+    object sizes, or None)."""
     problems = []
-    for path, (array, wanted) in arrays.items():
+    for path, (array, wanted, sizes) in arrays.items():
         if array is None:
             problems.append(f"{path}: array missing (its zarr.json is not in the store)")
             continue
-        total = n_shards_of(array)
+        total, rows, n = n_shards_of(array), shard_rows_of(array), int(array.shape[0])
         wanted = range(total) if wanted is None else wanted
         have = stored_shards(array)
         missing = sorted(k for k in wanted if k not in have)
         if missing:
-            rows = shard_rows_of(array)
-            problems.append(missing_line(path, missing, rows, int(array.shape[0]), total))
+            problems.append(missing_line(path, missing, rows, n, total))
+        if sizes and len(sizes) == total:
+            short = [k for k in sorted(have) if have[k] is not None and have[k] != sizes[k]]
+            if short:
+                k = short[0]
+                more = f" (and {len(short) - 1} more shards)" if len(short) > 1 else ""
+                problems.append(
+                    f"{path} rows {shard_span(k, rows, n)} (shard {k}): object is {have[k]} "
+                    f"bytes, {sizes[k]} were written (a truncated or altered copy){more}"
+                )
     return problems
 
 

@@ -116,7 +116,7 @@ def publish_store(
     # The inventory first (one listing per array): a store that lacks shards is refused
     # before verify reads every chunk.
     inventory = dataset_inventory if attrs.get("kind") == "dataset" else saliency_inventory
-    refuse_missing(src, inventory(group, attrs))
+    refuse_missing(src, inventory(group, attrs, src))
     src_fs, src_root = _fs(src, src_options)
     dst_fs, dst_root = _fs(dst, dst_options, write=True)
     if type(src_fs) is type(dst_fs) and src_root.rstrip("/") == dst_root.rstrip("/"):

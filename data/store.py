@@ -37,6 +37,7 @@ from satpipe.data.integrity import (
     digest_blocks,
     has_feature,
     inventory_problems,
+    shard_size,
 )
 from satpipe.errors import SatpipeError, note, os_error_line
 
@@ -499,7 +500,7 @@ def open_dataset(
         raise SatpipeError(f"{uri}: dataset store is incomplete (its writer did not finish)")
     view = DatasetView(uri=str(uri), group=group, attrs=attrs)
     if check_inventory and attrs.get("complete"):
-        refuse_missing(uri, dataset_inventory(group, attrs))
+        refuse_missing(uri, dataset_inventory(group, attrs, uri))
         legacy = view.legacy_note()
         if legacy:
             note(legacy)
@@ -514,11 +515,17 @@ def _node(group, path: str):
         return None
 
 
-def dataset_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
-    """Inventory problems of a dataset store (empty: every array and shard is there).
+def dataset_inventory(group, attrs: Mapping[str, Any], uri: str = "") -> list[str]:
+    """Inventory problems of a dataset store (empty: every array and shard is there, each
+    shard object of the size it was written with, where the store recorded sizes).
 
     Stores with shard digests name the arrays each split must have; older ones are checked
     for the arrays they have (their labels not at all: see satpipe.data.integrity)."""
+    with storage_errors(uri or str(group.store_path)):
+        return _dataset_inventory(group, attrs)
+
+
+def _dataset_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
     recorded = attrs.get("shards") if has_feature(attrs, SHARD_SHA256) else None
     every = has_feature(attrs, EVERY_CHUNK)
     splits = list(recorded) if recorded else [s for s in SPLITS if s in group]
@@ -533,15 +540,22 @@ def dataset_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
             names = list(recorded[split]["sha256"])
         else:
             names = ["images", "labels"] + [n for n in ("masks", "boxes") if n in group[split]]
+        sizes = ((recorded or {}).get(split) or {}).get("bytes") or {}
         for name in names:
             if name == "labels" and not every and _node(group, f"{split}/{name}") is not None:
                 continue  # an all-class-0 labels shard is legitimately absent in older stores
-            wanted[f"{split}/{name}"] = (_node(group, f"{split}/{name}"), None)
+            wanted[f"{split}/{name}"] = (_node(group, f"{split}/{name}"), None, sizes.get(name))
     return problems + inventory_problems(wanted)
 
 
-def saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
-    """Inventory problems of a saliency store: every shard marked done has its maps stored."""
+def saliency_inventory(group, attrs: Mapping[str, Any], uri: str = "") -> list[str]:
+    """Inventory problems of a saliency store: every shard marked done has its maps stored,
+    and in a store marked complete every shard is marked done."""
+    with storage_errors(uri or str(group.store_path)):
+        return _saliency_inventory(group, attrs)
+
+
+def _saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
     splits = list(attrs.get("splits") or [s for s in SPLITS if s in group])
     problems, wanted = [], {}
     for split in splits:
@@ -550,7 +564,14 @@ def saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
             what = "saliency" if maps is None else "done"
             problems.append(f"{split}/{what}: array missing (its zarr.json is not in the store)")
             continue
-        wanted[f"{split}/saliency"] = (maps, np.flatnonzero(np.asarray(done[:]) == 1).tolist())
+        flags = np.asarray(done[:])
+        if attrs.get("complete") and not (flags == 1).all():
+            left = np.flatnonzero(flags != 1).tolist()
+            problems.append(
+                f"{split}/done: shards {left[:3]}{' ...' if len(left) > 3 else ''} are not marked "
+                f"done ({len(left)} of {len(flags)}) though the store is marked complete"
+            )
+        wanted[f"{split}/saliency"] = (maps, np.flatnonzero(flags == 1).tolist(), None)
     return problems + inventory_problems(wanted)
 
 
@@ -626,8 +647,12 @@ class DatasetWriter:
         self._arrays: dict[str, dict[str, Any]] = {}
         with write_errors(self.uri, "its array metadata"):
             self._create_arrays(has_masks, has_boxes, rows_per_shard)
-        # split -> array -> shard index -> hex sha256 of its rows, filled as shards are written
+        # split -> array -> shard index -> hex sha256 of its rows / bytes of its stored object,
+        # filled as shards are written
         self._digests: dict[str, dict[str, dict[int, str]]] = {
+            s: {k: {} for k in arrays} for s, arrays in self._arrays.items()
+        }
+        self._sizes: dict[str, dict[str, dict[int, int | None]]] = {
             s: {k: {} for k in arrays} for s, arrays in self._arrays.items()
         }
         self._buffers: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in self.split_sizes}
@@ -737,7 +762,10 @@ class DatasetWriter:
             rows_out = value[: stop - start]
             with write_errors(self.uri, f"{split}/{key} rows {start}:{stop}"):
                 arrays[key][start:stop] = rows_out
-            self._digests[split][key].update(digest_blocks(rows_out, start, rows))
+            blocks = digest_blocks(rows_out, start, rows)
+            self._digests[split][key].update(blocks)
+            with storage_errors(self.uri):
+                self._sizes[split][key].update((k, shard_size(arrays[key], k)) for k, _ in blocks)
         self._buffers[split] = {k: [v[stop - start :]] for k, v in merged.items()}
         self._written[split] = stop
 
@@ -757,6 +785,12 @@ class DatasetWriter:
                 "sha256": {
                     key: [found[k] for k in sorted(found)]
                     for key, found in self._digests[split].items()
+                },
+                # Bytes of each shard object as written: a half-copied one is refused at open.
+                "bytes": {
+                    key: [found[k] for k in sorted(found)]
+                    for key, found in self._sizes[split].items()
+                    if None not in found.values()
                 },
             }
             for split, arrays in self._arrays.items()
@@ -852,7 +886,7 @@ def open_saliency(
     if require_complete and not attrs.get("complete"):
         raise SatpipeError(f"{uri}: saliency store is incomplete (not every shard is done)")
     if check_inventory:
-        refuse_missing(uri, saliency_inventory(group, attrs))
+        refuse_missing(uri, saliency_inventory(group, attrs, uri))
         if not has_feature(attrs, EVERY_CHUNK):
             note(
                 f"{uri} was written before satpipe stored every chunk: a shard of maps that "

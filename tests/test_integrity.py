@@ -245,10 +245,30 @@ def test_one_listing_per_array_on_s3(s3, made, monkeypatch):
 
 def _swap(made, tmp_path, array: str, k: int) -> str:
     """A copy of the dataset whose shard k of `array` comes from the other dataset: every
-    object is a valid zarr object with a good checksum, the data is not what was recorded."""
+    object is a valid zarr object with a good checksum, the data is not what was recorded.
+    The recorded object size is made to match (as it does for incompressible pixels), so
+    that only the digests can tell."""
     data = _copy(made, tmp_path, "data")
-    shutil.copyfile(shard_file(made["other"], array, k), shard_file(data, array, k))
+    target = shard_file(data, array, k)
+    shutil.copyfile(shard_file(made["other"], array, k), target)
+    group = zarr.open_group(data, mode="r+")
+    attrs = dict(group.attrs[ATTR])
+    split, name = array.split("/")
+    attrs["shards"][split]["bytes"][name][k] = target.stat().st_size
+    group.attrs[ATTR] = attrs
     return data
+
+
+def test_a_half_copied_object_is_refused_at_open(made, tmp_path):
+    data = _copy(made, tmp_path, "data")
+    shard = shard_file(data, "train/images", 1)
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(SatpipeError) as err:
+        open_dataset(data)
+    one_line(err, data, "train/images rows 8:16 (shard 1): object is", "truncated")
+    assert store_info(data)["complete"] is False
+    with pytest.raises(SatpipeError):
+        make_loader(data, "train", mode="streaming")
 
 
 @pytest.mark.parametrize("mode", ["resident", "streaming"])
