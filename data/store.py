@@ -11,6 +11,7 @@ Readers need no satpipe: ``zarr.open_group(uri, mode="r")`` and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -230,8 +231,14 @@ def create_group(uri: str, overwrite: bool, storage_options: Mapping[str, Any] |
         with write_errors(uri, "over the existing store (removing it)"):
             remove_store(uri, storage_options)
     target = _url_store(uri, storage_options, False) if is_url(uri) else local_path(uri)
-    with write_errors(uri, "the store's root"):
-        return zarr.create_group(target, zarr_format=3)
+    try:
+        with write_errors(uri, "the store's root"):
+            return zarr.create_group(target, zarr_format=3)
+    except SatpipeError:
+        # Nothing was there before: leave nothing (an empty folder would block the rerun).
+        with contextlib.suppress(Exception):
+            remove_store(uri, storage_options)
+        raise
 
 
 def unfinished_dataset(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
