@@ -44,6 +44,7 @@ from satpipe.data.store import (
     saliency_inventory,
     shard_rows,
     shard_slices,
+    unreadable_metadata,
 )
 from satpipe.errors import SatpipeError
 from satpipe.progress import progress
@@ -85,8 +86,9 @@ def store_info(uri: str, storage_options: Mapping[str, Any] | None = None) -> di
     attributes as stored. JSON-serialisable."""
     group = open_group(uri, "r", storage_options)
     attrs = read_attrs(group, uri)
-    arrays = _arrays(group)
-    missing = _inventory(group, attrs)
+    broken = unreadable_metadata(group, uri)
+    arrays = {} if broken else _arrays(group)
+    missing = broken or _inventory(group, attrs)
     info: dict[str, Any] = {
         "uri": str(uri),
         "kind": attrs.get("kind"),
@@ -115,12 +117,27 @@ def store_info(uri: str, storage_options: Mapping[str, Any] | None = None) -> di
             p.split("/")[0]: int(a.shape[0]) for p, a in arrays.items() if p.endswith("/saliency")
         }
         info["done"] = {
-            p.split("/")[0]: [int(np.count_nonzero(a[:])), int(a.shape[0])]
+            p.split("/")[0]: [_count_done(a), int(a.shape[0])]
             for p, a in arrays.items()
             if p.endswith("/done")
         }
     info["attrs"] = attrs
     return info
+
+
+def _count_done(done) -> int:
+    """Shards marked done; markers that cannot be read (a damaged copy) count as not done."""
+    try:
+        return int(np.count_nonzero(done[:] == 1))
+    except (ValueError, RuntimeError, OSError):
+        return sum(_count_one(done, k) for k in range(int(done.shape[0])))
+
+
+def _count_one(done, k: int) -> int:
+    try:
+        return int(done[k] == 1)
+    except (ValueError, RuntimeError, OSError):
+        return 0
 
 
 def _inventory(group, attrs: Mapping[str, Any]) -> list[str]:
@@ -481,7 +498,9 @@ def verify_store(
     group = open_group(uri, "r", storage_options)
     attrs = read_attrs(group, uri)
     kind = attrs.get("kind")
-    problems: list[str] = []
+    problems: list[str] = unreadable_metadata(group, uri)
+    if problems:
+        return problems  # nothing below can be read safely
     if kind == "dataset":
         if data is not None:
             raise SatpipeError(f"{uri}: --data applies to saliency stores; this is a dataset store")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import threading
 import time
@@ -26,7 +27,9 @@ from typing import Any
 import fsspec
 import numpy as np
 import zarr
+import zarr.core.buffer
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
 
 from satpipe import __version__
 from satpipe.data.integrity import (
@@ -514,12 +517,57 @@ def open_dataset(
     return view
 
 
+class _BrokenNode(Exception):
+    """A node whose zarr.json cannot be parsed (half-written by an interrupted copy)."""
+
+
 def _node(group, path: str):
     """The array or group at `path`, or None when the store has none (a partial copy)."""
     try:
         return group[path]
     except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
         return None
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, invalid metadata
+        raise _BrokenNode(
+            f"{path}: metadata unreadable ({_one_line(exc)[:120]}; a half-written zarr.json?)"
+        ) from exc
+
+
+def unreadable_metadata(group, uri: str = "") -> list[str]:
+    """One line per zarr.json under the root that does not parse (an interrupted copy can
+    leave one half-written): one listing and a read of each metadata object."""
+    store, base = group.store_path.store, group.store_path.path
+    prefix = f"{base}/" if base else ""
+
+    async def keys() -> list[str]:
+        return [k async for k in store.list_prefix(prefix) if k.endswith("zarr.json")]
+
+    problems = []
+    with storage_errors(uri or str(group.store_path)):
+        for key in sorted(sync(keys())):
+            rel = key[len(prefix) :]
+            if rel == "zarr.json":
+                continue  # the root: opened already
+            raw = sync(store.get(key, zarr.core.buffer.default_buffer_prototype()))
+            try:
+                json.loads(raw.to_bytes() if raw is not None else b"")
+            except ValueError as exc:
+                problems.append(
+                    f"{rel}: metadata unreadable ({_one_line(exc)[:80]}; a half-written copy?)"
+                )
+    return problems
+
+
+def _unbroken(inventory):
+    """An inventory whose broken metadata is one more problem line, not an exception."""
+
+    def checked(group, attrs: Mapping[str, Any]) -> list[str]:
+        try:
+            return inventory(group, attrs)
+        except _BrokenNode as exc:
+            return [str(exc)]
+
+    return checked
 
 
 def dataset_inventory(group, attrs: Mapping[str, Any], uri: str = "") -> list[str]:
@@ -529,13 +577,13 @@ def dataset_inventory(group, attrs: Mapping[str, Any], uri: str = "") -> list[st
     Stores with shard digests name the arrays each split must have; older ones are checked
     for the arrays they have (their labels not at all: see satpipe.data.integrity)."""
     with storage_errors(uri or str(group.store_path)):
-        return _dataset_inventory(group, attrs)
+        return _unbroken(_dataset_inventory)(group, attrs)
 
 
 def _dataset_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
     recorded = attrs.get("shards") if has_feature(attrs, SHARD_SHA256) else None
     every = has_feature(attrs, EVERY_CHUNK)
-    splits = list(recorded) if recorded else [s for s in SPLITS if s in group]
+    splits = list(recorded) if recorded else [s for s in SPLITS if _node(group, s) is not None]
     if not splits:
         return ["no train or test split"]
     problems, wanted = [], {}
@@ -546,7 +594,9 @@ def _dataset_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
         if recorded:
             names = list(recorded[split]["sha256"])
         else:
-            names = ["images", "labels"] + [n for n in ("masks", "boxes") if n in group[split]]
+            names = ["images", "labels"] + [
+                n for n in ("masks", "boxes") if _node(group, f"{split}/{n}") is not None
+            ]
         sizes = ((recorded or {}).get(split) or {}).get("bytes") or {}
         for name in names:
             if name == "labels" and not every and _node(group, f"{split}/{name}") is not None:
@@ -559,11 +609,11 @@ def saliency_inventory(group, attrs: Mapping[str, Any], uri: str = "") -> list[s
     """Inventory problems of a saliency store: every shard marked done has its maps stored,
     and in a store marked complete every shard is marked done."""
     with storage_errors(uri or str(group.store_path)):
-        return _saliency_inventory(group, attrs)
+        return _unbroken(_saliency_inventory)(group, attrs)
 
 
 def _saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
-    splits = list(attrs.get("splits") or [s for s in SPLITS if s in group])
+    splits = list(attrs.get("splits") or [s for s in SPLITS if _node(group, s) is not None])
     problems, wanted = [], {}
     for split in splits:
         maps, done = _node(group, f"{split}/saliency"), _node(group, f"{split}/done")
@@ -571,7 +621,11 @@ def _saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
             what = "saliency" if maps is None else "done"
             problems.append(f"{split}/{what}: array missing (its zarr.json is not in the store)")
             continue
-        flags = np.asarray(done[:])
+        try:
+            flags = np.asarray(done[:])
+        except (ValueError, RuntimeError, OSError) as exc:  # a damaged or half-copied marker
+            problems.append(f"{split}/done: unreadable ({_one_line(exc)[:120]})")
+            continue
         if attrs.get("complete") and not (flags == 1).all():
             left = np.flatnonzero(flags != 1).tolist()
             problems.append(
