@@ -4,10 +4,10 @@ Inventory. zarr reads a shard that has no stored object as its fill value, witho
 so a deleted object or a copy that stopped half-way reads as zeros. Readers therefore list the
 objects of each array once (`stored_shards`: one listing per array, which object storage
 answers with one paginated LIST, sizes included) and refuse a store that lacks a shard that
-must exist. Dataset stores also record the size of every shard object as written, so a shard
-that a copy left half-written (`cp -r` killed mid-file) is refused at open too; saliency stores
-do not (many workers write them at once), and there a truncated shard fails its checksum when
-it is read, before anything is trained on it.
+must exist. Stores also record the size of every shard object as written (dataset stores in
+their attributes, saliency stores in a `<split>/bytes` array that each worker fills for its
+shard before marking it done), so a shard that a copy left half-written (`cp -r` killed
+mid-file) is refused at open too.
 Stores made since the feature `every-chunk` was recorded in their attributes store every
 chunk, even one equal to the fill value, so there every shard of every array must exist.
 Older stores elided shards equal to the fill value: a labels shard of class 0 is legitimately
@@ -41,10 +41,11 @@ from satpipe.errors import SatpipeError
 # Recorded in a store's `satpipe` attributes, list `features`.
 EVERY_CHUNK = "every-chunk"  # every chunk is stored, even one equal to the fill value
 SHARD_SHA256 = "shard-sha256"  # `shards` holds the sha256 of every shard of every array
+SHARD_SIZES = "shard-bytes"  # saliency stores: `<split>/bytes` holds each shard's object size
 # What the writers of this version record (saliency stores have no digests: their shards are
 # written by many workers at once, and attributes have a single writer).
 DATASET_FEATURES = (EVERY_CHUNK, SHARD_SHA256)
-SALIENCY_FEATURES = (EVERY_CHUNK,)
+SALIENCY_FEATURES = (EVERY_CHUNK, SHARD_SIZES)
 # zarr's runtime setting that makes an array store chunks equal to the fill value.
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 # Shards named in one line.
@@ -161,8 +162,13 @@ def inventory_problems(arrays: Mapping[str, tuple]) -> list[str]:
         missing = sorted(k for k in wanted if k not in have)
         if missing:
             problems.append(missing_line(path, missing, rows, n, total))
-        if sizes and len(sizes) == total:
-            short = [k for k in sorted(have) if have[k] is not None and have[k] != sizes[k]]
+        if sizes is not None and len(sizes) == total:
+            wanted = set(wanted)
+            short = [
+                k
+                for k in sorted(have)
+                if k in wanted and have[k] is not None and have[k] != sizes[k]
+            ]
             if short:
                 k = short[0]
                 more = f" (and {len(short) - 1} more shards)" if len(short) > 1 else ""

@@ -36,6 +36,7 @@ from satpipe.data.integrity import (
     DATASET_FEATURES,
     EVERY_CHUNK,
     SHARD_SHA256,
+    SHARD_SIZES,
     WRITE_EVERY_CHUNK,
     ShardCheck,
     digest_blocks,
@@ -632,7 +633,18 @@ def _saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
                 f"{split}/done: shards {left[:3]}{' ...' if len(left) > 3 else ''} are not marked "
                 f"done ({len(left)} of {len(flags)}) though the store is marked complete"
             )
-        wanted[f"{split}/saliency"] = (maps, np.flatnonzero(flags == 1).tolist(), None)
+        sizes = None
+        if has_feature(attrs, SHARD_SIZES):
+            sizes_array = _node(group, f"{split}/bytes")
+            if sizes_array is None:
+                problems.append(f"{split}/bytes: array missing (its zarr.json is not in the store)")
+                continue
+            try:
+                sizes = np.asarray(sizes_array[:]).tolist()
+            except (ValueError, RuntimeError, OSError) as exc:
+                problems.append(f"{split}/bytes: unreadable ({_one_line(exc)[:120]})")
+                continue
+        wanted[f"{split}/saliency"] = (maps, np.flatnonzero(flags == 1).tolist(), sizes)
     return problems + inventory_problems(wanted)
 
 

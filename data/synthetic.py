@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from satpipe.data.integrity import SALIENCY_FEATURES
+from satpipe.data.integrity import EVERY_CHUNK
 from satpipe.data.store import (
     DatasetWriter,
     create_group,
@@ -86,7 +86,7 @@ def write_random_saliency(
         {
             "kind": "saliency",
             "format": 1,
-            "features": list(SALIENCY_FEATURES),  # create_rows_array stores every chunk
+            "features": [EVERY_CHUNK],  # create_rows_array stores every chunk; no sizes here
             "method": "random",
             "params": {},
             "normalization": "signed-maxabs",

@@ -2,8 +2,10 @@
 
 Layout: `<split>/saliency` float16 (N, H, W, Cs) sharded along rows (a shard is the unit one
 worker writes), `<split>/done` uint8 (n_shards,) with chunk size 1 (the resume marker: shard k
-is marked 1 only after all its rows are written), and the group attribute `satpipe` with the
-provenance. `complete` is set last, after every `done` is 1.
+is marked 1 only after all its rows are written), `<split>/bytes` int64 (n_shards,) with chunk
+size 1 (the size of shard k's stored object, written before its done marker, so a reader can
+tell a half-copied shard at open), and the group attribute `satpipe` with the provenance.
+`complete` is set last, after every `done` is 1.
 
 Opening a store for writing either creates it or, when it exists, checks that it was made for
 the same dataset, method, params, normalisation, seed, source model and compute settings, so a
@@ -22,7 +24,13 @@ import zarr.errors
 from zarr.codecs import Crc32cCodec
 
 from satpipe import __version__
-from satpipe.data.integrity import SALIENCY_FEATURES, shard_span, stored_shards, writable
+from satpipe.data.integrity import (
+    SALIENCY_FEATURES,
+    shard_size,
+    shard_span,
+    stored_shards,
+    writable,
+)
 from satpipe.data.store import (
     ATTR,
     FORMAT,
@@ -110,15 +118,16 @@ def _create_arrays(group, attrs: Mapping[str, Any], rows_per_shard: Mapping[str,
             group, f"{split}/saliency", n, (h, w, cs), "float16", rows_per_shard[split]
         )
         n_shards = len(shard_slices(n, shard_rows(maps)))
-        # One chunk per shard: each worker writes only its own marker object.
-        group.create_array(
-            f"{split}/done",
-            shape=(n_shards,),
-            dtype="uint8",
-            chunks=(1,),
-            compressors=[Crc32cCodec()],
-            fill_value=0,
-        )
+        # One chunk per shard: each worker writes only its own marker objects.
+        for name, dtype in (("done", "uint8"), ("bytes", "int64")):
+            group.create_array(
+                f"{split}/{name}",
+                shape=(n_shards,),
+                dtype=dtype,
+                chunks=(1,),
+                compressors=[Crc32cCodec()],
+                fill_value=0,
+            )
 
 
 def open_saliency_for_write(
@@ -214,6 +223,9 @@ def write_shard(group, split: str, k: int, maps: np.ndarray, uri: str = "") -> N
         raise SatpipeError(f"{split} shard {k}: maps {maps.shape}, expected {expected}")
     with write_errors(uri, f"{split}/saliency rows {rows.start}:{rows.stop} (shard {k})"):
         arr[rows] = maps.astype(np.float16, copy=False)
+    if "bytes" in group[split]:  # stores made before sizes were recorded have none
+        with write_errors(uri, f"{split}/bytes of shard {k} (its maps are written)"):
+            group[f"{split}/bytes"][k] = shard_size(arr, k) or 0
     with write_errors(uri, f"{split}/done marker of shard {k} (its maps are written)"):
         group[f"{split}/done"][k] = 1
 

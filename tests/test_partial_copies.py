@@ -21,8 +21,8 @@ from satpipe.data.publish import publish_store
 from satpipe.data.store import open_dataset, open_saliency
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
-from satpipe.train.config import TrainConfig
-from satpipe.train.evaluate import evaluate
+from satpipe.train.config import EvalConfig, TrainConfig
+from satpipe.train.evaluate import _open_for_eval
 from satpipe.train.trainer import train
 
 from .conftest import write_tiny_dataset
@@ -104,10 +104,10 @@ def _dataset_readers(copy: Path, work: Path, sources, heavy: bool) -> dict[str, 
         readers["saliency"] = lambda: compute_saliency(
             SaliencyConfig(method="mask", data=str(copy), out=str(work / "s.zarr"), device="cpu")
         )
-        readers["eval"] = lambda: evaluate(
-            sources["run"], data=str(copy), out=str(work / "eval"), device="cpu", eps=(1.0,),
-            steps=1,
-        )  # fmt: skip
+        # eval's reading part (its attacks and sanity checks take seconds and read nothing)
+        readers["eval"] = lambda: _open_for_eval(
+            EvalConfig(run=str(sources["run"]), data=str(copy), device="cpu")
+        )
     return readers
 
 
@@ -130,17 +130,29 @@ def _saliency_readers(copy: Path, work: Path, sources, heavy: bool) -> dict[str,
 READERS = {"data": _dataset_readers, "saliency": _saliency_readers}
 
 
+def _cuts(src: Path, keys: list[str], order: str, every: bool) -> list[tuple[int, bool]]:
+    """(objects copied, next one half-written) of the interruptions to try: every object
+    boundary, or (the fast suite) six spread over the copy, the last one included."""
+    points = (
+        range(len(keys)) if every else sorted({round(i * (len(keys) - 1) / 5) for i in range(6)})
+    )
+    cuts = [(n, False) for n in points]
+    if order == "cp -r":  # cp writes a file at a time: a kill can leave one half-written
+        cuts += [(n, True) for n in points if (src / keys[n]).stat().st_size > 1]
+    return cuts
+
+
+@pytest.mark.parametrize(
+    "every", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["six cuts", "every cut"]
+)
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("store", ["data", "saliency"])
-def test_every_reader_refuses_every_partial_copy_and_accepts_the_finished_one(
-    sources, tmp_path, store, order
-):
+def test_every_reader_refuses_every_partial_copy(sources, tmp_path, store, order, every):
     src = sources[store]
     keys = ORDERS[order](src)
-    cuts = [(n, False) for n in range(len(keys))]
-    if order == "cp -r":  # cp writes a file at a time: a kill can leave one half-written
-        cuts += [(n, True) for n in range(len(keys)) if (src / keys[n]).stat().st_size > 1]
-    heavy = {cuts[len(keys) // 3], cuts[2 * len(keys) // 3], cuts[-1]}
+    cuts = _cuts(src, keys, order, every)
+    # Whole commands (seconds each) at two cuts of the cp -r copy; the rest at every cut.
+    heavy = {cuts[len(cuts) // 2], cuts[-1]} if order == "cp -r" else set()
     accepted = []
     for i, (n, half) in enumerate(cuts):
         copy, work = tmp_path / f"c{i}" / src.name, tmp_path / f"w{i}"
@@ -153,9 +165,15 @@ def test_every_reader_refuses_every_partial_copy_and_accepts_the_finished_one(
                 accepted.append(f"{name} accepted a copy with {state} (next: {keys[n]})")
     assert not accepted, accepted
 
-    finished = tmp_path / "finished" / src.name
-    finished.parent.mkdir()
-    copy_prefix(src, finished, keys, len(keys))
-    work = tmp_path / "wfinished"
+
+@pytest.mark.parametrize("store", ["data", "saliency"])
+def test_every_reader_accepts_the_finished_copy(sources, tmp_path, store):
+    src = sources[store]
+    for order, keys in ((order, ORDERS[order](src)) for order in ORDERS):
+        finished = tmp_path / order / src.name
+        finished.parent.mkdir()
+        copy_prefix(src, finished, keys, len(keys))
+        assert open_dataset(str(finished)) if store == "data" else open_saliency(str(finished))
+    work = tmp_path / "work"
     for name, reader in READERS[store](finished, work, sources, heavy=True).items():
         assert _refused(reader) == "accepted", name
