@@ -22,10 +22,12 @@ import numpy as np
 import zarr
 import zarr.errors
 from zarr.codecs import Crc32cCodec
+from zarr.core.sync import sync
 
 from satpipe import __version__
 from satpipe.data.integrity import (
     SALIENCY_FEATURES,
+    shard_key,
     shard_size,
     shard_span,
     stored_shards,
@@ -231,15 +233,21 @@ def write_shard(group, split: str, k: int, maps: np.ndarray, uri: str = "") -> N
 
 
 def unmark_lost_shards(group, uri: str) -> int:
-    """Clear the done marker of every shard whose maps have no stored object (deleted, or
-    lost in a copy), so a rerun computes them again; returns how many. A complete store
-    that lost shards stops being complete."""
+    """Clear the done marker of every shard whose maps have no stored object, or one of
+    another size than was written (deleted, lost or half-written in a copy), so a rerun
+    computes them again; returns how many. A complete store that lost shards stops being
+    complete."""
     attrs = dict(group.attrs[ATTR])
     lost = 0
     for split in attrs["splits"]:
         done = done_shards(group, split)
         have = stored_shards(group[f"{split}/saliency"])
-        gone = [k for k in np.flatnonzero(done == 1).tolist() if k not in have]
+        sizes = np.asarray(group[f"{split}/bytes"][:]) if "bytes" in group[split] else None
+        gone = [
+            k
+            for k in np.flatnonzero(done == 1).tolist()
+            if k not in have or (sizes is not None and have[k] not in (None, int(sizes[k])))
+        ]
         if not gone:
             continue
         maps = group[f"{split}/saliency"]
@@ -247,12 +255,16 @@ def unmark_lost_shards(group, uri: str) -> int:
         shown = ", ".join(f"{shard_span(k, rows, n)} (shard {k})" for k in gone[:3])
         more = ", ..." if len(gone) > 3 else ""
         note(
-            f"{uri}: {split}/saliency rows {shown}{more} are marked done but have no stored "
-            "maps (deleted, or lost in a copy); computing them again"
+            f"{uri}: {split}/saliency rows {shown}{more} are marked done but their maps are "
+            "missing or cut short (deleted, or lost in a copy); computing them again"
         )
         with write_errors(uri, f"{split}/done markers"):
             for k in gone:
                 group[f"{split}/done"][k] = 0
+                # A cut-short object would be read back (and fail its checksum) by the
+                # sharding codec when the shard is written again: remove it first.
+                if k in have:
+                    sync(group.store.delete(shard_key(maps, k)))
         lost += len(gone)
     if lost and attrs.get("complete"):
         attrs["complete"] = False

@@ -165,11 +165,18 @@ def test_a_deleted_map_with_its_done_marker_is_refused_then_recomputed(made, tmp
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     assert store_info(sal)["complete"] is False
 
-    # Rerunning the saliency stage computes the lost shard again, to the same bytes.
+    # Rerunning the saliency stage computes the lost shard again, to the same bytes; and a
+    # shard cut short (a half-copied object) likewise.
     config = SaliencyConfig(method="mask", data=made["data"], out=sal, device="cpu")
     assert compute_saliency(config) == sal
     got = open_saliency(sal)
     assert got.complete and got.split("train")[:].tobytes() == want.tobytes()
+    shard = shard_file(sal, "train/saliency", 0)
+    shard.write_bytes(shard.read_bytes()[:-7])
+    with pytest.raises(SatpipeError, match="train/saliency rows 0:8 .shard 0.: object is"):
+        open_saliency(sal)
+    assert compute_saliency(config) == sal
+    assert open_saliency(sal).split("train")[:].tobytes() == want.tobytes()
 
 
 def test_every_chunk_is_stored_even_when_it_equals_the_fill_value(tmp_path):
