@@ -27,8 +27,9 @@ import numpy as np
 from satpipe.data.integrity import (
     EVERY_CHUNK,
     SHARD_SHA256,
+    SHARD_SIZES,
     has_feature,
-    missing_line,
+    inventory_problems,
     shard_digest,
     stored_shards,
 )
@@ -258,12 +259,11 @@ def _expect(problems: list[str], path: str, arr, dtype: str, shape: tuple) -> bo
     return ok
 
 
-def _check_missing(problems: list[str], path: str, arr) -> list[int]:
-    missing = missing_shards(arr)
-    if missing:
-        rows, n = shard_rows(arr), int(arr.shape[0])
-        problems.append(missing_line(path, missing, rows, n, len(shard_slices(n, rows))))
-    return missing
+def _check_missing(problems: list[str], path: str, arr, sizes=None, wanted=None) -> list[int]:
+    """Shards of `arr` with no stored object, or (with the recorded `sizes`) one of another
+    size than was written, as problem lines; returns the missing shards."""
+    problems += inventory_problems({path: (arr, wanted, sizes)})
+    return missing_shards(arr)
 
 
 def _plan_dataset_split(
@@ -295,7 +295,8 @@ def _plan_dataset_split(
     every = has_feature(attrs, EVERY_CHUNK)
     for name, arr in arrays.items():
         if name != "labels" or every:  # older stores elided all-class-0 labels shards
-            missing[name] = set(_check_missing(problems, f"{split}/{name}", arr))
+            sizes = ((attrs.get("shards") or {}).get(split) or {}).get("bytes") or {}
+            missing[name] = set(_check_missing(problems, f"{split}/{name}", arr, sizes.get(name)))
     return arrays
 
 
@@ -403,7 +404,7 @@ def _verify_dataset(group, attrs: dict, problems: list[str]) -> None:
         )
 
 
-def _plan_saliency_split(g, split: str, reader: _Reader, problems: list[str]):
+def _plan_saliency_split(g, split: str, reader: _Reader, problems: list[str], attrs: Mapping):
     """The saliency array of one split after the done-marker checks; None if unusable."""
     if "saliency" not in g or "done" not in g:
         problems.append(f"{split}: needs saliency and done arrays (has {sorted(g.array_keys())})")
@@ -423,7 +424,10 @@ def _plan_saliency_split(g, split: str, reader: _Reader, problems: list[str]):
                 f"{split}/done: {len(left)} of {n_shards} shards not done "
                 f"(shards {_examples(left)})"
             )
-    _check_missing(problems, f"{split}/saliency", maps)
+    sizes = None
+    if has_feature(attrs, SHARD_SIZES) and "bytes" in g:
+        sizes = reader.read(f"{split}/bytes", g["bytes"], slice(0, n_shards))
+    _check_missing(problems, f"{split}/saliency", maps, None if sizes is None else sizes.tolist())
     return maps
 
 
@@ -441,7 +445,7 @@ def _verify_saliency(group, attrs: dict, problems: list[str]) -> dict[str, Any]:
     reader = _Reader(problems)
     plans = {}
     for split in (s for s in SPLITS if s in group):
-        maps = _plan_saliency_split(group[split], split, reader, problems)
+        maps = _plan_saliency_split(group[split], split, reader, problems, attrs)
         if maps is not None:
             plans[split] = maps
     blocks = {s: shard_slices(int(m.shape[0]), shard_rows(m)) for s, m in plans.items()}

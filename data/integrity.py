@@ -167,7 +167,8 @@ def inventory_problems(arrays: Mapping[str, tuple]) -> list[str]:
             short = [
                 k
                 for k in sorted(have)
-                if k in wanted and have[k] is not None and have[k] != sizes[k]
+                # 0 recorded: not written yet (a saliency shard not done)
+                if k in wanted and have[k] is not None and sizes[k] and have[k] != sizes[k]
             ]
             if short:
                 k = short[0]

@@ -630,8 +630,8 @@ def _saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
         if attrs.get("complete") and not (flags == 1).all():
             left = np.flatnonzero(flags != 1).tolist()
             problems.append(
-                f"{split}/done: shards {left[:3]}{' ...' if len(left) > 3 else ''} are not marked "
-                f"done ({len(left)} of {len(flags)}) though the store is marked complete"
+                f"{split}/done: {len(flags) - len(left)} of {len(flags)} shards done, though the "
+                f"store is marked complete (not done: {left[:3]}{' ...' if len(left) > 3 else ''})"
             )
         sizes = None
         if has_feature(attrs, SHARD_SIZES):

@@ -168,7 +168,9 @@ def test_changed_content_is_reported(tiny_dataset):
     assert f"train/labels: 1 of 4 {digest}: 0 (rows 0:8)" in problems
     assert f"train/masks: 1 of 4 {digest}: 0 (rows 0:8)" in problems
     assert f"test/boxes: 1 of 2 {digest}: 0 (rows 0:8)" in problems
-    assert len(problems) == 7
+    # Rewritten shard objects usually differ in size from what the writer recorded, too.
+    resized = [p for p in problems if "were written (a truncated or altered copy)" in p]
+    assert len(problems) - len(resized) == 7, problems
 
 
 def test_a_changed_pixel_breaks_the_fingerprint(tiny_dataset):

@@ -353,3 +353,14 @@ def test_intact_stores_pass_every_check(made, tmp_path):
             pass
         loader.finish_check()
         assert loader._check.checked == 2 and loader._check.finished
+
+
+def test_verify_names_a_cut_short_object_of_either_store(made, tmp_path):
+    for name, array in (("data", "train/images"), ("saliency", "train/saliency")):
+        uri = _copy(made, tmp_path, name)
+        shard = shard_file(uri, array, 1)
+        shard.write_bytes(shard.read_bytes()[:-5])
+        problems = verify_store(uri)
+        assert any(p.startswith(f"{array} rows 8:16 (shard 1): object is") for p in problems), (
+            problems
+        )
