@@ -962,9 +962,10 @@ def open_saliency(
         refuse_missing(uri, saliency_inventory(group, attrs, uri))
         if not has_feature(attrs, EVERY_CHUNK):
             note(
-                f"{uri} was written before satpipe stored every chunk: a shard of maps that "
-                "is all zeros is absent there and refused as missing (recompute it with "
-                "`satpipe saliency`)"
+                f"{uri} was written before satpipe stored every chunk and recorded shard "
+                "sizes: a shard of maps that was all zeros was not stored there (if one is "
+                "reported missing, rerun `satpipe saliency` to store it), and a half-copied "
+                "shard is found only when it is read"
             )
     return SaliencyView(uri=str(uri), group=group, attrs=attrs)
 
