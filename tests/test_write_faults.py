@@ -183,11 +183,39 @@ def _config(data: str, run: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+class _FillsUp:
+    """A file that takes `room` bytes, then fails as a full disk does (ENOSPC)."""
+
+    def __init__(self, f, room: int) -> None:
+        self._f, self._room = f, room
+
+    def write(self, data) -> int:
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
 def _on_second_save(monkeypatch, fault: str) -> None:
     """The second checkpoint (after epoch 1) fails: ENOSPC from the kernel (its temp file is
-    /dev/full) or EACCES when it replaces the first."""
-    calls = {"mkstemp": 0, "replace": 0}
-    real_mkstemp, real_replace = tempfile.mkstemp, os.replace
+    /dev/full), ENOSPC part-way through the stream (what a real full disk does to torch's zip
+    writer: its close then raises a RuntimeError), or EACCES when it replaces the first."""
+    calls = {"mkstemp": 0, "replace": 0, "fdopen": 0}
+    real_mkstemp, real_replace, real_fdopen = tempfile.mkstemp, os.replace, os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        calls["fdopen"] += 1
+        f = real_fdopen(fd, *args, **kwargs)
+        return _FillsUp(f, 4096) if calls["fdopen"] == 2 else f
 
     def mkstemp(*args, **kwargs):
         calls["mkstemp"] += 1
@@ -206,6 +234,8 @@ def _on_second_save(monkeypatch, fault: str) -> None:
 
     if fault == "ENOSPC":
         monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", mkstemp)
+    elif fault == "ENOSPC mid-stream":
+        monkeypatch.setattr(checkpoint_module.os, "fdopen", fdopen)
     else:
         monkeypatch.setattr(checkpoint_module.os, "replace", replace)
 
@@ -216,7 +246,7 @@ def _epochs(run: Path) -> list[int]:
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", [*FAULTS, "ENOSPC mid-stream"])
 def test_checkpoint_write_fault_keeps_the_previous_one_and_resume_continues(
     colour, tmp_path, monkeypatch, fault
 ):
@@ -224,8 +254,9 @@ def test_checkpoint_write_fault_keeps_the_previous_one_and_resume_continues(
     _on_second_save(monkeypatch, fault)
     with pytest.raises(SatpipeError) as err:
         train(_config(colour, run))
-    _one_line(err, str(run / "checkpoint.pt"), "cannot write checkpoint",
-              os.strerror(FAULTS[fault]), "the previous checkpoint is unchanged")  # fmt: skip
+    code = FAULTS[fault.split()[0]]
+    _one_line(err, str(run / "checkpoint.pt"), "cannot write checkpoint", os.strerror(code),
+              "the previous checkpoint is unchanged")  # fmt: skip
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 0  # still loadable
     assert _epochs(run) == [0]  # no metrics line for the epoch that was not saved
     assert not list(run.glob(".checkpoint.pt.*")), "temporary checkpoint left behind"
