@@ -59,18 +59,26 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if _write_failure(exc):
+        cause = _write_failure(exc)
+        if cause is not None:
             kept = "; the previous checkpoint is unchanged" if path.is_file() else ""
-            raise SatpipeError(f"{path}: cannot write checkpoint ({_reason(exc)}){kept}") from exc
+            raise SatpipeError(f"{path}: cannot write checkpoint ({_reason(cause)}){kept}") from exc
         raise
 
 
-def _write_failure(exc: BaseException) -> bool:
-    # torch.save reports a failed write of its zip stream as a RuntimeError that carries the
-    # OS message ("PytorchStreamWriter failed writing file ...": disk full, say).
-    return isinstance(exc, OSError) or (
-        isinstance(exc, RuntimeError) and "PytorchStreamWriter failed" in str(exc)
-    )
+def _write_failure(exc: BaseException) -> BaseException | None:
+    """The OS error behind a failed write, or None when `exc` is not one. torch.save does not
+    always let the OSError through: when the disk fills part-way through its stream, closing
+    its zip writer raises a RuntimeError ("unexpected pos ...") whose context is the OSError;
+    and it reports some failed writes as "PytorchStreamWriter failed writing file"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, RuntimeError) and "PytorchStreamWriter failed" in str(exc):
+        return exc
+    return None
 
 
 def _reason(exc: BaseException) -> str:
