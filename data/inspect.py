@@ -3,12 +3,14 @@
 `verify_store` reads every chunk of every array, so zarr checks each chunk's crc32c checksum;
 a corrupted chunk is reported with the array and rows it belongs to. A shard with no stored
 object reads back as the fill value (zeros) without any error, so verify also checks that
-every shard of the images, masks, boxes and saliency arrays exists. Labels are not checked
-that way: an all-class-0 shard is legitimately elided by zarr, and the fingerprint covers
-labels anyway.
+every shard exists (one listing per array, `satpipe.data.integrity`). In stores made before
+satpipe stored every chunk, labels are not checked that way (an all-class-0 shard was
+legitimately elided there; the fingerprint covers labels anyway). `store_info` runs the same
+inventory and never calls a store that lacks shards complete.
 
-Dataset stores: fingerprint recomputed and compared, labels in [0, classes), masks in {0, 1},
-boxes inside the image with x0 < x1 and y0 < y1, `complete` set. Saliency stores: every shard
+Dataset stores: fingerprint recomputed and compared, every shard against its recorded sha256
+(stores that record them), labels in [0, classes), masks in {0, 1}, boxes inside the image
+with x0 < x1 and y0 < y1, `complete` set. Saliency stores: every shard
 done, no NaN/Inf, values inside the normalisation's range ([-1, 1] signed-maxabs, [0, 1]
 minmax, {-1, 0, 1} sign), `complete` set, and with `data` the dataset's fingerprint, rows and
 image size match. Nothing here imports satpipe.pipeline.
@@ -21,18 +23,29 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from zarr.core.sync import sync
 
+from satpipe.data.integrity import (
+    EVERY_CHUNK,
+    SHARD_SHA256,
+    SHARD_SIZES,
+    has_feature,
+    inventory_problems,
+    shard_digest,
+    stored_shards,
+)
 from satpipe.data.store import (
     NORMALIZATION_RANGES,
     SPLITS,
     Fingerprint,
     boxes_valid,
+    dataset_inventory,
     open_group,
     pairing_problems,
     read_attrs,
+    saliency_inventory,
     shard_rows,
     shard_slices,
+    unreadable_metadata,
 )
 from satpipe.errors import SatpipeError
 from satpipe.progress import progress
@@ -74,12 +87,19 @@ def store_info(uri: str, storage_options: Mapping[str, Any] | None = None) -> di
     attributes as stored. JSON-serialisable."""
     group = open_group(uri, "r", storage_options)
     attrs = read_attrs(group, uri)
-    arrays = _arrays(group)
+    broken = unreadable_metadata(group, uri)
+    arrays = {} if broken else _arrays(group)
+    missing = broken or _inventory(group, attrs)
     info: dict[str, Any] = {
         "uri": str(uri),
         "kind": attrs.get("kind"),
         "format": attrs.get("format"),
-        "complete": bool(attrs.get("complete")),
+        # Complete only when the writer said so AND every shard is there (a partial copy of a
+        # finished store carries its `complete: true`).
+        "complete": bool(attrs.get("complete")) and not missing,
+        "marked_complete": bool(attrs.get("complete")),
+        "missing": missing,
+        "features": list(attrs.get("features") or []),
         "arrays": {path: _array_info(arr) for path, arr in arrays.items()},
     }
     if attrs.get("kind") == "dataset":
@@ -98,12 +118,35 @@ def store_info(uri: str, storage_options: Mapping[str, Any] | None = None) -> di
             p.split("/")[0]: int(a.shape[0]) for p, a in arrays.items() if p.endswith("/saliency")
         }
         info["done"] = {
-            p.split("/")[0]: [int(np.count_nonzero(a[:])), int(a.shape[0])]
+            p.split("/")[0]: [_count_done(a), int(a.shape[0])]
             for p, a in arrays.items()
             if p.endswith("/done")
         }
     info["attrs"] = attrs
     return info
+
+
+def _count_done(done) -> int:
+    """Shards marked done; markers that cannot be read (a damaged copy) count as not done."""
+    try:
+        return int(np.count_nonzero(done[:] == 1))
+    except (ValueError, RuntimeError, OSError):
+        return sum(_count_one(done, k) for k in range(int(done.shape[0])))
+
+
+def _count_one(done, k: int) -> int:
+    try:
+        return int(done[k] == 1)
+    except (ValueError, RuntimeError, OSError):
+        return 0
+
+
+def _inventory(group, attrs: Mapping[str, Any]) -> list[str]:
+    if attrs.get("kind") == "dataset":
+        return dataset_inventory(group, attrs) if attrs.get("complete") else []
+    if attrs.get("kind") == "saliency":
+        return saliency_inventory(group, attrs)
+    return []
 
 
 def _short(value: Any, width: int = 100) -> str:
@@ -114,6 +157,9 @@ def _short(value: Any, width: int = 100) -> str:
 def format_info(info: Mapping[str, Any]) -> str:
     """`store_info` as lines for a person."""
     state = "complete" if info["complete"] else "INCOMPLETE"
+    if info["missing"]:
+        more = f" (+{len(info['missing']) - 1} more)" if len(info["missing"]) > 1 else ""
+        state += f", though marked complete: {info['missing'][0]}{more}"
     attrs = info["attrs"]
     lines = [f"{info['uri']}: {info['kind']} store (format {info['format']}), {state}"]
     if info["kind"] == "dataset":
@@ -132,6 +178,10 @@ def format_info(info: Mapping[str, Any]) -> str:
         done = ", ".join(f"{k} {d}/{n}" for k, (d, n) in info["done"].items())
         lines.append(f"  shards done: {done}")
     lines.append(f"  created: {attrs.get('created')}, satpipe {attrs.get('satpipe_version')}")
+    if info["features"]:
+        lines.append(f"  features: {', '.join(info['features'])}")
+    else:
+        lines.append("  features: none (older store: all-zero shards may be elided, no digests)")
     width = max((len(p) for p in info["arrays"]), default=0)
     for path, a in info["arrays"].items():
         shards = f" shards {tuple(a['shards'])}" if a["shards"] else ""
@@ -147,16 +197,11 @@ def format_info(info: Mapping[str, Any]) -> str:
 
 
 def missing_shards(arr) -> list[int]:
-    """Indices (along rows) of the shards of `arr` that have no stored object."""
-    rows = shard_rows(arr)
-    store, base = arr.store_path.store, arr.store_path.path
-    zeros = (0,) * (arr.ndim - 1)
-    missing = []
-    for k in range(len(shard_slices(int(arr.shape[0]), rows))):
-        key = arr.metadata.encode_chunk_key((k, *zeros))
-        if not sync(store.exists(f"{base}/{key}" if base else key)):
-            missing.append(k)
-    return missing
+    """Indices (along rows) of the shards of `arr` that have no stored object (one listing)."""
+    have = stored_shards(arr)
+    return [
+        k for k in range(len(shard_slices(int(arr.shape[0]), shard_rows(arr)))) if k not in have
+    ]
 
 
 def _examples(rows: np.ndarray) -> str:
@@ -214,22 +259,18 @@ def _expect(problems: list[str], path: str, arr, dtype: str, shape: tuple) -> bo
     return ok
 
 
-def _check_missing(problems: list[str], path: str, arr) -> None:
-    missing = missing_shards(arr)
-    if missing:
-        rows, n = shard_rows(arr), int(arr.shape[0])
-        shown = ", ".join(
-            f"{k} (rows {k * rows}:{min((k + 1) * rows, n)})" for k in missing[:EXAMPLES]
-        )
-        more = ", ..." if len(missing) > EXAMPLES else ""
-        problems.append(
-            f"{path}: {len(missing)} of {len(shard_slices(n, rows))} shards have no stored data "
-            f"(they read as zeros): {shown}{more}"
-        )
+def _check_missing(problems: list[str], path: str, arr, sizes=None, wanted=None) -> list[int]:
+    """Shards of `arr` with no stored object, or (with the recorded `sizes`) one of another
+    size than was written, as problem lines; returns the missing shards."""
+    problems += inventory_problems({path: (arr, wanted, sizes)})
+    return missing_shards(arr)
 
 
-def _plan_dataset_split(g, split: str, problems: list[str]) -> dict[str, Any] | None:
-    """The arrays of one split that have the contract's dtype and shape; None if unusable."""
+def _plan_dataset_split(
+    g, split: str, problems: list[str], attrs: Mapping[str, Any], missing: dict[str, set]
+) -> dict[str, Any] | None:
+    """The arrays of one split that have the contract's dtype and shape; None if unusable.
+    Shards with no stored object go into `missing` (array name -> shard indices)."""
     if "images" not in g or "labels" not in g:
         problems.append(f"{split}: needs images and labels arrays (has {sorted(g.array_keys())})")
         return None
@@ -245,12 +286,59 @@ def _plan_dataset_split(g, split: str, problems: list[str]) -> dict[str, Any] | 
     for name, (dtype, shape) in wanted.items():
         if name in g and _expect(problems, f"{split}/{name}", g[name], dtype, shape):
             arrays[name] = g[name]
+    recorded = ((attrs.get("shards") or {}).get(split) or {}).get("sha256") or {}
+    for name in recorded:
+        if name not in g:
+            problems.append(f"{split}/{name}: array missing (its zarr.json is not in the store)")
     if "labels" not in arrays:
         return None
+    every = has_feature(attrs, EVERY_CHUNK)
     for name, arr in arrays.items():
-        if name != "labels":  # an all-zero labels shard is legitimately not stored
-            _check_missing(problems, f"{split}/{name}", arr)
+        if name != "labels" or every:  # older stores elided all-class-0 labels shards
+            sizes = ((attrs.get("shards") or {}).get(split) or {}).get("bytes") or {}
+            missing[name] = set(_check_missing(problems, f"{split}/{name}", arr, sizes.get(name)))
     return arrays
+
+
+class _Digests:
+    """Shards whose rows differ from the sha256 recorded when the store was written."""
+
+    def __init__(
+        self, attrs: Mapping[str, Any], split: str, arrays: Mapping[str, Any], skip: Mapping
+    ) -> None:
+        recorded = (
+            (attrs.get("shards") or {}).get(split) if has_feature(attrs, SHARD_SHA256) else None
+        )
+        self.split, self.recorded = split, {}
+        self.rows = int((recorded or {}).get("rows") or 0)
+        for name, digests in ((recorded or {}).get("sha256") or {}).items():
+            if name in arrays:
+                self.recorded[name] = list(digests)
+        self.bad: dict[str, list[int]] = {name: [] for name in self.recorded}
+        self.skip = skip
+
+    def add(self, data: Mapping[str, np.ndarray | None], block: slice) -> None:
+        for name, digests in self.recorded.items():
+            k = block.start // self.rows
+            values = data.get(name)
+            if values is None or k in self.skip.get(name, ()):
+                continue  # unreadable or missing: reported already
+            if k >= len(digests) or shard_digest(values) != digests[k]:
+                self.bad[name].append(k)
+
+    def report(self, problems: list[str], n: int) -> None:
+        for name, bad in self.bad.items():
+            if bad:
+                shown = ", ".join(
+                    f"{k} (rows {k * self.rows}:{min((k + 1) * self.rows, n)})"
+                    for k in bad[:EXAMPLES]
+                )
+                more = ", ..." if len(bad) > EXAMPLES else ""
+                total = -(-n // self.rows)
+                problems.append(
+                    f"{self.split}/{name}: {len(bad)} of {total} shards differ from the sha256 "
+                    f"recorded when the store was written: {shown}{more}"
+                )
 
 
 def _verify_dataset(group, attrs: dict, problems: list[str]) -> None:
@@ -260,9 +348,14 @@ def _verify_dataset(group, attrs: dict, problems: list[str]) -> None:
     splits = [s for s in SPLITS if s in group]
     if not splits:
         problems.append("no train or test split")
-    plans = {}
+    recorded = attrs.get("shards") if has_feature(attrs, SHARD_SHA256) else None
+    for split in recorded or ():
+        if split not in group:
+            problems.append(f"{split}: split group missing (its zarr.json is not in the store)")
+    plans, missing = {}, {}
     for split in splits:
-        arrays = _plan_dataset_split(group[split], split, problems)
+        missing[split] = {}
+        arrays = _plan_dataset_split(group[split], split, problems, attrs, missing[split])
         if arrays is not None:
             plans[split] = arrays
     fingerprint = Fingerprint()
@@ -277,8 +370,11 @@ def _verify_dataset(group, attrs: dict, problems: list[str]) -> None:
             labels = _Findings(f"{split}/labels", f"outside [0, {len(classes)})")
             masks = _Findings(f"{split}/masks", "not in {0, 1}")
             boxes = _Findings(f"{split}/boxes", f"outside the {w}x{h} image or empty")
+            # A missing shard is reported once, not again as a digest mismatch.
+            digests = _Digests(attrs, split, arrays, missing[split])
             for block in blocks[split]:
                 data = {k: reader.read(f"{split}/{k}", a, block) for k, a in arrays.items()}
+                digests.add(data, block)
                 advance()
                 if data["images"] is not None and data["labels"] is not None:
                     fingerprint.update(split, data["images"], data["labels"])
@@ -292,6 +388,7 @@ def _verify_dataset(group, attrs: dict, problems: list[str]) -> None:
                     boxes.add(~boxes_valid(data["boxes"], w, h), block.start)
             for findings in (labels, masks, boxes):
                 findings.report(problems)
+            digests.report(problems, int(arrays["images"].shape[0]))
 
     stored = attrs.get("fingerprint")
     unusable = [s for s in splits if s not in plans]
@@ -307,7 +404,7 @@ def _verify_dataset(group, attrs: dict, problems: list[str]) -> None:
         )
 
 
-def _plan_saliency_split(g, split: str, reader: _Reader, problems: list[str]):
+def _plan_saliency_split(g, split: str, reader: _Reader, problems: list[str], attrs: Mapping):
     """The saliency array of one split after the done-marker checks; None if unusable."""
     if "saliency" not in g or "done" not in g:
         problems.append(f"{split}: needs saliency and done arrays (has {sorted(g.array_keys())})")
@@ -327,7 +424,10 @@ def _plan_saliency_split(g, split: str, reader: _Reader, problems: list[str]):
                 f"{split}/done: {len(left)} of {n_shards} shards not done "
                 f"(shards {_examples(left)})"
             )
-    _check_missing(problems, f"{split}/saliency", maps)
+    sizes = None
+    if has_feature(attrs, SHARD_SIZES) and "bytes" in g:
+        sizes = reader.read(f"{split}/bytes", g["bytes"], slice(0, n_shards))
+    _check_missing(problems, f"{split}/saliency", maps, None if sizes is None else sizes.tolist())
     return maps
 
 
@@ -345,7 +445,7 @@ def _verify_saliency(group, attrs: dict, problems: list[str]) -> dict[str, Any]:
     reader = _Reader(problems)
     plans = {}
     for split in (s for s in SPLITS if s in group):
-        maps = _plan_saliency_split(group[split], split, reader, problems)
+        maps = _plan_saliency_split(group[split], split, reader, problems, attrs)
         if maps is not None:
             plans[split] = maps
     blocks = {s: shard_slices(int(m.shape[0]), shard_rows(m)) for s, m in plans.items()}
@@ -402,7 +502,9 @@ def verify_store(
     group = open_group(uri, "r", storage_options)
     attrs = read_attrs(group, uri)
     kind = attrs.get("kind")
-    problems: list[str] = []
+    problems: list[str] = unreadable_metadata(group, uri)
+    if problems:
+        return problems  # nothing below can be read safely
     if kind == "dataset":
         if data is not None:
             raise SatpipeError(f"{uri}: --data applies to saliency stores; this is a dataset store")

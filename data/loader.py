@@ -11,6 +11,17 @@ loaded once onto the device; each epoch is a permutation and index_select on the
 airbench. Streaming mode: whole shards are read by threads (`satpipe.data.streaming`), shard
 order is shuffled per epoch, rows are shuffled within a window of a few shards.
 
+Checked in flight (`verify=True`, the default): each shard of images and labels is checked
+against the sha256 recorded when the store was written, as it is first read: in the resident
+load, or in the first streaming epoch (shuffled order does not matter, each shard is checked
+on its own). `finish_check()` checks whatever this loader has not read yet (normally nothing
+after one epoch) and ends the checking; the trainer calls it before its first checkpoint.
+Under `world_size > 1` a streaming rank checks the shards whose first row falls in its share
+of the first epoch (plus, on the last rank, shards that drop_last leaves to no one). Stores
+made before shard digests were recorded are checked against their whole fingerprint when
+every split is loaded resident in this process (the trainer's train and test loaders), and
+not at all when streamed; a note says so.
+
 Order is a function of (seed, epoch, rank) only. Under `world_size > 1` every rank gets the same
 number of rows per epoch, disjoint from the other ranks' rows:
 - resident: the epoch permutation is strided, `perm[rank::world_size]`;
@@ -37,15 +48,18 @@ import torch
 from satpipe.data.augment import crop_flip, draw_crop_flip
 from satpipe.data.store import (
     DatasetView,
+    Fingerprint,
     SaliencyView,
     check_pairing,
+    check_whole_reads,
     open_dataset,
     open_saliency,
+    record_whole_split,
     shard_rows,
     shard_slices,
 )
 from satpipe.data.streaming import ShardReader, StreamStats, plan_segments, stream_batches
-from satpipe.errors import SatpipeError
+from satpipe.errors import SatpipeError, note
 from satpipe.options import check_choice
 from satpipe.progress import progress
 from satpipe.seeding import derive_seed, generator
@@ -113,6 +127,7 @@ class PairLoader:
         buffer_shards: int = 4,
         prefetch_shards: int = 4,
         io_threads: int = 4,
+        verify: bool = True,
     ) -> None:
         self.dataset = dataset
         self.split = split
@@ -132,6 +147,11 @@ class PairLoader:
         self.io_threads = io_threads
         self.epoch = 0
         self.stats = StreamStats()
+        # In-flight check of the data against the digests recorded at write time (None for
+        # older stores); `_checked` once every shard this loader answers for has been checked.
+        self._check = dataset.shard_check(split) if verify else None
+        self._checked = not verify
+        self._owned = world_size == 1  # streaming ranks narrow the check to their own shards
 
         sv = dataset.split(split)
         self._images_array = sv.images
@@ -177,13 +197,39 @@ class PairLoader:
 
     # ---- resident ------------------------------------------------------------------------
 
-    def _load_resident(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        reader = ShardReader(
+    def _reader(self) -> ShardReader:
+        return ShardReader(
             self.dataset.uri,
             self.saliency_view.uri if self.saliency_view is not None else None,
             self.split,
             self.storage_options,
+            check=None if self._checked else self._check,
         )
+
+    def finish_check(self) -> None:
+        """Check against the store's recorded digests every shard this loader answers for that
+        it has not read yet (normally none after one epoch), then stop checking. A shard that
+        differs is a one-line SatpipeError; the trainer calls this before its first
+        checkpoint. Older stores: their whole fingerprint is checked if every split was loaded
+        resident in this process, else a note says the data was not checked."""
+        if self._checked:
+            return
+        if self._check is not None:
+            reader = self._reader()
+            for k in sorted(self._check.pending):
+                reader.read(*self._check.bounds(k))
+        elif not check_whole_reads(self.dataset):
+            note(
+                f"{self.dataset.uri}: {self.split} data not checked against its fingerprint "
+                "(a store made before shard digests, not loaded whole); `satpipe store verify` "
+                "checks it"
+            )
+        self._checked = True
+
+    def _load_resident(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        reader = self._reader()
+        # Older stores: the split is read whole and in order, so its fingerprint part comes free.
+        whole = Fingerprint() if self._check is None and not self._checked else None
         slices = shard_slices(self.num_rows, shard_rows(self._images_array))
         h, w, c = self.image_shape
         images = torch.empty((self.num_rows, h, w, c), dtype=torch.uint8, device=self.device)
@@ -195,11 +241,15 @@ class PairLoader:
         with progress(f"loading {self.split} onto {self.device}", len(slices)) as advance:
             for sl in slices:
                 x, s, y = reader.read(sl.start, sl.stop)
+                if whole is not None:
+                    whole.update(self.split, x, y)
                 images[sl] = torch.from_numpy(x)
                 labels[sl] = torch.from_numpy(y)
                 if maps is not None:
                     maps[sl] = torch.from_numpy(s)
                 advance()
+        if whole is not None:
+            record_whole_split(self.dataset, self.split, whole)
         return images, maps, labels
 
     def _resident_order(self) -> torch.Tensor:
@@ -232,18 +282,32 @@ class PairLoader:
         start = self.rank * self.rows_per_epoch
         return plan_segments(slices, start, start + self.rows_per_epoch)
 
+    def _owned_shards(self, segments: list[tuple[int, int]]) -> set[int]:
+        """Shards a streaming rank checks: those whose first row starts one of its segments,
+        and on the last rank those that drop_last leaves to no rank."""
+        rows = shard_rows(self._images_array)
+        owned = {a // rows for a, _ in segments if a % rows == 0}
+        covered = self.rows_per_epoch * self.world_size
+        if self.rank == self.world_size - 1 and covered < self.num_rows:
+            slices = shard_slices(self.num_rows, rows)
+            if self.shuffle:
+                gen = _generator(self.seed, self.epoch, _ORDER)
+                slices = [slices[int(k)] for k in torch.randperm(len(slices), generator=gen)]
+            tail = plan_segments(slices, covered, self.num_rows)
+            owned |= {a // rows for a, _ in tail if a % rows == 0}
+        return owned
+
     def _stream(self):
-        reader = ShardReader(
-            self.dataset.uri,
-            self.saliency_view.uri if self.saliency_view is not None else None,
-            self.split,
-            self.storage_options,
-        )
+        segments = self.epoch_segments()
+        if self._check is not None and not self._checked and not self._owned:
+            self._check.restrict(self._owned_shards(segments))
+            self._owned = True
+        reader = self._reader()
         rng = np.random.default_rng(derive_seed(self.seed, self.epoch, _WINDOW, self.rank))
         self.stats = StreamStats()
         batches = stream_batches(
             reader,
-            self.epoch_segments(),
+            segments,
             self.batch_size,
             drop_last=self.drop_last,
             shuffle=self.shuffle,
@@ -302,6 +366,7 @@ def make_loader(
     buffer_shards: int = 4,
     prefetch_shards: int = 4,
     io_threads: int = 4,
+    verify: bool = True,
 ) -> PairLoader:
     """Open `dataset` (and `saliency`, checked complete and paired row for row) as a PairLoader.
 
@@ -310,7 +375,8 @@ def make_loader(
     flip jointly to image and map. `mode="auto"` goes resident when the split fits
     `memory_budget_bytes` (default: 25% of free CUDA memory, or min(2 GiB, 25% of free RAM)).
     Streaming keeps at most `prefetch_shards + buffer_shards` shards in memory, read by
-    `io_threads` threads.
+    `io_threads` threads. `verify` checks the data in flight against the digests recorded at
+    write time (see the module docstring); off only to measure what it costs.
     """
     mode = check_choice(mode, LoaderMode, "loader mode")
     if batch_size < 1:
@@ -349,4 +415,5 @@ def make_loader(
         buffer_shards=buffer_shards,
         prefetch_shards=prefetch_shards,
         io_threads=io_threads,
+        verify=verify,
     )

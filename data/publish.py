@@ -18,10 +18,13 @@ import fsspec
 
 from satpipe.data.store import (
     ATTR,
+    dataset_inventory,
     is_url,
     local_path,
     open_group,
     read_attrs,
+    refuse_missing,
+    saliency_inventory,
     storage_errors,
 )
 from satpipe.errors import SatpipeError
@@ -106,9 +109,14 @@ def publish_store(
     """
     src, dst = str(src), str(dst)
     with storage_errors(src):
-        attrs = read_attrs(open_group(src, "r", src_options), src)
+        group = open_group(src, "r", src_options)
+        attrs = read_attrs(group, src)
     if not attrs.get("complete"):
         raise SatpipeError(f"{src}: store is incomplete; only complete stores can be published")
+    # The inventory first (one listing per array): a store that lacks shards is refused
+    # before verify reads every chunk.
+    inventory = dataset_inventory if attrs.get("kind") == "dataset" else saliency_inventory
+    refuse_missing(src, inventory(group, attrs, src))
     src_fs, src_root = _fs(src, src_options)
     dst_fs, dst_root = _fs(dst, dst_options, write=True)
     if type(src_fs) is type(dst_fs) and src_root.rstrip("/") == dst_root.rstrip("/"):

@@ -11,8 +11,11 @@ Readers need no satpipe: ``zarr.open_group(uri, mode="r")`` and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -24,10 +27,24 @@ from typing import Any
 import fsspec
 import numpy as np
 import zarr
+import zarr.core.buffer
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
 
 from satpipe import __version__
-from satpipe.errors import SatpipeError
+from satpipe.data.integrity import (
+    DATASET_FEATURES,
+    EVERY_CHUNK,
+    SHARD_SHA256,
+    SHARD_SIZES,
+    WRITE_EVERY_CHUNK,
+    ShardCheck,
+    digest_blocks,
+    has_feature,
+    inventory_problems,
+    shard_size,
+)
+from satpipe.errors import SatpipeError, note, os_error_line
 
 FORMAT = 1
 ATTR = "satpipe"
@@ -100,6 +117,21 @@ def storage_errors(uri: str):
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+@contextmanager
+def write_errors(uri: str, what: str):
+    """A failed write (disk full, read-only target, permission refused, storage down) becomes
+    one SatpipeError naming the store, what was being written and, when the OS names it, the
+    file. Nothing is marked done or complete after a failed write: callers write markers
+    only after this block succeeds."""
+    try:
+        yield
+    except SatpipeError:
+        raise
+    except (OSError, *_transport_errors()) as exc:
+        where = f": {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+        raise SatpipeError(f"{uri}: cannot write {what}{where} ({os_error_line(exc)})") from exc
 
 
 class _FriendlyStore(zarr.storage.WrapperStore):
@@ -200,9 +232,31 @@ def create_group(uri: str, overwrite: bool, storage_options: Mapping[str, Any] |
     if store_exists(uri, storage_options):
         if not overwrite:
             raise SatpipeError(f"{uri}: output exists (pass --overwrite to replace it)")
-        remove_store(uri, storage_options)
+        with write_errors(uri, "over the existing store (removing it)"):
+            remove_store(uri, storage_options)
     target = _url_store(uri, storage_options, False) if is_url(uri) else local_path(uri)
-    return zarr.create_group(target, zarr_format=3)
+    try:
+        with write_errors(uri, "the store's root"):
+            return zarr.create_group(target, zarr_format=3)
+    except SatpipeError:
+        # Nothing was there before: leave nothing (an empty folder would block the rerun).
+        with contextlib.suppress(Exception):
+            remove_store(uri, storage_options)
+        raise
+
+
+def unfinished_dataset(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """True when `uri` holds a satpipe dataset store its writer did not finish (a crash, a
+    full disk): such a store is never valid, so an import may replace it without --overwrite
+    and a rerun after the fault simply works."""
+    if not store_exists(uri, storage_options):
+        return False
+    try:
+        group = open_group(uri, "r", storage_options)
+    except SatpipeError:
+        return False
+    attrs = dict(group.attrs.get(ATTR) or {})
+    return attrs.get("kind") == "dataset" and attrs.get("complete") is False
 
 
 def row_layout(row_bytes: int, n_rows: int, rows_per_shard: int | None = None) -> tuple[int, int]:
@@ -243,6 +297,9 @@ def create_rows_array(
         shards=(shard, *row_shape),
         compressors=[ZstdCodec(level=3), Crc32cCodec()],
         fill_value=fill_value,
+        # Store every chunk, even one equal to the fill value, so that a reader can tell a
+        # lost object from an elided one (see satpipe.data.integrity).
+        config=WRITE_EVERY_CHUNK,
     )
 
 
@@ -289,13 +346,54 @@ class Fingerprint:
         part[2] += len(labels)
         part[3] = tuple(images.shape[1:])
 
-    def hexdigest(self) -> str:
+    def part(self, split: str) -> tuple[str, str, int, tuple]:
+        """(images sha256, labels sha256, rows, image shape) of one split, as hashed so far."""
+        img, lab, n, shape = self._parts[split]
+        return img.hexdigest(), lab.hexdigest(), n, shape
+
+    @staticmethod
+    def combine(parts: Mapping[str, tuple[str, str, int, tuple]]) -> str:
+        """The fingerprint of a store from the `part` of each of its splits."""
         final = hashlib.sha256(b"satpipe-fingerprint-v1\n")
-        for split in sorted(self._parts):
-            img, lab, n, shape = self._parts[split]
-            line = f"{split}:{n}:{'x'.join(map(str, shape))}:{img.hexdigest()}:{lab.hexdigest()}\n"
-            final.update(line.encode())
+        for split in sorted(parts):
+            img, lab, n, shape = parts[split]
+            final.update(f"{split}:{n}:{'x'.join(map(str, shape))}:{img}:{lab}\n".encode())
         return "sha256:" + final.hexdigest()
+
+    def hexdigest(self) -> str:
+        return self.combine({split: self.part(split) for split in self._parts})
+
+
+# Older stores record no shard digests, only the whole-store fingerprint, which can be checked
+# only by reading every split whole and in row order. Resident loads do exactly that; they
+# leave their split's part here, and once every split of a store has been read in this process
+# (the trainer loads train and test), the parts are combined and compared.
+_WHOLE_READS: dict[tuple[str, str], dict[str, tuple]] = {}
+_WHOLE_READS_LOCK = threading.Lock()
+
+
+def record_whole_split(view: DatasetView, split: str, fingerprint: Fingerprint) -> None:
+    """Leave the fingerprint part of `split`, read whole and in order, for `check_whole_reads`."""
+    with _WHOLE_READS_LOCK:
+        _WHOLE_READS.setdefault((view.uri, view.fingerprint), {})[split] = fingerprint.part(split)
+
+
+def check_whole_reads(view: DatasetView) -> bool:
+    """True when every split of `view` was read whole in this process and the reads hash to
+    its recorded fingerprint; False when some split was not read whole (nothing checked).
+    Data that hashes to something else is a SatpipeError naming the store."""
+    with _WHOLE_READS_LOCK:
+        parts = dict(_WHOLE_READS.get((view.uri, view.fingerprint), {}))
+    if set(parts) != set(view.splits):
+        return False
+    found = Fingerprint.combine(parts)
+    if found != view.fingerprint:
+        raise SatpipeError(
+            f"{view.uri}: the images and labels read hash to {found[:19]}..., not the "
+            f"fingerprint {str(view.fingerprint)[:19]}... recorded when the store was written "
+            "(it was changed, or a copy mixed two versions); run `satpipe store verify` on it"
+        )
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,10 +451,17 @@ class DatasetView:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.split(self.splits[0]).images.shape[1:])
 
+    @property
+    def has_shard_digests(self) -> bool:
+        """True for stores that record the sha256 of every shard (checked in flight)."""
+        return has_feature(self.attrs, SHARD_SHA256)
+
     def split(self, name: str) -> SplitView:
         if name not in self.group:
             raise SatpipeError(f"{self.uri}: dataset has no '{name}' split (has {self.splits})")
         g = self.group[name]
+        if "images" not in g or "labels" not in g:
+            raise SatpipeError(f"{self.uri}: {name} split lacks its images or labels array")
         return SplitView(
             name=name,
             images=g["images"],
@@ -365,20 +470,191 @@ class DatasetView:
             boxes=g.get("boxes"),
         )
 
+    def shard_check(self, split: str) -> ShardCheck | None:
+        """A ShardCheck of `split` against the digests recorded at write time; None for
+        stores made before digests were recorded (see `legacy_note`)."""
+        shards = (self.attrs.get("shards") or {}).get(split)
+        if not self.has_shard_digests or not shards:
+            return None
+        n = len(self.split(split))
+        return ShardCheck(self.uri, split, n, int(shards["rows"]), shards["sha256"])
+
+    def legacy_note(self) -> str | None:
+        """What cannot be checked in a store made before these checks existed (None if all)."""
+        if self.has_shard_digests and has_feature(self.attrs, EVERY_CHUNK):
+            return None
+        return (
+            f"{self.uri} was written before satpipe stored every chunk and recorded shard "
+            "digests: its labels cannot be inventoried (a labels shard of class 0 may be "
+            "legitimately absent), and its data is checked against its fingerprint only "
+            "when loaded whole (resident); `satpipe store verify` checks everything"
+        )
+
 
 def open_dataset(
     uri: str,
     storage_options: Mapping[str, Any] | None = None,
     require_complete: bool = True,
+    check_inventory: bool = True,
 ) -> DatasetView:
-    """Open a dataset store read-only (local path or fsspec URL)."""
+    """Open a dataset store read-only (local path or fsspec URL).
+
+    A store marked complete has its inventory checked (one listing per array): one that lacks
+    an array or a shard is a SatpipeError naming the array and the rows. `check_inventory=False`
+    is for a process that reads what another one opened and checked (the runner's tasks).
+    """
     group = open_group(uri, "r", storage_options)
     attrs = read_attrs(group, uri)
     if attrs.get("kind") != "dataset":
         raise SatpipeError(f"{uri}: is a {attrs.get('kind')} store, not a dataset store")
     if require_complete and not attrs.get("complete"):
         raise SatpipeError(f"{uri}: dataset store is incomplete (its writer did not finish)")
-    return DatasetView(uri=str(uri), group=group, attrs=attrs)
+    view = DatasetView(uri=str(uri), group=group, attrs=attrs)
+    if check_inventory and attrs.get("complete"):
+        refuse_missing(uri, dataset_inventory(group, attrs, uri))
+        legacy = view.legacy_note()
+        if legacy:
+            note(legacy)
+    return view
+
+
+class _BrokenNode(Exception):
+    """A node whose zarr.json cannot be parsed (half-written by an interrupted copy)."""
+
+
+def _node(group, path: str):
+    """The array or group at `path`, or None when the store has none (a partial copy)."""
+    try:
+        return group[path]
+    except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
+        return None
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, invalid metadata
+        raise _BrokenNode(
+            f"{path}: metadata unreadable ({_one_line(exc)[:120]}; a half-written zarr.json?)"
+        ) from exc
+
+
+def unreadable_metadata(group, uri: str = "") -> list[str]:
+    """One line per zarr.json under the root that does not parse (an interrupted copy can
+    leave one half-written): one listing and a read of each metadata object."""
+    store, base = group.store_path.store, group.store_path.path
+    prefix = f"{base}/" if base else ""
+
+    async def keys() -> list[str]:
+        return [k async for k in store.list_prefix(prefix) if k.endswith("zarr.json")]
+
+    problems = []
+    with storage_errors(uri or str(group.store_path)):
+        for key in sorted(sync(keys())):
+            rel = key[len(prefix) :]
+            if rel == "zarr.json":
+                continue  # the root: opened already
+            raw = sync(store.get(key, zarr.core.buffer.default_buffer_prototype()))
+            try:
+                json.loads(raw.to_bytes() if raw is not None else b"")
+            except ValueError as exc:
+                problems.append(
+                    f"{rel}: metadata unreadable ({_one_line(exc)[:80]}; a half-written copy?)"
+                )
+    return problems
+
+
+def _unbroken(inventory):
+    """An inventory whose broken metadata is one more problem line, not an exception."""
+
+    def checked(group, attrs: Mapping[str, Any]) -> list[str]:
+        try:
+            return inventory(group, attrs)
+        except _BrokenNode as exc:
+            return [str(exc)]
+
+    return checked
+
+
+def dataset_inventory(group, attrs: Mapping[str, Any], uri: str = "") -> list[str]:
+    """Inventory problems of a dataset store (empty: every array and shard is there, each
+    shard object of the size it was written with, where the store recorded sizes).
+
+    Stores with shard digests name the arrays each split must have; older ones are checked
+    for the arrays they have (their labels not at all: see satpipe.data.integrity)."""
+    with storage_errors(uri or str(group.store_path)):
+        return _unbroken(_dataset_inventory)(group, attrs)
+
+
+def _dataset_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
+    recorded = attrs.get("shards") if has_feature(attrs, SHARD_SHA256) else None
+    every = has_feature(attrs, EVERY_CHUNK)
+    splits = list(recorded) if recorded else [s for s in SPLITS if _node(group, s) is not None]
+    if not splits:
+        return ["no train or test split"]
+    problems, wanted = [], {}
+    for split in splits:
+        if _node(group, split) is None:
+            problems.append(f"{split}: split group missing (its zarr.json is not in the store)")
+            continue
+        if recorded:
+            names = list(recorded[split]["sha256"])
+        else:
+            names = ["images", "labels"] + [
+                n for n in ("masks", "boxes") if _node(group, f"{split}/{n}") is not None
+            ]
+        sizes = ((recorded or {}).get(split) or {}).get("bytes") or {}
+        for name in names:
+            if name == "labels" and not every and _node(group, f"{split}/{name}") is not None:
+                continue  # an all-class-0 labels shard is legitimately absent in older stores
+            wanted[f"{split}/{name}"] = (_node(group, f"{split}/{name}"), None, sizes.get(name))
+    return problems + inventory_problems(wanted)
+
+
+def saliency_inventory(group, attrs: Mapping[str, Any], uri: str = "") -> list[str]:
+    """Inventory problems of a saliency store: every shard marked done has its maps stored,
+    and in a store marked complete every shard is marked done."""
+    with storage_errors(uri or str(group.store_path)):
+        return _unbroken(_saliency_inventory)(group, attrs)
+
+
+def _saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
+    splits = list(attrs.get("splits") or [s for s in SPLITS if _node(group, s) is not None])
+    problems, wanted = [], {}
+    for split in splits:
+        maps, done = _node(group, f"{split}/saliency"), _node(group, f"{split}/done")
+        if maps is None or done is None:
+            what = "saliency" if maps is None else "done"
+            problems.append(f"{split}/{what}: array missing (its zarr.json is not in the store)")
+            continue
+        try:
+            flags = np.asarray(done[:])
+        except (ValueError, RuntimeError, OSError) as exc:  # a damaged or half-copied marker
+            problems.append(f"{split}/done: unreadable ({_one_line(exc)[:120]})")
+            continue
+        if attrs.get("complete") and not (flags == 1).all():
+            left = np.flatnonzero(flags != 1).tolist()
+            problems.append(
+                f"{split}/done: {len(flags) - len(left)} of {len(flags)} shards done, though the "
+                f"store is marked complete (not done: {left[:3]}{' ...' if len(left) > 3 else ''})"
+            )
+        sizes = None
+        if has_feature(attrs, SHARD_SIZES):
+            sizes_array = _node(group, f"{split}/bytes")
+            if sizes_array is None:
+                problems.append(f"{split}/bytes: array missing (its zarr.json is not in the store)")
+                continue
+            try:
+                sizes = np.asarray(sizes_array[:]).tolist()
+            except (ValueError, RuntimeError, OSError) as exc:
+                problems.append(f"{split}/bytes: unreadable ({_one_line(exc)[:120]})")
+                continue
+        wanted[f"{split}/saliency"] = (maps, np.flatnonzero(flags == 1).tolist(), sizes)
+    return problems + inventory_problems(wanted)
+
+
+def refuse_missing(uri: str, problems: Sequence[str]) -> None:
+    """Raise the first inventory problem as the one-line refusal of a store."""
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise SatpipeError(
+            f"{uri}: incomplete or damaged store (an interrupted copy?): {problems[0]}{more}"
+        )
 
 
 def boxes_valid(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -391,8 +667,11 @@ class DatasetWriter:
     """Write a dataset store row by row; `finish()` records the fingerprint and marks it complete.
 
     Rows of each split must be written in order. They are buffered to whole shards so every
-    shard is written exactly once. Leaving the `with` block by an exception leaves the store
-    marked incomplete.
+    shard is written exactly once, and each shard's sha256 is recorded as it is written (the
+    digests readers check in flight). Leaving the `with` block by an exception leaves the store
+    marked incomplete. A failed write (disk full, read-only target) is a one-line SatpipeError
+    naming the store, the array and the rows. An unfinished dataset store at `uri` (an earlier
+    writer crashed or ran out of space) is replaced without `overwrite`.
     """
 
     def __init__(
@@ -419,10 +698,14 @@ class DatasetWriter:
         self.classes = [str(c) for c in classes]
         self.image_shape = tuple(int(v) for v in image_shape)
         self.split_sizes = {s: int(n) for s, n in split_sizes.items()}
+        if not overwrite and unfinished_dataset(self.uri, storage_options):
+            note(f"{self.uri}: replacing the unfinished dataset store an earlier run left there")
+            overwrite = True
         self.group = create_group(self.uri, overwrite, storage_options)
         self._attrs = {
             "kind": "dataset",
             "format": FORMAT,
+            "features": list(DATASET_FEATURES),
             "name": name,
             "classes": self.classes,
             "fingerprint": None,
@@ -431,9 +714,28 @@ class DatasetWriter:
             "satpipe_version": __version__,
             "complete": False,
         }
-        write_attrs(self.group, self._attrs)
+        with write_errors(self.uri, "its attributes (zarr.json)"):
+            write_attrs(self.group, self._attrs)
         h, w, c = self.image_shape
         self._arrays: dict[str, dict[str, Any]] = {}
+        with write_errors(self.uri, "its array metadata"):
+            self._create_arrays(has_masks, has_boxes, rows_per_shard)
+        # split -> array -> shard index -> hex sha256 of its rows / bytes of its stored object,
+        # filled as shards are written
+        self._digests: dict[str, dict[str, dict[int, str]]] = {
+            s: {k: {} for k in arrays} for s, arrays in self._arrays.items()
+        }
+        self._sizes: dict[str, dict[str, dict[int, int | None]]] = {
+            s: {k: {} for k in arrays} for s, arrays in self._arrays.items()
+        }
+        self._buffers: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in self.split_sizes}
+        self._written = dict.fromkeys(self.split_sizes, 0)  # rows flushed to the store
+        self._buffered = dict.fromkeys(self.split_sizes, 0)
+        self._fingerprint = Fingerprint()
+        self._finished = False
+
+    def _create_arrays(self, has_masks: bool, has_boxes: bool, rows_per_shard: int | None) -> None:
+        h, w, c = self.image_shape
         for split, n in self.split_sizes.items():
             images = create_rows_array(
                 self.group, f"{split}/images", n, (h, w, c), "uint8", rows_per_shard
@@ -453,11 +755,6 @@ class DatasetWriter:
                     self.group, f"{split}/boxes", n, (4,), "int32", rows
                 )
             self._arrays[split] = arrays
-        self._buffers: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in self.split_sizes}
-        self._written = dict.fromkeys(self.split_sizes, 0)  # rows flushed to the store
-        self._buffered = dict.fromkeys(self.split_sizes, 0)
-        self._fingerprint = Fingerprint()
-        self._finished = False
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -535,7 +832,13 @@ class DatasetWriter:
             return
         merged = {k: np.concatenate(v) for k, v in self._buffers[split].items()}
         for key, value in merged.items():
-            arrays[key][start:stop] = value[: stop - start]
+            rows_out = value[: stop - start]
+            with write_errors(self.uri, f"{split}/{key} rows {start}:{stop}"):
+                arrays[key][start:stop] = rows_out
+            blocks = digest_blocks(rows_out, start, rows)
+            self._digests[split][key].update(blocks)
+            with storage_errors(self.uri):
+                self._sizes[split][key].update((k, shard_size(arrays[key], k)) for k, _ in blocks)
         self._buffers[split] = {k: [v[stop - start :]] for k, v in merged.items()}
         self._written[split] = stop
 
@@ -549,9 +852,26 @@ class DatasetWriter:
                     f"{self.split_sizes[split]} rows"
                 )
         self._attrs["fingerprint"] = self._fingerprint.hexdigest()
-        write_attrs(self.group, self._attrs)
-        self._attrs["complete"] = True
-        write_attrs(self.group, self._attrs)
+        self._attrs["shards"] = {
+            split: {
+                "rows": shard_rows(arrays["images"]),
+                "sha256": {
+                    key: [found[k] for k in sorted(found)]
+                    for key, found in self._digests[split].items()
+                },
+                # Bytes of each shard object as written: a half-copied one is refused at open.
+                "bytes": {
+                    key: [found[k] for k in sorted(found)]
+                    for key, found in self._sizes[split].items()
+                    if None not in found.values()
+                },
+            }
+            for split, arrays in self._arrays.items()
+        }
+        with write_errors(self.uri, "its attributes (zarr.json)"):
+            write_attrs(self.group, self._attrs)
+            self._attrs["complete"] = True
+            write_attrs(self.group, self._attrs)
         self._finished = True
         return self._attrs["fingerprint"]
 
@@ -626,14 +946,27 @@ def open_saliency(
     uri: str,
     storage_options: Mapping[str, Any] | None = None,
     require_complete: bool = True,
+    check_inventory: bool = True,
 ) -> SaliencyView:
-    """Open a saliency store read-only (local path or fsspec URL)."""
+    """Open a saliency store read-only (local path or fsspec URL).
+
+    Every shard marked done must have its maps stored (one listing per array), else a
+    SatpipeError naming the array and the rows."""
     group = open_group(uri, "r", storage_options)
     attrs = read_attrs(group, uri)
     if attrs.get("kind") != "saliency":
         raise SatpipeError(f"{uri}: is a {attrs.get('kind')} store, not a saliency store")
     if require_complete and not attrs.get("complete"):
         raise SatpipeError(f"{uri}: saliency store is incomplete (not every shard is done)")
+    if check_inventory:
+        refuse_missing(uri, saliency_inventory(group, attrs, uri))
+        if not has_feature(attrs, EVERY_CHUNK):
+            note(
+                f"{uri} was written before satpipe stored every chunk and recorded shard "
+                "sizes: a shard of maps that was all zeros was not stored there (if one is "
+                "reported missing, rerun `satpipe saliency` to store it), and a half-copied "
+                "shard is found only when it is read"
+            )
     return SaliencyView(uri=str(uri), group=group, attrs=attrs)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from satpipe.data.integrity import ShardCheck
 from satpipe.data.store import open_group
 from satpipe.errors import SatpipeError
 
@@ -50,6 +51,8 @@ class ShardReader:
 
     Stores are opened lazily, once per reading thread (zarr groups are not shared between
     threads, and a pickled reader carries only URIs, so it is safe to hand to a spawned worker).
+    With a `check` (satpipe.data.integrity.ShardCheck), images and labels of each shard it still
+    wants are checked against the digests recorded at write time as they are read.
     """
 
     def __init__(
@@ -58,11 +61,13 @@ class ShardReader:
         saliency_uri: str | None,
         split: str,
         storage_options: Mapping[str, Any] | None = None,
+        check: ShardCheck | None = None,
     ) -> None:
         self.dataset_uri = dataset_uri
         self.saliency_uri = saliency_uri
         self.split = split
         self.storage_options = dict(storage_options or {})
+        self.check = check
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -90,8 +95,10 @@ class ShardReader:
         """Rows [start, stop): images (n,H,W,C) uint8, maps (n,H,W,Cs) float16 or None,
         labels (n,) int64. Saliency rows are checked finite."""
         images, maps, labels = self._arrays()
-        x = read_rows(images, start, stop, self.dataset_uri)
-        y = read_rows(labels, start, stop, self.dataset_uri).astype(np.int64, copy=False)
+        rows = read_checked(
+            {"images": images, "labels": labels}, start, stop, self.dataset_uri, self.check
+        )
+        x, y = rows["images"], rows["labels"].astype(np.int64, copy=False)
         s = None
         if maps is not None:
             s = read_rows(maps, start, stop, self.saliency_uri)
@@ -112,6 +119,34 @@ def read_rows(array, start: int, stop: int, uri: str) -> np.ndarray:
             f"{uri}: {array.path} rows {start}:{stop} unreadable ({reason}); "
             "run `satpipe store verify` on it"
         ) from exc
+
+
+def read_checked(
+    arrays: Mapping[str, Any], start: int, stop: int, uri: str, check: ShardCheck | None
+) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of each named array of one split (`read_rows` each).
+
+    Shards that `check` still wants are read whole, checked against their recorded digests
+    (a SatpipeError naming the store, array and rows when they differ) and retired; rows of
+    other shards are read as asked. Reads inside one shard, the usual case, cost nothing
+    extra; a range that cuts a wanted shard (a rank's share ending mid-shard) reads the rest
+    of that shard once."""
+    if check is None or check.finished:
+        return {name: read_rows(arr, start, stop, uri) for name, arr in arrays.items()}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in arrays}
+    for k in check.shards(start, stop):
+        a, b = check.bounds(k)
+        lo, hi = max(start, a), min(stop, b)
+        if check.wants(k):
+            for name, arr in arrays.items():
+                whole = read_rows(arr, a, b, uri)
+                check.verify(name, k, whole)
+                parts[name].append(whole[lo - a : hi - a])
+            check.done(k)
+        else:
+            for name, arr in arrays.items():
+                parts[name].append(read_rows(arr, lo, hi, uri))
+    return {name: p[0] if len(p) == 1 else np.concatenate(p) for name, p in parts.items()}
 
 
 def plan_segments(slices: Sequence[slice], start: int, stop: int) -> list[tuple[int, int]]:

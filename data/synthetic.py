@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from satpipe.data.integrity import EVERY_CHUNK
 from satpipe.data.store import (
     DatasetWriter,
     create_group,
@@ -85,6 +86,7 @@ def write_random_saliency(
         {
             "kind": "saliency",
             "format": 1,
+            "features": [EVERY_CHUNK],  # create_rows_array stores every chunk; no sizes here
             "method": "random",
             "params": {},
             "normalization": "signed-maxabs",

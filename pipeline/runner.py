@@ -3,6 +3,13 @@
 `compute_saliency(SaliencyConfig(...))` plans the shards of the output store, skips those
 already marked done, computes the rest (one task per shard), and marks the store complete.
 
+Trust: the dataset's inventory is checked when the run opens it, and each task checks the
+rows it reads against the shard digests recorded when the dataset store was written, before
+it computes anything, so a shard is never marked done from data that differs. Shards marked
+done whose maps were lost (deleted, or missing from a copy) are computed again. A write that
+fails (disk full, read-only target) stops the run with one line naming the store and the
+shard; that shard is not marked done, and a rerun resumes.
+
 Determinism: each shard draws its randomness from a generator seeded by (seed, split, shard),
 never from a stream shared across shards, so the bytes of a shard do not depend on which
 worker ran it, in which order, or how many runs it took to finish the store. What does change
@@ -31,8 +38,9 @@ from torch import nn
 
 from satpipe.cluster import dask_client, run_tasks
 from satpipe.data.store import SPLITS, open_dataset, open_group, shard_rows
+from satpipe.data.streaming import read_checked
 from satpipe.device import resolve_device
-from satpipe.errors import SatpipeError
+from satpipe.errors import SatpipeError, note
 from satpipe.pipeline.config import SaliencyConfig
 from satpipe.pipeline.methods import Method, get_method
 from satpipe.pipeline.normalize import normalize
@@ -42,6 +50,7 @@ from satpipe.pipeline.saliency_store import (
     open_saliency_for_write,
     saliency_attrs,
     shard_plan,
+    unmark_lost_shards,
     write_shard,
 )
 from satpipe.progress import progress
@@ -149,11 +158,7 @@ def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
     model = None
     if method.needs_model:
         model = cached_model(task.checkpoint, task.checkpoint_sha256, device)
-    split = open_dataset(task.data, task.storage_options).split(task.split)
-    rows = slice(task.start, task.stop)
-    images = np.asarray(split.images[rows])
-    labels = np.asarray(split.labels[rows])
-    extras = {name: np.asarray(getattr(split, name)[rows]) for name in method.requires}
+    images, labels, extras = _read_task_rows(task, method)
     n, h, w, c = images.shape
     generator = torch.Generator(device=device).manual_seed(
         shard_seed(task.seed, task.split, task.shard)
@@ -179,8 +184,25 @@ def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
             )
         maps = normalize(raw, task.normalization)
         out[a:b] = maps.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
-    write_shard(open_group(task.out, "r+", task.storage_options), task.split, task.shard, out)
+    group = open_group(task.out, "r+", task.storage_options)
+    write_shard(group, task.split, task.shard, out, uri=task.out)
     return task.split, task.shard
+
+
+def _read_task_rows(task: ShardTask, method: Method):
+    """(images, labels, {mask/box arrays the method needs}) of the task's rows, each dataset
+    shard checked against the digest recorded when the dataset was written (the driver
+    checked the inventory when it opened the dataset)."""
+    view = open_dataset(task.data, task.storage_options, check_inventory=False)
+    split = view.split(task.split)
+    check = view.shard_check(task.split)
+    if check is not None:
+        check.restrict(check.shards(task.start, task.stop))
+    arrays = {"images": split.images, "labels": split.labels}
+    arrays.update({name: getattr(split, name) for name in method.requires})
+    rows = read_checked(arrays, task.start, task.stop, task.data, check)
+    extras = {name: rows[name] for name in method.requires}
+    return rows["images"], rows["labels"], extras
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,8 +295,15 @@ def compute_saliency(
         compute={"batch_size": config.batch_size, "amp": amp},
     )
     group, found = open_saliency_for_write(config.out, attrs, rows_per_shard, config.overwrite, so)
+    if unmark_lost_shards(group, str(config.out)):
+        found = dict(found, complete=False)
     if found.get("complete"):
         return str(config.out)
+    if not dataset.has_shard_digests:
+        note(
+            f"{config.data}: its rows are not checked against its fingerprint while maps are "
+            "computed (a store made before shard digests); `satpipe store verify` checks it"
+        )
 
     tasks, total = [], 0
     for split in config.splits:

@@ -2,8 +2,10 @@
 
 Layout: `<split>/saliency` float16 (N, H, W, Cs) sharded along rows (a shard is the unit one
 worker writes), `<split>/done` uint8 (n_shards,) with chunk size 1 (the resume marker: shard k
-is marked 1 only after all its rows are written), and the group attribute `satpipe` with the
-provenance. `complete` is set last, after every `done` is 1.
+is marked 1 only after all its rows are written), `<split>/bytes` int64 (n_shards,) with chunk
+size 1 (the size of shard k's stored object, written before its done marker, so a reader can
+tell a half-copied shard at open), and the group attribute `satpipe` with the provenance.
+`complete` is set last, after every `done` is 1.
 
 Opening a store for writing either creates it or, when it exists, checks that it was made for
 the same dataset, method, params, normalisation, seed, source model and compute settings, so a
@@ -20,8 +22,17 @@ import numpy as np
 import zarr
 import zarr.errors
 from zarr.codecs import Crc32cCodec
+from zarr.core.sync import sync
 
 from satpipe import __version__
+from satpipe.data.integrity import (
+    SALIENCY_FEATURES,
+    shard_key,
+    shard_size,
+    shard_span,
+    stored_shards,
+    writable,
+)
 from satpipe.data.store import (
     ATTR,
     FORMAT,
@@ -33,8 +44,9 @@ from satpipe.data.store import (
     shard_slices,
     store_exists,
     write_attrs,
+    write_errors,
 )
-from satpipe.errors import SatpipeError
+from satpipe.errors import SatpipeError, note
 
 # How long a run waits for a store another process is creating to get its attributes.
 CREATION_WAIT_S = 30.0
@@ -71,6 +83,7 @@ def saliency_attrs(
     return {
         "kind": "saliency",
         "format": FORMAT,
+        "features": list(SALIENCY_FEATURES),
         "method": method,
         "params": dict(params),
         "normalization": normalization,
@@ -94,23 +107,29 @@ def create_saliency_store(
 ):
     """Create the group, the `saliency` and `done` arrays of each split, then the attrs."""
     group = create_group(uri, overwrite, storage_options)
+    with write_errors(uri, "its arrays and attributes"):
+        _create_arrays(group, attrs, rows_per_shard)
+        # Attributes last: a store without them is not mistaken for one that can be resumed.
+        write_attrs(group, attrs)
+    return group
+
+
+def _create_arrays(group, attrs: Mapping[str, Any], rows_per_shard: Mapping[str, int]) -> None:
     for split, (n, h, w, cs) in attrs["splits"].items():
         maps = create_rows_array(
             group, f"{split}/saliency", n, (h, w, cs), "float16", rows_per_shard[split]
         )
         n_shards = len(shard_slices(n, shard_rows(maps)))
-        # One chunk per shard: each worker writes only its own marker object.
-        group.create_array(
-            f"{split}/done",
-            shape=(n_shards,),
-            dtype="uint8",
-            chunks=(1,),
-            compressors=[Crc32cCodec()],
-            fill_value=0,
-        )
-    # Attributes last: a store without them is not mistaken for one that can be resumed.
-    write_attrs(group, attrs)
-    return group
+        # One chunk per shard: each worker writes only its own marker objects.
+        for name, dtype in (("done", "uint8"), ("bytes", "int64")):
+            group.create_array(
+                f"{split}/{name}",
+                shape=(n_shards,),
+                dtype=dtype,
+                chunks=(1,),
+                compressors=[Crc32cCodec()],
+                fill_value=0,
+            )
 
 
 def open_saliency_for_write(
@@ -193,15 +212,65 @@ def done_shards(group, split: str) -> np.ndarray:
     return np.asarray(group[f"{split}/done"][:])
 
 
-def write_shard(group, split: str, k: int, maps: np.ndarray) -> None:
-    """Write the float16 (rows, H, W, Cs) maps of shard k, then mark it done (in that order)."""
+def write_shard(group, split: str, k: int, maps: np.ndarray, uri: str = "") -> None:
+    """Write the float16 (rows, H, W, Cs) maps of shard k, then mark it done (in that order).
+
+    Every chunk is stored, even an all-zero one, so readers can tell a lost shard from an
+    elided one. A failed write (disk full, read-only target) is a one-line SatpipeError naming
+    the store `uri` and the shard, and the shard is not marked done."""
     rows = shard_plan(group, split)[k]
-    arr = group[f"{split}/saliency"]
+    arr = writable(group[f"{split}/saliency"])
     expected = (rows.stop - rows.start, *arr.shape[1:])
     if maps.shape != expected:
         raise SatpipeError(f"{split} shard {k}: maps {maps.shape}, expected {expected}")
-    arr[rows] = maps.astype(np.float16, copy=False)
-    group[f"{split}/done"][k] = 1
+    with write_errors(uri, f"{split}/saliency rows {rows.start}:{rows.stop} (shard {k})"):
+        arr[rows] = maps.astype(np.float16, copy=False)
+    if "bytes" in group[split]:  # stores made before sizes were recorded have none
+        with write_errors(uri, f"{split}/bytes of shard {k} (its maps are written)"):
+            group[f"{split}/bytes"][k] = shard_size(arr, k) or 0
+    with write_errors(uri, f"{split}/done marker of shard {k} (its maps are written)"):
+        group[f"{split}/done"][k] = 1
+
+
+def unmark_lost_shards(group, uri: str) -> int:
+    """Clear the done marker of every shard whose maps have no stored object, or one of
+    another size than was written (deleted, lost or half-written in a copy), so a rerun
+    computes them again; returns how many. A complete store that lost shards stops being
+    complete."""
+    attrs = dict(group.attrs[ATTR])
+    lost = 0
+    for split in attrs["splits"]:
+        done = done_shards(group, split)
+        have = stored_shards(group[f"{split}/saliency"])
+        sizes = np.asarray(group[f"{split}/bytes"][:]) if "bytes" in group[split] else None
+        gone = [
+            k
+            for k in np.flatnonzero(done == 1).tolist()
+            if k not in have or (sizes is not None and have[k] not in (None, int(sizes[k])))
+        ]
+        if not gone:
+            continue
+        maps = group[f"{split}/saliency"]
+        rows, n = shard_rows(maps), int(maps.shape[0])
+        shown = ", ".join(f"{shard_span(k, rows, n)} (shard {k})" for k in gone[:3])
+        more = ", ..." if len(gone) > 3 else ""
+        note(
+            f"{uri}: {split}/saliency rows {shown}{more} are marked done but their maps are "
+            "missing or cut short (deleted, or lost in a copy); computing them again"
+        )
+        with write_errors(uri, f"{split}/done markers"):
+            for k in gone:
+                group[f"{split}/done"][k] = 0
+                # A cut-short object would be read back (and fail its checksum) by the
+                # sharding codec when the shard is written again: remove it first.
+                if k in have:
+                    sync(group.store.delete(shard_key(maps, k)))
+        lost += len(gone)
+    if lost and attrs.get("complete"):
+        attrs["complete"] = False
+        with write_errors(uri, "its attributes (zarr.json)"):
+            write_attrs(group, attrs)
+    return lost
 
 
 def mark_complete(group, uri: str) -> dict[str, Any]:
@@ -213,7 +282,8 @@ def mark_complete(group, uri: str) -> dict[str, Any]:
             missing = np.flatnonzero(done == 0).tolist()
             raise SatpipeError(f"{uri}: {split} shards {missing[:10]} are not done")
     attrs["complete"] = True
-    write_attrs(group, attrs)
+    with write_errors(uri, "its attributes (zarr.json)"):
+        write_attrs(group, attrs)
     return attrs
 
 

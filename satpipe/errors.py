@@ -1,5 +1,35 @@
-"""The one exception type users see as a clean one-line error (the CLI prints it, exit 1)."""
+"""The one exception type users see as a clean one-line error (the CLI prints it, exit 1),
+and one-line notes about what was not checked."""
+
+from __future__ import annotations
+
+import sys
+import threading
 
 
 class SatpipeError(Exception):
     """Bad input or a refused operation. The message is one line naming the file and the problem."""
+
+
+_NOTED: set[str] = set()
+_NOTED_LOCK = threading.Lock()
+
+
+def note(message: str) -> None:
+    """Print `satpipe: note: MESSAGE` on stderr, once per process for each message.
+
+    For things a user should know but that do not stop the command: a store too old for a
+    check, say. Notes go to stderr so they never mix with a command's output."""
+    with _NOTED_LOCK:
+        if message in _NOTED:
+            return
+        _NOTED.add(message)
+    print(f"satpipe: note: {message}", file=sys.stderr, flush=True)
+
+
+def os_error_line(exc: BaseException) -> str:
+    """`[Errno 28] No space left on device` style text of an OS error, without the path
+    (the caller names the path)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else exc.strerror
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -111,6 +111,7 @@ def write_tiny_saliency(
         {
             "kind": "saliency",
             "format": 1,
+            "features": ["every-chunk"],  # create_rows_array stores every chunk
             "method": source,
             "params": {},
             "normalization": "sign",

@@ -70,6 +70,7 @@ def _write_saliency(
         {
             "kind": "saliency",
             "format": 1,
+            "features": ["every-chunk"],
             "method": "gradient",
             "params": {},
             "normalization": normalization,
@@ -146,7 +147,8 @@ def test_a_missing_shard_is_reported(tiny_dataset):
     _shard_file(tiny_dataset, "test/masks", 1).unlink()
     problems = verify_store(tiny_dataset)
     assert problems == [
-        "test/masks: 1 of 2 shards have no stored data (they read as zeros): 1 (rows 8:16)"
+        "test/masks rows 8:16 (shard 1) have no stored data (1 of 2 shards missing; zarr would "
+        "read them as zeros)"
     ]
 
 
@@ -161,7 +163,14 @@ def test_changed_content_is_reported(tiny_dataset):
     assert "train/masks: 1 rows not in {0, 1} (rows 5)" in problems
     assert "test/boxes: 2 rows outside the 16x16 image or empty (rows 2, 4)" in problems
     assert any(p.startswith("fingerprint mismatch") for p in problems)
-    assert len(problems) == 4
+    # Each changed shard also fails the sha256 recorded for it when the store was written.
+    digest = "shards differ from the sha256 recorded when the store was written"
+    assert f"train/labels: 1 of 4 {digest}: 0 (rows 0:8)" in problems
+    assert f"train/masks: 1 of 4 {digest}: 0 (rows 0:8)" in problems
+    assert f"test/boxes: 1 of 2 {digest}: 0 (rows 0:8)" in problems
+    # Rewritten shard objects usually differ in size from what the writer recorded, too.
+    resized = [p for p in problems if "were written (a truncated or altered copy)" in p]
+    assert len(problems) - len(resized) == 7, problems
 
 
 def test_a_changed_pixel_breaks_the_fingerprint(tiny_dataset):
@@ -169,7 +178,8 @@ def test_a_changed_pixel_breaks_the_fingerprint(tiny_dataset):
     pixel = int(group["test/images"][0, 0, 0, 0])
     group["test/images"][0, 0, 0, 0] = (pixel + 1) % 256
     problems = verify_store(tiny_dataset)
-    assert len(problems) == 1 and problems[0].startswith("fingerprint mismatch: recorded sha256:")
+    assert len(problems) == 2 and problems[1].startswith("fingerprint mismatch: recorded sha256:")
+    assert problems[0].startswith("test/images: 1 of 2 shards differ from the sha256")
 
 
 def test_incomplete_and_wrong_dtype(tmp_path):
@@ -232,7 +242,10 @@ def test_unfinished_saliency_store(tiny_dataset, tmp_path):
         "not marked complete (its writer did not finish)",
     ]
     _shard_file(sal, "train/saliency", 3).unlink()
-    assert any("train/saliency: 1 of 4 shards have no stored data" in p for p in verify_store(sal))
+    assert any(
+        p.startswith("train/saliency rows 24:32 (shard 3) have no stored data (1 of 4 shards")
+        for p in verify_store(sal)
+    )
 
 
 def test_saliency_corrupted_chunk(tiny_dataset, tmp_path):
@@ -287,6 +300,7 @@ def test_make_info_verify_on_s3(s3):
     fs = s3fs.S3FileSystem(**s3.storage_options)
     fs.rm(f"{url[len('s3://') :]}/train/boxes/c/0/0")
     assert verify_store(url, storage_options=s3.storage_options) == [
-        "train/boxes: 1 of 1 shards have no stored data (they read as zeros): 0 (rows 0:20)",
+        "train/boxes rows 0:20 (shard 0) have no stored data (1 of 1 shards missing; zarr would "
+        "read them as zeros)",
         "train/boxes: 20 rows outside the 16x16 image or empty (rows 0, 1, 2, ...)",
     ]

@@ -56,6 +56,7 @@ def write_saliency(
         {
             "kind": "saliency",
             "format": 1,
+            "features": ["every-chunk"],
             "method": "test",
             "params": {},
             "normalization": "none",

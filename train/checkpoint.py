@@ -55,20 +55,51 @@ def model_record(
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write `state` atomically: a crash leaves the old file or the new one, never half of one."""
+    """Write `state` atomically: a crash leaves the old file or the new one, never half of one.
+
+    A failed write (disk full, read-only or refused target) is a one-line SatpipeError naming
+    the file; the previous checkpoint at `path`, if any, is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"satpipe": {"kind": "checkpoint", "format": FORMAT, "version": __version__}, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = _write_failure(exc)
+        if cause is not None:
+            kept = "; the previous checkpoint is unchanged" if path.is_file() else ""
+            raise SatpipeError(f"{path}: cannot write checkpoint ({_reason(cause)}){kept}") from exc
         raise
+
+
+def _write_failure(exc: BaseException) -> BaseException | None:
+    """The OS error behind a failed write, or None when `exc` is not one. torch.save does not
+    always let the OSError through: when the disk fills part-way through its stream, closing
+    its zip writer raises a RuntimeError ("unexpected pos ...") whose context is the OSError;
+    and it reports some failed writes as "PytorchStreamWriter failed writing file"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, RuntimeError) and "PytorchStreamWriter failed" in str(exc):
+        return exc
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def load_checkpoint(

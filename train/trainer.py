@@ -4,6 +4,13 @@
     RUN/checkpoint.pt    latest finished epoch (model record, optimizer, RNG states),
                          replaced atomically every epoch; `--resume` continues from it
     RUN/metrics.jsonl    one JSON line per epoch: loss, train/test accuracy, time, images/s
+    RUN/train.lock       while a run trains: its pid and host (one writer per run directory)
+
+Nothing is saved from data that was not checked: the first epoch reads every image and label,
+each shard checked against the digest recorded when the dataset store was written, and a
+mismatch stops the run with one line before its first checkpoint. A write that fails (disk
+full, read-only target) is one line naming the file; the checkpoint before it stays loadable
+and `--resume` continues from it.
 
 Determinism: every random draw of a training step (coins, noise, SAT components, PGD random
 starts) comes from a generator seeded by (seed, epoch, step, rank), the loader's order and
@@ -20,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -33,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from satpipe.errors import SatpipeError
+from satpipe.errors import SatpipeError, os_error_line
 from satpipe.progress import progress
 from satpipe.seeding import generator
 from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
@@ -42,6 +50,7 @@ from satpipe.train.distributed import barrier, cleanup, init_distributed, sync_b
 from satpipe.train.evaluate import clean_accuracy
 from satpipe.train.models import create_model, probe_model
 from satpipe.train.perturb import alpha_schedule
+from satpipe.train.runlock import RunLock
 from satpipe.train.schedules import lr_at
 from satpipe.train.variants import VARIANTS, Variant, VariantConfig
 
@@ -262,10 +271,40 @@ class _Run:
 def train(config: TrainConfig) -> Path:
     """Train `config.variant` and return the run directory (see the module docstring).
 
-    Refuses (SatpipeError, one line): a SAT variant without a saliency store, an incomplete or
-    mismatched saliency store (the loader checks), an existing run without --resume or
-    --overwrite, a resume whose config differs in anything but epochs/device/out.
+    Refuses (SatpipeError, one line): a run directory another process is training into, a
+    SAT variant without a saliency store, an incomplete or mismatched saliency store (the
+    loader checks), data that differs from what its store recorded, an existing run without
+    --resume or --overwrite, a resume whose config differs in anything but epochs/device/out.
     """
+    with _run_lock(config):
+        return _train_locked(config)
+
+
+def _run_lock(config: TrainConfig):
+    """The run directory's lock, taken by the process that writes it (rank 0)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return RunLock(config.out)
+
+
+def _check_data(*loaders) -> None:
+    """Finish the in-flight check of the data (the first epoch read it all) before anything
+    is saved from it: a shard that differs from its recorded digest stops the run here."""
+    for loader in loaders:
+        if loader is not None and hasattr(loader, "finish_check"):
+            loader.finish_check()
+
+
+@contextlib.contextmanager
+def _writing(path: Path, what: str):
+    """A failed write (disk full, read-only) as one line naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise SatpipeError(f"{path}: cannot write {what} ({os_error_line(exc)})") from exc
+
+
+def _train_locked(config: TrainConfig) -> Path:
     run = _open_run(config)
     use_amp = config.amp and run.device.type == "cuda"
     vcfg = config.variant_config()
@@ -279,6 +318,7 @@ def train(config: TrainConfig) -> Path:
             show_progress=run.master,
             description=f"epoch {epoch + 1}/{config.epochs} {run.variant.name}",
         )  # fmt: skip
+        _check_data(run.train_loader)
         if run.master:
             t0 = time.perf_counter()
             test_acc = clean_accuracy(run.raw, run.test_loader, amp=use_amp)
@@ -366,10 +406,12 @@ def _loaders(config: TrainConfig, variant: Variant, rank: int, world: int, devic
 
 
 def _prepare_dir(run: _Run, state: dict[str, Any] | None) -> None:
-    run.dir.mkdir(parents=True, exist_ok=True)
-    (run.dir / "config.json").write_text(json.dumps(run.config.to_dict(), indent=2) + "\n")
+    with _writing(run.dir / "config.json", "the run's config"):
+        run.dir.mkdir(parents=True, exist_ok=True)
+        (run.dir / "config.json").write_text(json.dumps(run.config.to_dict(), indent=2) + "\n")
     if state is not None:
-        _rewrite_metrics(run.metrics, run.start - 1, state.get("metrics"))
+        with _writing(run.metrics, "the metrics"):
+            _rewrite_metrics(run.metrics, run.start - 1, state.get("metrics"))
     elif run.metrics.exists():
         run.metrics.unlink()  # --overwrite
         run.checkpoint.unlink(missing_ok=True)
@@ -395,6 +437,7 @@ def _epoch_record(
 
 def _save_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> None:
     """Checkpoint (atomically), then the metrics line, then one line on stderr."""
+    _check_data(run.train_loader, run.test_loader)
     c = run.train_loader.image_shape[2]
     save_checkpoint(
         run.checkpoint,
@@ -410,7 +453,7 @@ def _save_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> None:
             "metrics": record,
         },
     )
-    with run.metrics.open("a") as f:
+    with _writing(run.metrics, "the metrics"), run.metrics.open("a") as f:
         f.write(json.dumps(record) + "\n")
     print(
         f"epoch {epoch + 1}/{run.config.epochs}  loss {record['loss']:.4f}  "

@@ -62,15 +62,26 @@ def load_pickle(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             # latin1 reads the numpy arrays in the Python 2 pickles of the official archives.
             obj = _ArrayUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise SatpipeError(f"{path}: not a CIFAR pickle ({' '.join(str(exc).split())})") from None
+    except Exception as exc:  # noqa: BLE001
+        # A damaged pickle can fail in any of the unpickler's steps (a truncated stream, a
+        # bad opcode, a length field asking for terabytes: MemoryError, an inconsistent
+        # stack: IndexError, ...); every one of them means "not a CIFAR pickle".
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SatpipeError(f"{path}: not a CIFAR pickle ({reason[:200]})") from None
     if not isinstance(obj, Mapping):
         raise SatpipeError(f"{path}: not a CIFAR pickle (holds {type(obj).__name__}, not a dict)")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
-def _names(value: Any) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in value]
+def _names(value: Any, path: Path, key: str) -> list[str]:
+    """Class names from a meta file's list of bytes or str."""
+    try:
+        names = [v.decode() if isinstance(v, bytes) else str(v) for v in value]
+    except (TypeError, UnicodeDecodeError) as exc:
+        raise SatpipeError(f"{path}: '{key}' is not a list of names ({exc})") from None
+    if not names:
+        raise SatpipeError(f"{path}: '{key}' lists no classes")
+    return names
 
 
 def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +90,7 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     for key in ("data", label_key):
         if key not in batch:
             raise SatpipeError(f"{path}: no '{key}' entry (has {sorted(batch)})")
-    data = np.asarray(batch["data"])
+    data, labels = _array(batch["data"], path, "data"), _array(batch[label_key], path, label_key)
     if data.ndim != 2 or data.shape[1] != 3072:
         raise SatpipeError(
             f"{path}: data has shape {data.shape}, expected (N, 3072) = 3 x 32 x 32 per row"
@@ -88,7 +99,6 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         if not np.issubdtype(data.dtype, np.integer) or data.min() < 0 or data.max() > 255:
             raise SatpipeError(f"{path}: data must be uint8 pixel values, got {data.dtype}")
         data = data.astype(np.uint8)
-    labels = np.asarray(batch[label_key])
     if labels.ndim != 1 or len(labels) != len(data):
         raise SatpipeError(
             f"{path}: {len(labels)} {label_key} for {len(data)} images (shape {labels.shape})"
@@ -97,6 +107,14 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         raise SatpipeError(f"{path}: {label_key} must be integers, got {labels.dtype}")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _array(value: Any, path: Path, key: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged lists and other non-arrays
+        reason = " ".join(str(exc).split())
+        raise SatpipeError(f"{path}: '{key}' is not an array ({reason})") from None
 
 
 def _root(src: Path, folder: str, marker: str) -> Path:
@@ -186,7 +204,7 @@ def import_cifar10(
         meta = load_pickle(root / "batches.meta")
         if "label_names" not in meta:
             raise SatpipeError(f"{root / 'batches.meta'}: no 'label_names' entry")
-        classes = _names(meta["label_names"])
+        classes = _names(meta["label_names"], root / "batches.meta", "label_names")
     files = {"train": [p for _, p in numbered], "test": [root / "test_batch"]}
     return _import(
         "cifar10",
@@ -220,7 +238,7 @@ def import_cifar100(
         meta = load_pickle(meta_path)
         if "fine_label_names" not in meta:
             raise SatpipeError(f"{meta_path}: no 'fine_label_names' entry")
-        classes = _names(meta["fine_label_names"])
+        classes = _names(meta["fine_label_names"], meta_path, "fine_label_names")
     else:
         classes = [f"class_{i:02d}" for i in range(100)]
     files = {"train": [root / "train"], "test": [root / "test"]}

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from satpipe.data.store import store_exists
+from satpipe.data.store import store_exists, unfinished_dataset
 from satpipe.errors import SatpipeError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -110,6 +110,22 @@ def decode_rgb_raw(path: str | Path) -> np.ndarray:
     """A mask file that encodes classes as colours, as uint8 (H, W, 3), palette expanded."""
     im = open_image(Path(path))
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_text(path: Path) -> str:
+    """A list or annotation file as text; one that is missing, not UTF-8 or holds NUL bytes
+    (a binary file, or a damaged one) is an error naming it."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SatpipeError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise SatpipeError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    except OSError as exc:
+        raise SatpipeError(f"{path}: cannot read ({_one_line(exc)})") from None
+    if "\x00" in text:
+        raise SatpipeError(f"{path}: not a text file (it holds NUL bytes)")
+    return text
 
 
 def nonzero_mask(path: Path) -> np.ndarray:
@@ -243,6 +259,10 @@ def seeded_split(labels: Sequence[int], test_fraction: float, seed: int) -> tupl
 
 
 def check_output(out: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> None:
-    """Refuse an existing output before any work is done (the writer checks again)."""
-    if not overwrite and store_exists(out, storage_options):
+    """Refuse an existing output before any work is done (the writer checks again). An
+    unfinished dataset store (an import that crashed or ran out of space) is not refused:
+    the rerun replaces it."""
+    if overwrite or not store_exists(out, storage_options):
+        return
+    if not unfinished_dataset(out, storage_options):
         raise SatpipeError(f"{out}: output exists (pass --overwrite to replace it)")

@@ -18,6 +18,7 @@ Rows are read block by block (`dataset[a:b]`), so only one block is decoded at a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from satpipe.data.importers import register_importer
-from satpipe.data.importers.common import ResizePolicy, check_output, seeded_split
+from satpipe.data.importers.common import ResizePolicy, check_output, read_text, seeded_split
 from satpipe.data.importers.writer import Sample, write_dataset
 from satpipe.errors import SatpipeError
 
@@ -51,6 +52,8 @@ class _Rows(Sequence):
         self.ds, self.rows = ds, np.asarray(rows, dtype=np.int64)
         self.image, self.label, self.mask = image, label, mask
         self.label_index = label_index  # raw label value -> class index
+        files = [Path(f["filename"]).name for f in getattr(ds, "cache_files", [])]
+        self.where = ", ".join(files) or "the dataset"  # named in errors about a row
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -62,13 +65,20 @@ class _Rows(Sequence):
         if not len(rows):
             return []
         columns = [self.image, self.label] + ([self.mask] if self.mask else [])
-        block = self.ds.select_columns(columns)[rows.tolist()]
+        try:
+            block = self.ds.select_columns(columns)[rows.tolist()]
+        except Exception as exc:  # datasets decodes the images here: PIL's and Arrow's errors
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise SatpipeError(
+                f"{self.where} rows {int(rows[0])}-{int(rows[-1])}: cannot decode "
+                f"({type(exc).__name__}: {first})"
+            ) from None
         masks = block[self.mask] if self.mask else [None] * len(rows)
         return [
             Sample(
                 image=img,
                 label=self.label_index(lab),
-                name=f"row {int(r)}",
+                name=f"{self.where} row {int(r)}",
                 mask=None if m is None else (np.asarray(m) != 0).astype(np.uint8),
             )  # fmt: skip
             for r, img, lab, m in zip(
@@ -94,20 +104,60 @@ def _column(ds, given: str | None, feature_type, names: Sequence[str], what: str
     )
 
 
+def _check_files(src: Path) -> None:
+    """Refuse a damaged save_to_disk folder naming the file: every JSON file must parse and
+    every Arrow file must be a whole, valid IPC stream (datasets' own errors name neither)."""
+    import pyarrow as pa
+
+    for path in sorted(src.rglob("*.json")):
+        try:
+            json.loads(read_text(path))
+        except ValueError as exc:
+            raise SatpipeError(f"{path}: not valid JSON ({exc})") from None
+    for path in sorted(src.rglob("*.arrow")):
+        try:
+            with pa.memory_map(str(path)) as stream:
+                pa.ipc.open_stream(stream).read_all().validate(full=True)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise SatpipeError(f"{path}: not a whole Arrow stream ({first})") from None
+
+
 def _load(src: Path):
     datasets = _datasets()
+    if not src.is_dir():
+        raise SatpipeError(f"{src}: not a dataset saved with save_to_disk (not a folder)")
+    _check_files(src)
+    listing = src / "dataset_dict.json"
+    if not listing.exists() and not (src / "state.json").exists():
+        raise SatpipeError(
+            f"{src}: not a dataset saved with save_to_disk (no dataset_dict.json or state.json)"
+        )
+    if not listing.exists():
+        return _load_split(datasets, src), None, {"train": "(the dataset)", "test": None}
+    splits = json.loads(read_text(listing)).get("splits")
+    if not isinstance(splits, list) or not all(isinstance(k, str) for k in splits):
+        raise SatpipeError(f"{listing}: 'splits' must be a list of split names")
+    for name in splits:
+        if not (src / name).is_dir():
+            raise SatpipeError(f"{listing}: names split '{name}' but {src / name} is not a folder")
+    if "train" not in splits:
+        raise SatpipeError(f"{listing}: no 'train' split (has {', '.join(splits)})")
+    test = next((n for n in TEST_NAMES if n in splits), None)
+    parts = {k: _load_split(datasets, src / k) for k in {"train", test} - {None}}
+    return parts["train"], parts.get(test), {"train": "train", "test": test}
+
+
+def _load_split(datasets, folder: Path):
+    """One split's Dataset; metadata that datasets cannot use names the files it came from."""
     try:
-        loaded = datasets.load_from_disk(str(src))
-    except (FileNotFoundError, ValueError, OSError) as exc:
+        return datasets.Dataset.load_from_disk(str(folder))
+    except Exception as exc:  # datasets raises KeyError, TypeError, ValueError... for bad state
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise SatpipeError(f"{src}: not a dataset saved with save_to_disk ({first})") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        parts = dict(loaded)
-        if "train" not in parts:
-            raise SatpipeError(f"{src}: no 'train' split (has {', '.join(parts)})")
-        test = next((n for n in TEST_NAMES if n in parts), None)
-        return parts["train"], (parts[test] if test else None), {"train": "train", "test": test}
-    return loaded, None, {"train": "(the dataset)", "test": None}
+        raise SatpipeError(
+            f"{folder}: state.json or dataset_info.json is not what save_to_disk writes "
+            f"({type(exc).__name__}: {first})"
+        ) from None
 
 
 def _labels(datasets, train, test, column: str):

@@ -16,7 +16,6 @@ Without `x_test` the test split is a seeded stratified one (`--test-fraction`, `
 from __future__ import annotations
 
 import sys
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,10 +118,11 @@ def _read(src: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(src, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise SatpipeError(f"{src}: not a readable .npz archive ({exc})") from None
     except ValueError as exc:  # object arrays need pickle, which is refused
         raise SatpipeError(f"{src}: {exc} (object arrays are not read)") from None
+    except Exception as exc:  # a damaged archive fails in any of zipfile's, zlib's or numpy's
+        # parsers (BadZipFile, EOFError, NotImplementedError for odd flag bits, zlib.error...)
+        raise SatpipeError(f"{src}: not a readable .npz archive ({exc})") from None
 
 
 @register_importer("numpy")

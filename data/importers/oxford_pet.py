@@ -27,6 +27,7 @@ from satpipe.data.importers.common import (
     ResizePolicy,
     check_output,
     decode_gray,
+    read_text,
     require_dir,
     seeded_split,
 )
@@ -45,10 +46,12 @@ def trimap_mask(path: Path) -> np.ndarray:
 
 def _list(path: Path) -> list[str]:
     names = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path).splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             names.append(line.split()[0])
+    if not names:
+        raise SatpipeError(f"{path}: lists no images")
     return names
 
 

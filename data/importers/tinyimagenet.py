@@ -23,6 +23,7 @@ from satpipe.data.importers.common import (
     ResizePolicy,
     check_output,
     image_files,
+    read_text,
     require_dir,
 )
 from satpipe.data.importers.writer import Sample, write_dataset
@@ -30,10 +31,8 @@ from satpipe.errors import SatpipeError
 
 
 def _lines(path: Path) -> list[tuple[int, list[str]]]:
-    if not path.is_file():
-        raise SatpipeError(f"{path}: file not found")
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         if line.strip():
             out.append((n, line.split("\t") if "\t" in line else line.split()))
     return out
@@ -82,7 +81,9 @@ def import_tinyimagenet(
 
     train: list[Sample] = []
     for wnid in wnids:
-        folder = require_dir(root / "train" / wnid / "images", f"class {wnid} images")
+        folder = require_dir(
+            root / "train" / wnid / "images", f"class {wnid!r} (listed in {wnids_path.name}) images"
+        )
         files = image_files(folder)
         if not files:
             raise SatpipeError(f"{folder}: empty class folder (no images)")

@@ -1,0 +1,283 @@
+"""What a reader checks before it trusts a store: the inventory and the shard digests.
+
+Inventory. zarr reads a shard that has no stored object as its fill value, without an error,
+so a deleted object or a copy that stopped half-way reads as zeros. Readers therefore list the
+objects of each array once (`stored_shards`: one listing per array, which object storage
+answers with one paginated LIST, sizes included) and refuse a store that lacks a shard that
+must exist. Stores also record the size of every shard object as written (dataset stores in
+their attributes, saliency stores in a `<split>/bytes` array that each worker fills for its
+shard before marking it done), so a shard that a copy left half-written (`cp -r` killed
+mid-file) is refused at open too.
+Stores made since the feature `every-chunk` was recorded in their attributes store every
+chunk, even one equal to the fill value, so there every shard of every array must exist.
+Older stores elided shards equal to the fill value: a labels shard of class 0 is legitimately
+absent there, so their labels cannot be inventoried (images, masks, boxes and maps can: an
+all-zero shard of those is not a real one).
+
+Digests. Dataset stores made since the feature `shard-sha256` record, per split and array,
+the sha256 of every shard's rows (the decoded values, little-endian, C order), computed while
+writing. `ShardCheck` checks each shard as a reader reads it, in whatever order: that is how
+the trainer's shuffled streaming reads and the saliency runner's per-shard tasks check the
+data in flight with no extra pass. The whole-store `fingerprint` (a sequential sha256 over
+each split, see `satpipe.data.store.Fingerprint`) stays the store's identity; the digests are
+computed from the same rows by the same writer and recorded in the same `zarr.json`, so a copy
+that mixes objects of two versions of a store fails them.
+
+Nothing here imports the rest of satpipe.data; `satpipe.data.store` uses it at every open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from satpipe.errors import SatpipeError
+
+# Recorded in a store's `satpipe` attributes, list `features`.
+EVERY_CHUNK = "every-chunk"  # every chunk is stored, even one equal to the fill value
+SHARD_SHA256 = "shard-sha256"  # `shards` holds the sha256 of every shard of every array
+SHARD_SIZES = "shard-bytes"  # saliency stores: `<split>/bytes` holds each shard's object size
+# What the writers of this version record (saliency stores have no digests: their shards are
+# written by many workers at once, and attributes have a single writer).
+DATASET_FEATURES = (EVERY_CHUNK, SHARD_SHA256)
+SALIENCY_FEATURES = (EVERY_CHUNK, SHARD_SIZES)
+# zarr's runtime setting that makes an array store chunks equal to the fill value.
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
+# Shards named in one line.
+EXAMPLES = 3
+
+
+def has_feature(attrs: Mapping, feature: str) -> bool:
+    return feature in (attrs.get("features") or ())
+
+
+def writable(array):
+    """`array` set to store every chunk, even one equal to the fill value (zarr's default
+    elides those, and a reader could not tell an elided chunk from a lost one). zarr keeps this
+    setting per opened array, not in the metadata, so every write path opens its arrays
+    through here."""
+    return array.with_config(WRITE_EVERY_CHUNK)
+
+
+# --------------------------------------------------------------------------------------------
+# Inventory
+
+
+def shard_rows_of(array) -> int:
+    return int((array.shards or array.chunks)[0])
+
+
+def n_shards_of(array) -> int:
+    rows = shard_rows_of(array)
+    return -(-int(array.shape[0]) // rows) if array.shape[0] else 0
+
+
+async def _collect(agen) -> list[str]:
+    return [key async for key in agen]
+
+
+def _unwrap(store):
+    while isinstance(store, zarr.storage.WrapperStore):
+        store = store._store
+    return store
+
+
+def shard_key(array, k: int) -> str:
+    """The store key of shard k of a row-sharded array: `<array path>/c/k/0/.../0`."""
+    base = array.store_path.path
+    key = array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))
+    return f"{base}/{key}" if base else key
+
+
+def _listing(store, prefix: str) -> dict[str, int | None]:
+    """{key: size in bytes, or None where the store cannot say} of every object under prefix,
+    in one listing (local: a directory walk and a stat per file; fsspec: one `find`)."""
+    inner = _unwrap(store)
+    if isinstance(inner, zarr.storage.LocalStore):
+        return {
+            key: (inner.root / key).stat().st_size
+            for key in sync(_collect(inner.list_prefix(prefix)))
+        }
+    if isinstance(inner, zarr.storage.FsspecStore):
+        found = sync(inner.fs._find(f"{inner.path}/{prefix}", detail=True, withdirs=False))
+        return {
+            path.removeprefix(f"{inner.path}/"): info.get("size") for path, info in found.items()
+        }
+    return dict.fromkeys(sync(_collect(store.list_prefix(prefix))))
+
+
+def stored_shards(array) -> dict[int, int | None]:
+    """{shard index: object size in bytes (None: unknown)} of the shards of a row-sharded
+    array that have a stored object: one listing.
+
+    Arrays made by `satpipe.data.store.create_rows_array` have one shard across every axis
+    but the first, so shard k is the object `c/k/0/.../0`. Anything else under `c/` (zarr's
+    `.partial` temporaries, stray files) does not count."""
+    base = array.store_path.path
+    expected = {shard_key(array, k): k for k in range(n_shards_of(array))}
+    listed = _listing(array.store_path.store, f"{base}/c/" if base else "c/")
+    return {expected[key]: size for key, size in listed.items() if key in expected}
+
+
+def shard_size(array, k: int) -> int | None:
+    """Bytes of the stored object of shard k (one stat or HEAD), None where unknown."""
+    inner = _unwrap(array.store_path.store)
+    if isinstance(inner, zarr.storage.LocalStore | zarr.storage.FsspecStore):
+        return int(sync(inner.getsize(shard_key(array, k))))
+    return None
+
+
+def shard_span(k: int, rows: int, n: int) -> str:
+    return f"{k * rows}:{min((k + 1) * rows, n)}"
+
+
+def missing_line(path: str, missing: Sequence[int], rows: int, n: int, total: int) -> str:
+    """`train/images rows 0:8 (shard 0), ... have no stored data (2 of 4 shards missing...)`."""
+    shown = ", ".join(f"{shard_span(k, rows, n)} (shard {k})" for k in missing[:EXAMPLES])
+    more = ", ..." if len(missing) > EXAMPLES else ""
+    return (
+        f"{path} rows {shown}{more} have no stored data ({len(missing)} of {total} shards "
+        "missing; zarr would read them as zeros)"
+    )
+
+
+def inventory_problems(arrays: Mapping[str, tuple]) -> list[str]:
+    """One line per array that is absent, lacks shards or holds a shard object of another size
+    than was written: `arrays` maps "split/name" to (the zarr array, or None when the group
+    has no such array; the shard indices that must be stored, or None for all; the recorded
+    object sizes, or None)."""
+    problems = []
+    for path, (array, wanted, sizes) in arrays.items():
+        if array is None:
+            problems.append(f"{path}: array missing (its zarr.json is not in the store)")
+            continue
+        total, rows, n = n_shards_of(array), shard_rows_of(array), int(array.shape[0])
+        wanted = range(total) if wanted is None else wanted
+        have = stored_shards(array)
+        missing = sorted(k for k in wanted if k not in have)
+        if missing:
+            problems.append(missing_line(path, missing, rows, n, total))
+        if sizes is not None and len(sizes) == total:
+            wanted = set(wanted)
+            short = [
+                k
+                for k in sorted(have)
+                # 0 recorded: not written yet (a saliency shard not done)
+                if k in wanted and have[k] is not None and sizes[k] and have[k] != sizes[k]
+            ]
+            if short:
+                k = short[0]
+                more = f" (and {len(short) - 1} more shards)" if len(short) > 1 else ""
+                problems.append(
+                    f"{path} rows {shard_span(k, rows, n)} (shard {k}): object is {have[k]} "
+                    f"bytes, {sizes[k]} were written (a truncated or altered copy){more}"
+                )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Digests
+
+
+def shard_digest(values: np.ndarray) -> str:
+    """Hex sha256 of an array's rows: its values in C order, little-endian."""
+    values = np.asarray(values)
+    values = values.astype(values.dtype.newbyteorder("<"), copy=False)  # no copy on x86/ARM
+    return hashlib.sha256(np.ascontiguousarray(values).reshape(-1).view(np.uint8)).hexdigest()
+
+
+def digest_blocks(values: np.ndarray, start: int, rows: int) -> list[tuple[int, str]]:
+    """(shard index, digest) of each whole shard in `values`, the rows from `start` on (a
+    multiple of `rows`); a trailing partial shard is digested too (the writer calls this with
+    whole shards and, at the end, the tail)."""
+    out = []
+    for a in range(0, len(values), rows):
+        out.append(((start + a) // rows, shard_digest(values[a : a + rows])))
+    return out
+
+
+class ShardCheck:
+    """Checks the shards of one split against the digests recorded when it was written.
+
+    `pending` holds the shards still to check (all of them at first; a caller that reads only
+    some, a rank of a multi-process run say, narrows it). `verify` checks the full rows of
+    shard k of one array and `done(k)` retires the shard; both are thread-safe, since reader
+    threads share one check."""
+
+    def __init__(
+        self,
+        uri: str,
+        split: str,
+        n_rows: int,
+        rows_per_shard: int,
+        digests: Mapping[str, Sequence[str]],
+    ) -> None:
+        self.uri, self.split = str(uri), split
+        self.n_rows, self.rows = int(n_rows), int(rows_per_shard)
+        self.digests = {name: list(d) for name, d in digests.items()}
+        self.n_shards = -(-self.n_rows // self.rows) if self.n_rows else 0
+        for name, d in self.digests.items():
+            if len(d) != self.n_shards:
+                raise SatpipeError(
+                    f"{uri}: {split}/{name} records {len(d)} shard digests for "
+                    f"{self.n_shards} shards (the attributes do not belong to these arrays)"
+                )
+        self.pending: set[int] = set(range(self.n_shards))
+        self.checked = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        return k * self.rows, min((k + 1) * self.rows, self.n_rows)
+
+    def shards(self, start: int, stop: int) -> range:
+        """Indices of the shards that rows [start, stop) touch."""
+        if stop <= start:
+            return range(0)
+        return range(start // self.rows, (stop - 1) // self.rows + 1)
+
+    def wants(self, k: int) -> bool:
+        with self._lock:
+            return k in self.pending
+
+    def restrict(self, shards: Iterable[int]) -> None:
+        """Check only these shards (the ones this reader is responsible for)."""
+        with self._lock:
+            self.pending &= set(shards)
+
+    def verify(self, name: str, k: int, values: np.ndarray) -> None:
+        """Refuse shard k of array `name` (all its rows) when it is not what was written."""
+        recorded = self.digests.get(name)
+        if recorded is None:
+            return
+        if shard_digest(values) != recorded[k]:
+            a, b = self.bounds(k)
+            raise SatpipeError(
+                f"{self.uri}: {self.split}/{name} rows {a}:{b} (shard {k}) differ from the "
+                "data this store was written with (sha256 recorded at write time); it was "
+                "changed or mixed with another copy since; run `satpipe store verify` on it"
+            )
+
+    def done(self, k: int) -> None:
+        with self._lock:
+            if k in self.pending:
+                self.pending.discard(k)
+                self.checked += 1
+
+    @property
+    def finished(self) -> bool:
+        with self._lock:
+            return not self.pending
