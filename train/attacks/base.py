@@ -30,6 +30,7 @@ ATTACK_STREAM = 0xE7A1
 LIBRARY_STREAM = 0xAA01
 # AutoAttack's targeted attacks use the 9 most likely wrong classes (Croce & Hein 2020).
 MAX_TARGET_CLASSES = 9
+SQUARE_QUERIES = 5000  # Square's budget in standard AutoAttack
 
 
 def n_target_classes(num_classes: int) -> int:
@@ -43,7 +44,8 @@ class AttackContext:
     """What one attack call on one batch needs besides the model and the batch.
 
     eps, step_size: pixel units (8/255, not 8). steps, restarts: PGD and PGD-CW (the
-    AutoAttack components use their standard, parameter-free settings). seed, batch: the
+    AutoAttack components use their standard, parameter-free settings). square_queries: Square's
+    query budget (5000 in standard AutoAttack; the tests use fewer). seed, batch: the
     coordinates of this call's randomness.
     """
 
@@ -54,6 +56,7 @@ class AttackContext:
     steps: int = 5
     step_size: float = 2 / 255
     restarts: int = 1
+    square_queries: int = SQUARE_QUERIES
 
     @property
     def n_target_classes(self) -> int:

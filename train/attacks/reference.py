@@ -54,6 +54,7 @@ def standard_autoattack(model: nn.Module, ctx: AttackContext, device: torch.devi
     )  # fmt: skip
     aa.apgd_targeted.n_target_classes = ctx.n_target_classes
     aa.fab.n_target_classes = ctx.n_target_classes
+    aa.square.n_queries = ctx.square_queries
     return aa
 
 
