@@ -99,7 +99,7 @@ def evaluate(run: str | os.PathLike, **options: Any) -> dict[str, Any]:
     measured = measure(model, data, measurements, cfg, num_classes)
     raw = raw_accuracies(measured)
     checks = sanity_checks(raw, num_classes, cfg.tolerance, cfg.large_eps, cfg.large_eps_margin)
-    results = _results(ckpt, state, str(loader.dataset.uri), cfg, data, measured, checks)
+    results = _results(ckpt, state, loader.dataset, cfg, data, measured, checks)
     out_dir = Path(cfg.out) if cfg.out is not None else ckpt.parent
     write_outputs(out_dir, results, data, measured)
     warning = masking_warning(results)
@@ -158,7 +158,7 @@ def check_model(
                 )
 
 
-def _results(ckpt: Path, state, data: str, cfg: EvalConfig, evalset: EvalSet,
+def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
              measured: Measured, checks) -> dict[str, Any]:  # fmt: skip
     """The results.json dict (format 2; see satpipe.train.results)."""
     num_classes = state["model"]["num_classes"]
@@ -174,7 +174,8 @@ def _results(ckpt: Path, state, data: str, cfg: EvalConfig, evalset: EvalSet,
         "arch": state["model"]["arch"],
         "seed": config.get("seed"),
         "epochs": (state.get("epoch", -1) + 1),
-        "data": data,
+        "data": str(dataset.uri),
+        "dataset": dataset.name,
         "n": len(evalset),
         "num_classes": num_classes,
         "subset": {

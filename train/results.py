@@ -148,7 +148,8 @@ def robustbench_record(results: dict[str, Any], measured: Measured) -> dict[str,
     clean = measured.clean[: cell["n"]]
     return {
         "name": f"{results.get('variant') or 'model'} ({results['arch']}, seed {results['seed']})",
-        "dataset": results["data"],
+        "dataset": results["dataset"],
+        "data": results["data"],
         "threat_model": "Linf",
         "eps": f"{k}/255",
         "clean_acc": f"{100 * clean.mean():.2f}",
