@@ -95,9 +95,7 @@ class PairedTest:
     p: float
 
 
-def paired_test(
-    a: np.ndarray, b: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0
-) -> PairedTest:
+def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> PairedTest:
     """`paired_difference` and its p-value from the same resamples: p = 2 min(P*(d <= 0),
     P*(d >= 0)) with the usual +1 correction, so p < 0.05 exactly when the 95% percentile
     interval excludes 0 (up to quantile interpolation). Identical inputs give p = 1."""

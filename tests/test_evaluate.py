@@ -264,10 +264,14 @@ def test_bad_input_is_one_line_and_writes_nothing(
     if wrapper is not None:
         real = load_model
         monkeypatch.setattr(
-            evaluate_module, "load_model", lambda p, d="cpu": (wrapper(real(p, d)[0]), real(p, d)[1])
+            evaluate_module,
+            "load_model",
+            lambda p, d="cpu": (wrapper(real(p, d)[0]), real(p, d)[1]),
         )
     out = tmp_path / "bad"
-    result = CliRunner().invoke(app, ["eval", str(run), "--device", "cpu", "--out", str(out), *args])
+    result = CliRunner().invoke(
+        app, ["eval", str(run), "--device", "cpu", "--out", str(out), *args]
+    )
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("satpipe: error:"), result.output

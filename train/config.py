@@ -212,7 +212,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        self.attacks = tuple(dict.fromkeys(check_choice(a, _ATTACKS, "attack") for a in self.attacks))
+        self.attacks = tuple(
+            dict.fromkeys(check_choice(a, _ATTACKS, "attack") for a in self.attacks)
+        )
         if not self.attacks:
             raise SatpipeError("--attack names no attack")
         if self.steps < 1 or self.step_size <= 0 or not self.seeds or self.restarts < 1:

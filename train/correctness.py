@@ -87,8 +87,10 @@ def write_correct(
     keys = list(measurements)
     if any(len(measurements[k]) > n for k in keys):
         raise ValueError("a measurement covers more images than were evaluated")
-    bits = np.stack([_pack(np.asarray(measurements[k], bool), n) for k in keys]) if keys else (
-        np.zeros((0, (n + 7) // 8), np.uint8)
+    bits = (
+        np.stack([_pack(np.asarray(measurements[k], bool), n) for k in keys])
+        if keys
+        else (np.zeros((0, (n + 7) // 8), np.uint8))
     )
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:

@@ -33,8 +33,8 @@ from satpipe.errors import SatpipeError
 from satpipe.stats import accuracy_interval
 from satpipe.train import results as res
 from satpipe.train.attacks import ATTACKS
-from satpipe.train.checks import failed_checks, masking_warning, sanity_checks
 from satpipe.train.checkpoint import file_sha256
+from satpipe.train.checks import failed_checks, masking_warning, sanity_checks
 from satpipe.train.config import LARGE_EPS, EvalConfig
 from satpipe.train.correctness import FILENAME as CORRECT_FILE
 from satpipe.train.correctness import write_correct
@@ -179,13 +179,21 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
         "n": len(evalset),
         "num_classes": num_classes,
         "subset": {
-            "n_examples": cfg.n_examples, "seed": cfg.subset_seed, "stratified": True,
-            "split_size": evalset.split_size, "class_counts": res.class_counts(labels, num_classes),
+            "n_examples": cfg.n_examples,
+            "seed": cfg.subset_seed,
+            "stratified": True,
+            "split_size": evalset.split_size,
+            "class_counts": res.class_counts(labels, num_classes),
         },  # fmt: skip
         "eval": cfg.to_dict(),
-        "attack": {"steps": cfg.steps, "step_size": cfg.step_size, "random_start": True,
-                   "restarts": cfg.restarts, "seeds": list(cfg.seeds),
-                   "large_eps": cfg.large_eps},  # fmt: skip
+        "attack": {
+            "steps": cfg.steps,
+            "step_size": cfg.step_size,
+            "random_start": True,
+            "restarts": cfg.restarts,
+            "seeds": list(cfg.seeds),
+            "large_eps": cfg.large_eps,
+        },  # fmt: skip
         "clean": 100 * float(measured.clean.mean()),
         "clean_interval": accuracy_interval(measured.clean).as_dict(),
         "attacks": attacks,
@@ -241,11 +249,12 @@ def robustness(
     input of `sanity_checks`: {"n", "clean", "fgsm": {eps: acc}, "pgd": {eps: [acc per
     seed]}, "pgd_large", "pgd_double_steps", "others", "autoattack"}."""
     model.eval()
-    cfg = EvalConfig(run="", eps=tuple(eps), steps=steps, step_size=step_size,
-                     seeds=tuple(seeds), large_eps=large_eps, attacks=tuple(attacks), **options)  # fmt: skip
+    cfg = EvalConfig(
+        run="", eps=tuple(eps), steps=steps, step_size=step_size, seeds=tuple(seeds),
+        large_eps=large_eps, attacks=tuple(attacks), **options,
+    )  # fmt: skip
     num_classes = loader.num_classes
     data = load_eval_set(loader, cfg.n_examples, cfg.subset_seed)
     if not len(data):
         raise SatpipeError("evaluation split has no rows")
     return raw_accuracies(measure(model, data, plan(cfg, num_classes, len(data)), cfg, num_classes))
-

@@ -212,7 +212,7 @@ def raw_accuracies(result: Measured) -> dict[str, Any]:
 
 def _autoattack_vs_pgd(result: Measured) -> dict[float, dict[str, float]]:
     out = {}
-    for (attack, k, seed), bits in result.bits.items():
+    for (attack, k, _), bits in result.bits.items():
         if attack != "autoattack":
             continue
         n = len(bits)

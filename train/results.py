@@ -258,4 +258,3 @@ def _stages_lines(results: dict[str, Any]) -> list[str]:
     for w in aa.get("library_warnings", []):
         lines.append(f"- the reference code warned: {w}")
     return lines
-

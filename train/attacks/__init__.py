@@ -4,10 +4,10 @@
     from satpipe.train.attacks import ATTACKS                       # `satpipe list attacks`
     ATTACKS.get("autoattack")                                       # an Attack entry
 
-| attack       | implementation                      |
-|--------------|-------------------------------------|
-| fgsm, pgd, pgd-cw | here (`gradient.py`): a few lines each, used every training step |
-| apgd-ce, apgd-t, fab-t, square, autoattack | `pyautoattack`, Croce & Hein's reference code (`reference.py`) |
+| attacks                                    | implementation                                   |
+|--------------------------------------------|--------------------------------------------------|
+| fgsm, pgd, pgd-cw                          | here (`gradient.py`), used every training step   |
+| apgd-ce, apgd-t, fab-t, square, autoattack | pyautoattack, Croce & Hein's (`reference.py`)    |
 
 `attack_set` (runner.py) runs any of them over a whole evaluation set; an ensemble runs its
 components in turn on the points still robust.
