@@ -150,7 +150,8 @@ def bench_eval(
     report: dict[str, Any] = {
         "device": str(dev), "model": arch, "n": len(y), "image_size": list(x.shape[1:]),
         "classes": k, "batch_size": batch_size, "eps": eps,
-        "torch_threads": torch.get_num_threads(), "clean_accuracy": float(clean.float().mean()), "synthetic": checkpoint is None,
+        "torch_threads": torch.get_num_threads(), "clean_accuracy": float(clean.float().mean()),
+        "synthetic": checkpoint is None,
     }  # fmt: skip
     pgd_ctx = AttackContext(eps=eps / 255, num_classes=k, seed=seed, steps=5, step_size=2 / 255)
     aa_ctx = AttackContext(eps=eps / 255, num_classes=k, seed=seed, square_queries=square_queries)
