@@ -117,7 +117,7 @@ def test_autoattack_agrees_with_torchattacks_on_a_small_cnn():
         nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
         nn.Linear(24, 4),
     )  # fmt: skip
-    model = _fit(net, steps=150)
+    model = _fit(net, steps=100)
     x, y = colour_data(N, 2)
     eps = 3 / 255
     clean = clean_correct(model, x, y, 16)
@@ -191,3 +191,22 @@ def test_target_classes_and_few_class_data():
         ATTACKS.get("apgd-t").check_classes(3)
     with pytest.raises(SatpipeError, match="choose one of fgsm, pgd, pgd-cw, apgd-ce"):
         ATTACKS.get("cw-inf")
+
+
+def test_bench_eval_counts_the_passes_each_attack_makes():
+    from satpipe.bench_eval import bench_eval
+
+    # At 64/255 APGD-CE fools every image, so the later stages have nothing left: seconds.
+    report = bench_eval(model="smallcnn", n=8, batch_size=8, size=8, classes=4, device="cpu",
+                        square_queries=20, eps=64)  # fmt: skip
+    pgd5 = report["pgd"]
+    # One batch: 5 gradient steps, then one prediction on the adversarial images.
+    assert pgd5["image_forwards"] == {"with_grad": 40, "no_grad": 8} and pgd5["model_calls"] == 6
+    assert report["clean_accuracy"] == 1.0  # labels are the model's own predictions
+    aa = report["autoattack"]
+    assert list(aa["stages"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert aa["stages"]["apgd-ce"] == 0.0 and aa["robust_accuracy"] == 0.0
+    assert aa["image_forwards"]["with_grad"] >= 8 * 100 * (report["clean_accuracy"] > 0)
+    for part in (pgd5, aa):
+        assert part["images_per_s"] > 0 and 0 < part["share_in_passes"]
+    assert report["host_syncs_per_pgd_step"] is None  # CPU: nothing to count
