@@ -192,6 +192,6 @@ def test_time_table_and_plot(tmp_path):
     ]  # fmt: skip
     s = summarize(runs)
     times = time_table(s)
-    assert "| pgd-sat | 35.0 | 3.50 | 0.58 | – |" in times
+    assert "| pgd-sat | 35.0 ± 0.0 | 3.50 | 0.58 | – |" in times
     png = robustness_plot(s, tmp_path / "r.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

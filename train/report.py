@@ -155,20 +155,21 @@ def _column_name(col: tuple[str, str | None]) -> str:
 
 
 def time_table(summary: dict[str, dict[str, Any]]) -> str:
-    """Training wall time per row and its ratio to original / pgd / trades (same run)."""
+    """Training wall time per row (mean ± std over seeds) and the ratio of its mean to
+    original's / pgd's / trades's (same run; claims.md tests the ratios per seed)."""
     # The first row of each variant in paper order is its reference (the weak-saliency grid).
     first: dict[str, float] = {}
     for row in ordered_rows(summary):
         first.setdefault(summary[row]["variant"], summary[row]["train_time_s"]["mean"])
     base = {name: first.get(name) for name in ("original", "pgd", "trades")}
     lines = [
-        "| Method | train time (s) | / Original | / PGD | / TRADES |",
+        "| Method | train time (s), mean ± std | / Original | / PGD | / TRADES |",
         "|---|---|---|---|---|",
     ]
     for row in ordered_rows(summary):
-        t = summary[row]["train_time_s"]["mean"]
+        t, sd = summary[row]["train_time_s"]["mean"], summary[row]["train_time_s"]["std"]
         ratios = [f"{t / b:.2f}" if b and not math.isnan(t) else "–" for b in base.values()]
-        lines.append(f"| {row} | {t:.1f} | " + " | ".join(ratios) + " |")
+        lines.append(f"| {row} | {t:.1f} ± {sd:.1f} | " + " | ".join(ratios) + " |")
     return "\n".join(lines) + "\n"
 
 
