@@ -111,7 +111,7 @@ def test_autoattack_equals_the_reference_run_standard_evaluation(linear, outcome
 
 
 def test_autoattack_agrees_with_torchattacks_on_a_small_cnn():
-    torchattacks = pytest.importorskip("torchattacks")
+    torchattacks = pytest.importorskip("torchattacks", reason="the oracle; `make venv` installs it")
     torch.manual_seed(1)
     net = nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
@@ -208,5 +208,5 @@ def test_bench_eval_counts_the_passes_each_attack_makes():
     assert aa["stages"]["apgd-ce"] == 0.0 and aa["robust_accuracy"] == 0.0
     assert aa["image_forwards"]["with_grad"] >= 8 * 100 * (report["clean_accuracy"] > 0)
     for part in (pgd5, aa):
-        assert part["images_per_s"] > 0 and 0 < part["share_in_passes"]
+        assert part["images_per_s"] > 0 and part["share_in_passes"] > 0
     assert report["host_syncs_per_pgd_step"] is None  # CPU: nothing to count
