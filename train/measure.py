@@ -170,19 +170,22 @@ _LARGE = Attack("pgd-large-eps", "the large-eps check's PGD", _large_pgd, random
 def _check_runs(model, data, clean, cfg, num_classes, result) -> dict[str, np.ndarray]:
     """The large-eps PGD and the 2x-steps PGD at the top of the PGD grid (first seed)."""
     top = max(float(k) for (a, k, _) in result.bits if a == "pgd")
+    n_top = len(result.bits[("pgd", eps_key(top), cfg.seeds[0])])  # the same images as PGD's
     steps = max(cfg.steps, 1)
     large_step = 2.5 * cfg.large_eps / steps / 255  # Madry's rule: can reach the ball's edge
     runs = {
         "pgd_large": (_LARGE, Measurement("pgd", cfg.large_eps, None, len(clean)),
                       {"step_size": large_step}),
-        "pgd_double_steps": (ATTACKS.get("pgd"), Measurement("pgd", top, cfg.seeds[0], len(clean)),
+        "pgd_double_steps": (ATTACKS.get("pgd"), Measurement("pgd", top, cfg.seeds[0], n_top),
                              {"steps": 2 * cfg.steps}),
     }  # fmt: skip
     out = {}
-    with progress("sanity checks (large eps, 2x steps)", 2 * len(clean)) as advance:
+    with progress("sanity checks (large eps, 2x steps)", len(clean) + n_top) as advance:
         for name, (entry, m, changes) in runs.items():
             ctx = _context(cfg, m, num_classes, **changes)
-            got = attack_set(model, entry, data.x, data.y, clean, ctx, cfg.batch_size, advance)
+            sl = slice(0, m.n)
+            got = attack_set(model, entry, data.x[sl], data.y[sl], clean[sl], ctx,
+                             cfg.batch_size, advance)  # fmt: skip
             out[name] = got.correct.cpu().numpy()
     return out
 
