@@ -49,7 +49,7 @@ class Measured:
     stages: dict[tuple[str, str, int | None], dict[str, np.ndarray]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
-    library_warnings: list[str] = field(default_factory=list)
+    library_warnings: dict[str, list[str]] = field(default_factory=dict)  # per attack
 
     @property
     def n(self) -> int:
@@ -137,7 +137,7 @@ def measure(
                 if out.components:
                     result.stages[m.key] = {k: v.cpu().numpy() for k, v in out.components.items()}
         result.seconds[name] = time.perf_counter() - start
-        result.library_warnings += [w for w in caught.messages if w not in result.library_warnings]
+        result.library_warnings[name] = list(caught.messages)
     result.extras = _check_runs(model, data, clean, cfg, num_classes, result)
     return result
 

@@ -88,7 +88,7 @@ def _attack_info(attack: str, cfg: EvalConfig, num_classes: int, measured: Measu
     if attack in TARGETED:
         info["n_target_classes"] = n_target_classes(num_classes)
     if entry.implementation != "satpipe":
-        info["library_warnings"] = list(measured.library_warnings)
+        info["library_warnings"] = measured.library_warnings.get(attack, [])
     return info
 
 
