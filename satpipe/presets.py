@@ -4,6 +4,12 @@
 runs on a CPU, and the paper presets import real data (`--data-root`) and are meant for a GPU.
 eps values are in /255 units, as on the command line. What is reported is what was measured:
 no preset is tuned to make a claim hold.
+
+Every preset evaluates with the paper's protocol (FGSM and PGD-5 of 2/255 with a random start
+over its eps grid: the tables that compare with the paper) and adds an AutoAttack column at
+`autoattack_eps` (8/255 for the paper presets: the RobustBench L-inf threat model), on
+`autoattack_examples` images (None: the whole test split) of the runs whose seed is in
+`autoattack_seeds` (None: every run), with `autoattack_components` (None: the standard version).
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ class Preset:
     eval_eps: tuple[float, ...] = (1, 2, 3, 4, 8)
     eval_steps: int = 5
     eval_step_size: float = 2.0
+    autoattack_eps: float | None = 8.0  # None: no AutoAttack column
+    autoattack_examples: int | None = None
+    autoattack_seeds: tuple[int, ...] | None = None
+    autoattack_components: tuple[str, ...] | None = None
     needs_data_root: bool = False
     gpu: bool = False  # meant for a GPU; runs on a CPU, slowly
 
@@ -85,6 +95,9 @@ _add(Preset(
     eval_eps=(2, 8),
     eval_steps=2,
     eval_step_size=4.0,
+    # 3 classes: APGD-T needs 4, so this runs APGD-CE alone (and says so); seconds per run.
+    autoattack_examples=12,
+    autoattack_components=("apgd-ce", "apgd-t"),
 ))  # fmt: skip
 _add(Preset(
     # The `make demo` job: about a quarter of an hour on 2 CPU cores (24x24 images keep every
@@ -107,6 +120,17 @@ _add(Preset(
     eval_eps=(1, 2, 4, 8),
     eval_steps=5,
     eval_step_size=2.0,
+    # AutoAttack within the demo's budget (~20 s of a 2-core CPU for the whole grid). Measured
+    # on a quick student (smallcnn, 24x24, 6 classes, 8/255): standard AutoAttack costs ~10 s
+    # per run as soon as one image survives APGD-CE, nearly independent of the subset size
+    # (Square's 5000 sequential queries ~6 s, FAB-T ~2.6 s, APGD-T ~1.4 s, APGD-CE ~0.05 s
+    # per image): ~5 min for the 33 runs. So this column is AutoAttack's two APGD attacks
+    # (APGD-CE + APGD-T, a custom version, labelled so), on 24 stratified test images of each
+    # row's seed-0 run: ~2 s per run, ~23 s in all. Use `satpipe eval --attack autoattack` for
+    # the standard version.
+    autoattack_examples=24,
+    autoattack_seeds=(0,),
+    autoattack_components=("apgd-ce", "apgd-t"),
 ))  # fmt: skip
 # The paper's settings (DESIGN "Paper settings"): real data from --data-root, a GPU.
 _add(Preset(

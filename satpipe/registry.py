@@ -41,6 +41,7 @@ REGISTRY_MODULES: dict[str, str] = {
     "methods": "satpipe.pipeline.methods",
     "variants": "satpipe.train.variants",
     "schedules": "satpipe.train.schedules",
+    "attacks": "satpipe.train.attacks",
     "importers": "satpipe.data.importers",
     "presets": "satpipe.presets",
     "benchmarks": "satpipe.bench",

@@ -175,17 +175,42 @@ def run_student(spec: RunSpec, preset: Preset, data: str, device: str) -> dict[s
         device=device,
     )
     run = train_resumable(config)
+    options = eval_options(preset, spec.seed)
     if results_path.is_file():
         results = json.loads(results_path.read_text())
-        if results.get("epochs") == config.epochs:
+        if _evaluated_as(results, run, config.epochs, options):
             return results
-    return evaluate(
-        run,
-        eps=preset.eval_eps,
-        steps=preset.eval_steps,
-        step_size=preset.eval_step_size,
-        seeds=(spec.seed,),
-        device=device,
+    return evaluate(run, device=device, **options)
+
+
+def eval_options(preset: Preset, seed: int) -> dict[str, Any]:
+    """`evaluate` options of one run: the paper's protocol (FGSM, PGD over the preset's eps
+    grid, the run's seed for the random starts) plus the preset's AutoAttack column."""
+    options: dict[str, Any] = dict(
+        attacks=("fgsm", "pgd"), eps=preset.eval_eps, steps=preset.eval_steps,
+        step_size=preset.eval_step_size, seeds=(seed,),
+    )  # fmt: skip
+    seeds = preset.autoattack_seeds
+    if preset.autoattack_eps is None or (seeds is not None and seed not in seeds):
+        return options
+    options["attacks"] += ("autoattack",)
+    options["attack_eps"] = {"autoattack": (preset.autoattack_eps,)}
+    if preset.autoattack_examples is not None:
+        options["attack_examples"] = {"autoattack": preset.autoattack_examples}
+    if preset.autoattack_components is not None:
+        options["autoattack_components"] = preset.autoattack_components
+    return options
+
+
+def _evaluated_as(results: dict[str, Any], run: Path, epochs: int, options) -> bool:
+    """Whether a results.json is this run's evaluation with these options (else: redo it)."""
+    from satpipe.train.config import EvalConfig
+
+    wanted = EvalConfig(run=str(run), **options).to_dict()
+    return (
+        results.get("epochs") == epochs
+        and results.get("eval") == wanted
+        and (run / str((results.get("correct") or {}).get("file"))).is_file()
     )
 
 
@@ -288,46 +313,43 @@ def _run_all(
 
 
 def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]:
-    """A report record (train/report.py) from one run's results.json."""
-    return {
+    """A report record (train/report.py) from one run's results.json: accuracies and image
+    counts per attack and eps (eps > 0), the worst case, and the path of its correctness bits
+    (relative to `out`) for the paired tests."""
+    run = Path(spec.out).relative_to(out)
+    record: dict[str, Any] = {
         "row": spec.row,
         "group": spec.group,
         "variant": spec.variant,
         "seed": spec.seed,
         "clean": results["clean"],
-        "pgd": {k: v for k, v in results["pgd"].items() if float(k) > 0},
-        "fgsm": {k: v for k, v in results["fgsm"].items() if float(k) > 0},
+        "n": {"clean": results["n"]},
         "train_time_s": results.get("train_time_s") or float("nan"),
         "checks_passed": results.get("checks_passed"),
-        "run": Path(spec.out).relative_to(out).as_posix(),
+        "run": run.as_posix(),
+        "correct": (run / results["correct"]["file"]).as_posix(),
     }
+    cells = {a: entry["eps"] for a, entry in results["attacks"].items()}
+    cells["robust"] = results["robust"]
+    for attack, per_eps in cells.items():
+        kept = {k: c for k, c in per_eps.items() if float(k) > 0}
+        record[attack] = {k: c["accuracy"] for k, c in kept.items()}
+        record["n"][attack] = {k: c["n"] for k, c in kept.items()}
+    return record
 
 
 def write_report(
     out: Path, preset: Preset, records: list[dict[str, Any]], data: str, gallery_store: str | None
 ) -> Path:
-    """Step 6: table.md, results.json, robustness.png, saliency.png, time.md, claims.md."""
+    """Step 6: table.md, time.md, claims.md, robustness.png, saliency.png, results.json; one
+    function per file, so a new section of the report is a new function here."""
     from satpipe.train import report
 
     summary = report.summarize(records)
-    sections = [f"# {preset.name}: accuracy (%) under {preset.eval_steps}-step PGD\n"]
-    for group, title in (("weak", "Weak saliency (masks/boxes)"), ("methods", "Saliency methods")):
-        table = report.markdown_table(summary, group)
-        if table:
-            sections.append(f"## {title}\n\n{table}")
-    seeds = sorted({r["seed"] for r in records})
-    sections.append(f"mean ± std over seeds {seeds}; best mean per column in bold.\n")
-    (out / "table.md").write_text("\n".join(sections))
+    write_table(out, preset, summary, records)
     (out / "time.md").write_text("# Training wall time\n\n" + report.time_table(summary))
-    claims = report.check_claims(summary, "weak")
-    adv_std = [
-        (row, row.replace(f"-{SOURCES['adv'][1]}-", f"-{SOURCES['std'][1]}-"))
-        for row in summary
-        if f"-{SOURCES['adv'][1]}-" in row
-    ]
-    claims += report.source_claim(summary, adv_std)
-    (out / "claims.md").write_text(report.claims_markdown(claims))
-    report.robustness_plot(summary, out / "robustness.png", f"{preset.name}: accuracy under PGD")
+    claims = write_claims(out, summary, records)
+    report.robustness_plot(summary, out / "robustness.png", _plot_title(preset))
     if gallery_store:
         from satpipe.pipeline.gallery import saliency_gallery
 
@@ -335,3 +357,66 @@ def write_report(
     payload = {"preset": asdict(preset), "summary": summary, "claims": claims, "runs": records}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out
+
+
+def _autoattack_label(preset: Preset) -> str:
+    if preset.autoattack_eps is None:
+        return ""
+    what = (
+        "AutoAttack (standard)" if preset.autoattack_components is None
+        else "AutoAttack custom (" + " + ".join(preset.autoattack_components) + ")"
+    )  # fmt: skip
+    images = (
+        "the whole test split" if preset.autoattack_examples is None
+        else f"the first {preset.autoattack_examples} images of a class-stratified order"
+    )  # fmt: skip
+    seeds = (
+        "" if preset.autoattack_seeds is None else f", seed {list(preset.autoattack_seeds)} runs"
+    )
+    return f"AA ε={preset.autoattack_eps:g}/255: {what} on {images}{seeds}"
+
+
+def _plot_title(preset: Preset) -> str:
+    return (
+        f"{preset.name}: PGD-{preset.eval_steps} (lines), AutoAttack (stars); "
+        "band 95% interval, bars ± std over seeds"
+    )
+
+
+def write_table(out: Path, preset: Preset, summary, records) -> Path:
+    """table.md: the paper's protocol (PGD) and the AutoAttack column, side by side."""
+    from satpipe.train import report
+
+    sections = [
+        f"# {preset.name}: accuracy (%) under {preset.eval_steps}-step PGD "
+        f"(step {preset.eval_step_size:g}/255, random start) and AutoAttack\n"
+    ]
+    for group, title in (("weak", "Weak saliency (masks/boxes)"), ("methods", "Saliency methods")):
+        table = report.markdown_table(summary, group, extra=("autoattack",))
+        if table:
+            sections.append(f"## {title}\n\n{table}")
+    seeds = sorted({r["seed"] for r in records})
+    sections.append(
+        f"mean ± std over seeds {seeds} [95% Wilson interval of the pooled count over the row's "
+        "seeds x test images]; best mean per column in bold. "
+        + (_autoattack_label(preset) + ". " if preset.autoattack_eps is not None else "")
+        + "Per-image results: each run's correct.npz; claims.md tests the orderings.\n"
+    )
+    path = out / "table.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def write_claims(out: Path, summary, records) -> list[dict[str, Any]]:
+    """claims.md: the paper's orderings and the source claim by paired tests, and the
+    training-time claims."""
+    from satpipe.train import claims as tests
+
+    adv, std = f"-{SOURCES['adv'][1]}-", f"-{SOURCES['std'][1]}-"
+    pairs = [(row, row.replace(adv, std)) for row in summary if adv in row]
+    claims = tests.ordering_claims(records, out, "weak")
+    claims += tests.pair_claims(records, out, pairs, "adversarial source > standard source "
+                                "({better} vs {worse})")  # fmt: skip
+    claims += tests.time_claims(records, "weak")
+    (out / "claims.md").write_text(tests.claims_markdown(claims))
+    return claims

@@ -83,6 +83,33 @@ def paired_difference(
     matched cyclically). Each resample draws test images (same indices for both, which is the
     pairing) and seed pairs with replacement; the interval is the 2.5-97.5% quantile range.
     """
+    return paired_test(a, b, n_boot, seed).difference
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired comparison: the difference (points) with its 95% interval, and the two-sided
+    bootstrap p-value of "no difference" (the smallest level whose interval reaches 0)."""
+
+    difference: Interval
+    p: float
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> PairedTest:
+    """`paired_difference` and its p-value from the same resamples: p = 2 min(P*(d <= 0),
+    P*(d >= 0)) with the usual +1 correction, so p < 0.05 exactly when the 95% percentile
+    interval excludes 0 (up to quantile interpolation). Identical inputs give p = 1."""
+    mean, boots = _paired_boots(a, b, n_boot, seed)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    below = (1 + int((boots <= 0).sum())) / (n_boot + 1)
+    above = (1 + int((boots >= 0).sum())) / (n_boot + 1)
+    return PairedTest(
+        Interval(100 * mean, 100 * float(lo), 100 * float(hi)), min(1.0, 2 * min(below, above))
+    )
+
+
+def _paired_boots(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int):
+    """(mean paired difference, (n_boot,) bootstrap means), as fractions."""
     ra, rb = _as_runs(a), _as_runs(b)
     if ra.shape[1] != rb.shape[1]:
         raise ValueError(f"paired_difference: {ra.shape[1]} vs {rb.shape[1]} test images")
@@ -93,14 +120,22 @@ def paired_difference(
     boots = np.empty(n_boot)
     # Per resample: the mean over resampled seed pairs of the mean over resampled images (the
     # same images for every pair). In chunks: (S, chunk, N) floats stay small at N = 10,000.
-    for a in range(0, n_boot, _CHUNK):
-        k = min(_CHUNK, n_boot - a)
+    for start in range(0, n_boot, _CHUNK):
+        k = min(_CHUNK, n_boot - start)
         images = rng.integers(0, n, (k, n))
         pairs = rng.integers(0, s, (k, s))
         per_pair = diff[:, images].mean(axis=2).T  # (k, S)
-        boots[a : a + k] = np.take_along_axis(per_pair, pairs, axis=1).mean(axis=1)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return Interval(100 * float(diff.mean()), 100 * float(lo), 100 * float(hi))
+        boots[start : start + k] = np.take_along_axis(per_pair, pairs, axis=1).mean(axis=1)
+    return float(diff.mean()), boots
+
+
+def significance(test: PairedTest, p_adjusted: float | None = None, level: float = 0.05) -> str:
+    """'holds' / 'reversed' / 'not significant' for a paired test whose p-value was adjusted
+    for multiplicity (`p_adjusted`, e.g. Holm over a claim's eps): significant only when the
+    adjusted p is below `level` AND the 95% interval excludes 0 (the two agree by
+    construction; requiring both keeps a rounding of one from deciding)."""
+    p = test.p if p_adjusted is None else p_adjusted
+    return verdict(test.difference) if p < level else "not significant"
 
 
 def verdict(difference: Interval) -> str:

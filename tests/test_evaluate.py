@@ -158,3 +158,122 @@ def test_evaluate_refuses_bad_input(trained_run, tmp_path):
         evaluate(tmp_path, device="cpu")
     with pytest.raises(SatpipeError, match="eps"):
         evaluate(run, eps=(-1, 2), device="cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Attacks beyond the paper's protocol, subsets, correctness bits, bad input
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reference attacks' tiny ops crawl with 2 threads when loaded
+    yield
+    torch.set_num_threads(before)
+
+
+def test_autoattack_subset_correctness_file_and_robustbench(trained_run, tmp_path, one_thread):
+    from satpipe.train.correctness import load_correct
+
+    run, _ = trained_run
+    out = tmp_path / "aa"
+    # At 48/255 every point falls to APGD-CE, so the ensemble's later stages have nothing left
+    # to attack: the whole path runs in seconds.
+    results = evaluate(
+        run, attacks=("fgsm", "pgd", "autoattack"), eps=(16, 48), attack_eps={"autoattack": 48},
+        attack_examples={"autoattack": 12}, n_examples=24, steps=5, step_size=10, batch_size=16,
+        device="cpu", out=out,
+    )  # fmt: skip
+    assert results["n"] == 24 and results["subset"]["split_size"] == 32
+    assert sorted(results["subset"]["class_counts"]) == sorted(results["subset"]["class_counts"])
+    aa = results["attacks"]["autoattack"]
+    assert list(aa["eps"]) == ["48"] and aa["eps"]["48"]["n"] == 12
+    assert aa["n_target_classes"] == 3 == results["n_target_classes"]  # min(9, 4 - 1)
+    assert aa["version"] == "standard" and list(aa["eps"]["48"]["stages"]) == list(aa["components"])
+    names = {c["name"] for c in results["checks"]}
+    assert "autoattack_le_pgd" in names and results["checks_passed"]
+    for k, cell in results["robust"].items():
+        for attack in cell["attacks"]:
+            assert cell["accuracy"] <= results["attacks"][attack]["eps"][k]["accuracy"] + 1e-9
+    clean_i = results["clean_interval"]
+    assert clean_i["low"] <= results["clean"] <= clean_i["high"]
+
+    c = load_correct(out)
+    assert len(c.indices) == 24 and len(set(c.indices.tolist())) == 24
+    assert c.get("autoattack", 48, 0).shape == (12,)
+    assert 100 * c.runs("pgd", 16).mean() == pytest.approx(results["pgd"]["16"])
+    assert 100 * c.clean.mean() == pytest.approx(results["clean"])
+    assert not (c.robust(16) & ~c.get("fgsm", 16)).any()
+    assert not (c.get("autoattack/square", 48, 0) & ~c.get("autoattack/apgd-ce", 48, 0)).any()
+    assert results["correct"]["file"] == "correct.npz"
+
+    record = json.loads((out / "robustbench.json").read_text())
+    assert record["threat_model"] == "Linf" and record["eps"] == "48/255"
+    assert record["n_examples"] == 12 and record["architecture"] == "smallcnn"
+    assert float(record["autoattack_acc"]) == pytest.approx(aa["eps"]["48"]["accuracy"], abs=0.01)
+    assert "| 48 |" in (out / "results.md").read_text()
+
+    # Same call, same numbers; the subset is a prefix-stable stratified order.
+    again = evaluate(
+        run, attacks=("pgd",), eps=(16,), n_examples=24, steps=5, step_size=10, batch_size=16,
+        device="cpu", out=tmp_path / "again",
+    )  # fmt: skip
+    assert again["pgd_per_seed"]["16"] == results["pgd_per_seed"]["16"]
+    assert not (tmp_path / "again" / "robustbench.json").exists()
+    assert load_correct(tmp_path / "again").indices.tolist() == c.indices.tolist()
+
+
+class Noisy(nn.Module):
+    """Randomness left on in eval mode: AutoAttack's restarts and stopping rules break."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x + 0.05 * torch.randn_like(x))
+
+
+class Flat(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).flatten()
+
+
+@pytest.mark.parametrize(
+    "args, wrapper, message",
+    [
+        (["--attack", "cw-inf"], None, "unknown attack 'cw-inf'; choose one of fgsm, pgd,"),
+        (["--eps", "2,300"], None, "eps must be in [0, 255]"),
+        (["--n-examples", "33"], None, "--n-examples 33 is outside [1, 32]"),
+        (["--n-examples", "0"], None, "--n-examples must be >= 1"),
+        (["--attack", "pgd", "--attack-examples", "pgd=40", "--n-examples", "20"], None,
+         "pgd=40 is more than the 20 images"),
+        (["--attack", "pgd", "--attack-eps", "autoattack=8"], None, "which --attack does not run"),
+        (["--attack", "pgd"], Flat, "the model must return (B, classes) logits, got (4,)"),
+        (["--attack", "autoattack"], Noisy, "model output is random in eval mode"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_writes_nothing(
+    trained_run, tmp_path, monkeypatch, args, wrapper, message
+):
+    run, _ = trained_run
+    if wrapper is not None:
+        real = load_model
+        monkeypatch.setattr(
+            evaluate_module,
+            "load_model",
+            lambda p, d="cpu": (wrapper(real(p, d)[0]), real(p, d)[1]),
+        )
+    out = tmp_path / "bad"
+    result = CliRunner().invoke(
+        app, ["eval", str(run), "--device", "cpu", "--out", str(out), *args]
+    )
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("satpipe: error:"), result.output
+    assert message in lines[0]
+    assert not (out / "results.json").exists() and not (out / "correct.npz").exists()

@@ -3,13 +3,24 @@
 import json
 
 import pytest
+import torch
 
 import satpipe.reproduce as rp
 import satpipe.train.trainer as trainer
 from satpipe.errors import SatpipeError
 
 
-def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(tmp_path, monkeypatch):
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reference attacks' tiny ops crawl with 2 threads when loaded
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
+    tmp_path, monkeypatch, one_thread
+):
     out = tmp_path / "tiny"
     config = rp.ReproduceConfig(preset="tiny", out=str(out), device="cpu", seeds=(0,))
     real_run_student, finished = rp.run_student, []
@@ -39,7 +50,13 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(tmp_path, 
         assert (out / name).stat().st_size > 0
     table = (out / "table.md").read_text()
     assert "| pgd-sat |" in table and "SAT smallcnn-Adv.-S.Grad" in table
-    assert "ε=8/255" in table
+    assert "ε=8/255" in table and "AA ε=8/255" in table and " [" in table  # intervals
+    for run in runs:  # each record names its per-image bits, and the run has its record
+        assert (out / run["correct"]).is_file() and run["autoattack"]["8"] >= 0
+        assert (out / run["run"] / "robustbench.json").is_file()
+        assert run["n"]["autoattack"]["8"] == 12 and run["robust"]["8"] <= run["pgd"]["8"]
+    claims = (out / "claims.md").read_text()
+    assert "## SAT > Original:" in claims and "| AA | 8 |" in claims
 
     before = {p: (out / p).read_bytes() for p in ("table.md", "results.json", "claims.md")}
     trained.clear()

@@ -80,3 +80,42 @@ def test_spearman_agrees_with_scipy_on_ties():
 
     x, y = [1, 2, 2, 3, 5, 5, 7], [3, 1, 4, 4, 9, 2, 6]
     assert spearman(x, y).value == pytest.approx(spearmanr(x, y).statistic)
+
+
+def test_paired_test_p_value_matches_mcnemar_and_its_interval():
+    from scipy.stats import norm
+
+    from satpipe.stats import paired_test, significance
+
+    rng = np.random.default_rng(4)
+    n = 2000
+    base = rng.random(n) < 0.6
+    tests = {}
+    for up, down in ((60, 30), (50, 30), (45, 35), (0, 0)):
+        other = base.copy()
+        other[rng.choice(np.flatnonzero(~base), up, replace=False)] = True
+        other[rng.choice(np.flatnonzero(base), down, replace=False)] = False
+        test = tests[up, down] = paired_test(other, base, seed=up)
+        if up:
+            # Closed forms: McNemar's exact binomial test on the discordant pairs, and its
+            # normal limit z = (b - c) / sqrt(b + c). Counting resamples with d = 0 on both
+            # sides makes the bootstrap p as conservative as the exact test, a little above
+            # the normal one.
+            assert test.p == pytest.approx(mcnemar(other, base), abs=0.03), (up, down, test)
+            z = (up - down) / np.sqrt(up + down)
+            assert 2 * norm.sf(z) - 0.01 <= test.p <= 2 * norm.sf(z) + 0.07
+            assert test.difference.value == pytest.approx(100 * (up - down) / n)
+        else:
+            assert test.p == 1.0 and test.difference.value == 0.0
+        # p < 0.05 exactly when the 95% interval excludes 0.
+        excludes = test.difference.low > 0 or test.difference.high < 0
+        assert (test.p < 0.05) == excludes, (up, down, test)
+        assert significance(test) == verdict(test.difference)
+    assert significance(tests[60, 30]) == "holds"  # p ~ 0.002
+    assert significance(tests[45, 35]) == "not significant"  # p ~ 0.26
+    # Holm over a family of 5 eps turns the lone p ~ 0.025 into "not significant".
+    p_holm = holm([tests[50, 30].p, 0.5, 0.6, 0.7, 0.8])[0]
+    assert tests[50, 30].p < 0.05 < p_holm
+    assert significance(tests[50, 30], p_adjusted=p_holm) == "not significant"
+    # The interval of paired_test is paired_difference's (same resamples).
+    assert paired_test(base, ~base, seed=1).difference == paired_difference(base, ~base, seed=1)

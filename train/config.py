@@ -17,7 +17,7 @@ from typing import Any
 
 from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
-from satpipe.options import check_choice, coerce_fields, option, storage_options_field
+from satpipe.options import check_choice, coerce_fields, option, parse_list, storage_options_field
 
 
 class Optimizer(str, Enum):
@@ -170,21 +170,54 @@ def train_config(given: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**given)
 
 
+_ATTACKS = "satpipe.train.attacks:ATTACKS"
+# Attacks whose eps grid always includes 0: the "eps = 0 gives the clean accuracy" check.
+ZERO_EPS_ATTACKS = ("fgsm", "pgd")
+
+
 @dataclass
 class EvalConfig:
     """`satpipe eval`: robustness of a trained model on the test split (satpipe.train.evaluate).
 
-    eps and step sizes in /255 units. `strict`: raise (after writing the results) when a
-    gradient-masking sanity check fails; `tolerance` (fraction) absorbs PGD's random start
-    (default max(1%, 2/n)); `large_eps_margin`: how far above chance the large-eps check allows.
+    eps and step sizes in /255 units. Every attack in `attacks` runs at every eps of `eps`
+    (`attack_eps` overrides that per attack, e.g. {"autoattack": (8,)}) and, when it is
+    randomized, once per seed; fgsm and pgd always also run at eps 0. `n_examples` evaluates a
+    seeded class-stratified subset of that size (`subset_seed`; the same for every run, so runs
+    stay paired image for image); `attack_examples` gives an attack fewer images (the first n of
+    that subset). `autoattack_components`: AutoAttack's attacks to run (default: the standard
+    version; anything else is reported as a custom version). `strict`: raise (after writing
+    the results) when a gradient-masking sanity check fails; `tolerance` (fraction) absorbs
+    random starts (default max(1%, 2/n)); `large_eps_margin`: how far above chance the
+    large-eps check allows.
     """
 
     run: str = option(help="Run directory (its checkpoint.pt) or a checkpoint.", argument=True)
     data: str | None = option(None, "Dataset store (default: the one the run trained on).")
-    eps: tuple[float, ...] = option((0, 1, 2, 3, 4, 8), "PGD/FGSM eps grid, /255 units.")
-    steps: int = option(5, "PGD steps.")
-    step_size: float = option(2.0, "PGD step size, /255 units.")
-    seeds: tuple[int, ...] = option((0,), "PGD random-start seeds, e.g. 0,1,2.")
+    attacks: tuple[str, ...] = option(
+        ("fgsm", "pgd"), "Attacks to run (`satpipe list attacks`), e.g. fgsm,pgd,autoattack.",
+        flag="--attack", short="-a", choices=_ATTACKS,
+    )  # fmt: skip
+    eps: tuple[float, ...] = option((0, 1, 2, 3, 4, 8), "Eps grid, /255 units.")
+    attack_eps: dict[str, Any] = option(
+        {}, "Eps of one attack instead of the grid: NAME=EPS[,EPS] (repeatable), "
+        "e.g. autoattack=8.", flag="--attack-eps", short="-E",
+    )  # fmt: skip
+    n_examples: int | None = option(
+        None, "Evaluate a seeded class-stratified subset of this many test images."
+    )
+    attack_examples: dict[str, Any] = option(
+        {}, "Fewer images for one attack: NAME=N (the first N of the subset; repeatable), "
+        "e.g. autoattack=1000.", flag="--attack-examples",
+    )  # fmt: skip
+    subset_seed: int = option(0, "Seed of the stratified subset (keep it for paired runs).")
+    steps: int = option(5, "PGD / PGD-CW steps.")
+    step_size: float = option(2.0, "PGD / PGD-CW step size, /255 units.")
+    restarts: int = option(1, "PGD / PGD-CW random restarts (per-image worst case).")
+    seeds: tuple[int, ...] = option((0,), "Seeds of the randomized attacks, e.g. 0,1,2.")
+    autoattack_components: tuple[str, ...] | None = option(
+        None, "AutoAttack's attacks (default: the standard apgd-ce,apgd-t,fab-t,square).",
+        choices=_ATTACKS,
+    )  # fmt: skip
     batch_size: int = option(256, "Images per attack batch.")
     device: str = option("auto", DEVICE_HELP)
     large_eps: float = option(LARGE_EPS, "Eps (/255) of the 'drives accuracy near 0' check.")
@@ -196,12 +229,88 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if self.steps < 1 or self.step_size <= 0 or not self.seeds:
-            raise SatpipeError("PGD needs steps >= 1, step size > 0 and at least one seed")
-        if any(e < 0 or e > 255 for e in self.eps):
-            raise SatpipeError(f"eps must be in [0, 255] (/255 units), got {list(self.eps)}")
+        self.attacks = tuple(
+            dict.fromkeys(check_choice(a, _ATTACKS, "attack") for a in self.attacks)
+        )
+        if not self.attacks:
+            raise SatpipeError("--attack names no attack")
+        if self.steps < 1 or self.step_size <= 0 or not self.seeds or self.restarts < 1:
+            raise SatpipeError(
+                "PGD needs steps >= 1, step size > 0, restarts >= 1 and at least one seed"
+            )
+        _check_eps(self.eps, "--eps")
+        self.attack_eps = {
+            self._attack_key(k, "--attack-eps"): _eps_tuple(v) for k, v in self.attack_eps.items()
+        }
+        self.attack_examples = {
+            self._attack_key(k, "--attack-examples"): _positive_int(v, f"--attack-examples {k}")
+            for k, v in self.attack_examples.items()
+        }
+        if self.n_examples is not None and self.n_examples < 1:
+            raise SatpipeError(f"--n-examples must be >= 1, got {self.n_examples}")
+        if self.autoattack_components is not None:
+            self.autoattack_components = _components(self.autoattack_components)
         if self.batch_size < 1:
             raise SatpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+    def _attack_key(self, name: str, flag: str) -> str:
+        name = check_choice(name, _ATTACKS, "attack")
+        if name not in self.attacks:
+            raise SatpipeError(f"{flag} names '{name}', which --attack does not run")
+        return name
+
+    def grid(self, attack: str) -> tuple[float, ...]:
+        """The eps (/255) `attack` runs at, ascending."""
+        grid = set(self.attack_eps.get(attack, self.eps))
+        if attack in ZERO_EPS_ATTACKS:
+            grid.add(0.0)
+        return tuple(sorted(float(e) for e in grid))
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the numbers depend on (for results.json: a reproduce step compares it)."""
+        d = dataclasses.asdict(self)
+        for key in ("run", "out", "device", "storage_options", "strict", "data"):
+            d.pop(key)
+        return json.loads(json.dumps(d))  # tuples -> lists: equal to what results.json reads back
+
+
+def _check_eps(values, flag: str) -> None:
+    if not values or any(not 0 <= float(e) <= 255 for e in values):
+        raise SatpipeError(f"{flag}: eps must be in [0, 255] (/255 units), got {list(values)}")
+
+
+def _eps_tuple(value: Any) -> tuple[float, ...]:
+    if isinstance(value, str):
+        values = parse_list(value, float, "--attack-eps")
+    elif isinstance(value, int | float):
+        values = (float(value),)
+    else:
+        values = parse_list(list(value), float, "--attack-eps")
+    _check_eps(values, "--attack-eps")
+    return tuple(float(v) for v in values)
+
+
+def _positive_int(value: Any, flag: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or float(value) != n:
+        raise SatpipeError(f"{flag}: expects a whole number of images >= 1, got {value!r}")
+    return n
+
+
+def _components(names) -> tuple[str, ...]:
+    from satpipe.train.attacks import ATTACKS
+
+    standard = ATTACKS.get("autoattack").components
+    out = tuple(dict.fromkeys(check_choice(n, _ATTACKS, "attack") for n in names))
+    wrong = [n for n in out if n not in standard]
+    if wrong or not out:
+        raise SatpipeError(
+            f"--autoattack-components: choose from {', '.join(standard)}, got {list(names)}"
+        )
+    return out
 
 
 @dataclass

@@ -31,5 +31,7 @@ config_command(
 )  # fmt: skip
 config_command(
     app, "eval", EvalConfig, _eval,
-    help="Clean, FGSM and PGD accuracy per eps + gradient-masking checks -> results.json/.md.",
+    help="Accuracy under any attacks (fgsm, pgd, autoattack, ...) per eps, the per-image worst "
+    "case, 95% intervals and gradient-masking checks -> results.json/.md, correct.npz, "
+    "robustbench.json.",
 )  # fmt: skip

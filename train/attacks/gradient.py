@@ -1,4 +1,7 @@
-"""L-inf attacks: FGSM, PGD (Madry) and the TRADES inner maximisation.
+"""L-inf gradient attacks written here: FGSM, PGD (Madry; CE or CW margin loss, restarts) and
+the TRADES inner maximisation. They are a few lines each and the trainer calls them every batch,
+so they are kept dependency-free and host-sync-free; AutoAttack's attacks come from the
+reference code (`satpipe.train.attacks.reference`).
 
 Inputs are images (B, C, H, W) in [0, 1]; every epsilon and step size is in pixel units.
 Gradients are taken with `torch.autograd.grad` w.r.t. the input only, so an attack never
@@ -15,6 +18,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from satpipe.train.attacks.base import Attack, AttackContext, register
 
 
 @contextmanager
@@ -51,6 +56,21 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
     return (x + eps * g.sign()).clamp(0.0, 1.0).detach()
 
 
+def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin per row, max_{j != y} z_j - z_y (B,): positive = misclassified.
+    PGD-CW ascends its sum; unlike CE it does not saturate on confident wrong classes."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return others.amax(1) - true
+
+
+LOSSES = {
+    # The batch mean, as Madry's code; the sign step makes the scale irrelevant anyway.
+    "ce": lambda logits, y: F.cross_entropy(logits, y),
+    "cw": lambda logits, y: cw_margin(logits, y).sum(),
+}
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -60,31 +80,49 @@ def pgd(
     steps: int,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    *,
+    restarts: int = 1,
+    loss: str = "ce",
 ) -> torch.Tensor:
-    """Madry PGD: `steps` sign steps of `step_size` on CE, each projected onto the eps-ball
+    """Madry PGD: `steps` sign steps of `step_size` on `loss`, each projected onto the eps-ball
     and [0, 1], from a uniform random start in the ball (when `random_start`).
 
     Args:
         model: maps (B, C, H, W) in [0, 1] to logits (B, K); used in its current mode.
         x: (B, C, H, W) in [0, 1]; y: (B,) int64 labels.
         eps, step_size: pixel units (e.g. 8/255, 2/255).
-        generator: optional generator on x's device for the random start.
+        generator: optional generator on x's device for the random starts (restart r draws
+            after restart r - 1, so restarts=1 gives exactly the single-start numbers).
+        restarts: independent starts; per image the first that fools the model is kept (the
+            per-sample worst case), else the last. Decided on the device: no host sync.
+        loss: "ce" (cross-entropy, Madry) or "cw" (Carlini-Wagner margin, PGD-CW).
 
     Returns:
         (B, C, H, W) adversarial images with |x_adv - x| <= eps and values in [0, 1].
     """
+    objective = LOSSES[loss]
     x = x.detach()
-    x_adv = x.clone()
-    if random_start and eps > 0:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = (x_adv + (2.0 * noise - 1.0) * eps).clamp(0.0, 1.0)
-    with torch.enable_grad():
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(model(x_adv).float(), y)
-            g = input_grad(loss, x_adv)
-            x_adv = project(x_adv.detach() + step_size * g.sign(), x, eps)
-    return x_adv.detach()
+    best = None
+    for _ in range(max(restarts, 1)):
+        x_adv = x.clone()
+        if random_start and eps > 0:
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_adv = (x_adv + (2.0 * noise - 1.0) * eps).clamp(0.0, 1.0)
+        with torch.enable_grad():
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                g = input_grad(objective(model(x_adv).float(), y), x_adv)
+                x_adv = project(x_adv.detach() + step_size * g.sign(), x, eps)
+        x_adv = x_adv.detach()
+        if restarts <= 1:
+            return x_adv
+        if best is None:
+            best = x_adv
+        else:
+            with torch.no_grad():
+                still_correct = model(best).argmax(1) == y
+            best = torch.where(still_correct[:, None, None, None], x_adv, best)
+    return best
 
 
 def trades_attack(
@@ -119,3 +157,44 @@ def trades_attack(
                 g = input_grad(loss, x_adv)
                 x_adv = project(x_adv.detach() + step_size * g.sign(), x, eps)
     return x_adv.clamp(0.0, 1.0).detach()
+
+
+# --------------------------------------------------------------------------------------------
+# Registry entries (evaluation): one batch -> its adversarial examples.
+
+
+def _run_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: AttackContext):
+    return fgsm(model, x, y, ctx.eps)
+
+
+def _run_pgd(loss: str):
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: AttackContext):
+        g = ctx.generator(x.device)
+        return pgd(
+            model, x, y, ctx.eps, ctx.step_size, ctx.steps, generator=g, restarts=ctx.restarts,
+            loss=loss,
+        )  # fmt: skip
+
+    return run
+
+
+register(Attack(
+    name="fgsm",
+    summary="FGSM: one signed-gradient step of eps on CE (Goodfellow et al. 2015)",
+    run=_run_fgsm,
+    randomized=False,
+))  # fmt: skip
+register(Attack(
+    name="pgd",
+    summary="PGD on CE from a uniform random start; --steps, --step-size, --restarts (Madry)",
+    run=_run_pgd("ce"),
+    randomized=True,
+    params=("steps", "step_size", "restarts"),
+))  # fmt: skip
+register(Attack(
+    name="pgd-cw",
+    summary="PGD on the Carlini-Wagner margin max_{j!=y} z_j - z_y; same settings as pgd",
+    run=_run_pgd("cw"),
+    randomized=True,
+    params=("steps", "step_size", "restarts"),
+))  # fmt: skip

@@ -1,0 +1,51 @@
+"""L-inf attacks: the functions the trainer calls, and the registry evaluation runs from.
+
+    from satpipe.train.attacks import pgd, fgsm, trades_attack      # training-time functions
+    from satpipe.train.attacks import ATTACKS                       # `satpipe list attacks`
+    ATTACKS.get("autoattack")                                       # an Attack entry
+
+| attacks                                    | implementation                                   |
+|--------------------------------------------|--------------------------------------------------|
+| fgsm, pgd, pgd-cw                          | here (`gradient.py`), used every training step   |
+| apgd-ce, apgd-t, fab-t, square, autoattack | pyautoattack, Croce & Hein's (`reference.py`)    |
+
+`attack_set` (runner.py) runs any of them over a whole evaluation set; an ensemble runs its
+components in turn on the points still robust.
+"""
+
+from satpipe.train.attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackContext,
+    n_target_classes,
+)
+from satpipe.train.attacks.gradient import (
+    cw_margin,
+    fgsm,
+    input_grad,
+    model_mode,
+    pgd,
+    project,
+    trades_attack,
+)
+from satpipe.train.attacks.reference import ensemble_components, library_version
+from satpipe.train.attacks.runner import Outcome, attack_set, clean_correct
+
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackContext",
+    "Outcome",
+    "attack_set",
+    "clean_correct",
+    "cw_margin",
+    "ensemble_components",
+    "fgsm",
+    "input_grad",
+    "library_version",
+    "model_mode",
+    "n_target_classes",
+    "pgd",
+    "project",
+    "trades_attack",
+]

@@ -1,0 +1,260 @@
+"""results.json, results.md and robustbench.json of one evaluation (from `measure`'s bits).
+
+Accuracies are percentages; eps keys are /255 units as strings ("8", "0.5"). Every accuracy
+comes with its 95% Wilson interval over the test images (`satpipe.stats.accuracy_interval`;
+with seeds, over the pooled seed x image trials) and, where there are seeds, the spread over
+seeds beside it. results.json (format 2)::
+
+    clean, clean_interval                      accuracy on the evaluated images
+    attacks.NAME.eps.KEY = {n, accuracy, interval, per_seed, std, seeds, [stages]}
+    attacks.NAME.{implementation, randomized, params, seconds, [components, skipped,
+                  version, n_target_classes, library_warnings]}
+    robust.KEY = {n, accuracy, interval, attacks}   per-image worst case over every attack run
+    fgsm, pgd, pgd_std, pgd_per_seed           the paper's protocol, as in format 1
+    subset = {n_examples, seed, split_size, class_counts}, n_target_classes, eval (the options)
+    correct = {file: "correct.npz", format, sha256}   (satpipe.train.correctness)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satpipe.stats import accuracy_interval
+from satpipe.train.attacks import ATTACKS, library_version, n_target_classes
+from satpipe.train.checks import masking_warning
+from satpipe.train.config import EvalConfig
+from satpipe.train.correctness import ROBUST
+from satpipe.train.measure import Measured
+
+FORMAT = 2
+TARGETED = ("apgd-t", "fab-t", "autoattack")
+
+
+def _cell(runs: list[np.ndarray], seeds: list[int | None]) -> dict[str, Any]:
+    """One (attack, eps) cell: accuracy over seeds with its interval and spread."""
+    per_seed = [100 * float(b.mean()) for b in runs]
+    return {
+        "n": int(len(runs[0])),
+        "accuracy": float(np.mean(per_seed)),
+        "interval": accuracy_interval(np.stack(runs)).as_dict(),
+        "per_seed": per_seed,
+        "std": float(np.std(per_seed)),
+        "seeds": seeds,
+    }
+
+
+def attack_table(measured: Measured, cfg: EvalConfig, num_classes: int) -> dict[str, Any]:
+    """results.json's `attacks`: per attack its settings and per eps its accuracy cell."""
+    from satpipe.train.measure import components
+
+    table: dict[str, Any] = {}
+    for (attack, k, seed), bits in measured.bits.items():
+        entry = table.setdefault(attack, _attack_info(attack, cfg, num_classes, measured))
+        cell = entry["eps"].setdefault(k, {"runs": [], "seeds": [], "stages": {}})
+        cell["runs"].append(bits)
+        cell["seeds"].append(seed)
+        for name, stage in measured.stages.get((attack, k, seed), {}).items():
+            cell["stages"].setdefault(name, []).append(stage)
+    for attack, entry in table.items():
+        for k, cell in list(entry["eps"].items()):
+            out = _cell(cell["runs"], cell["seeds"])
+            if cell["stages"]:
+                out["stages"] = {s: _cell(r, cell["seeds"])["accuracy"] for s, r in
+                                 cell["stages"].items()}  # fmt: skip
+            entry["eps"][k] = out
+        entry["eps"] = dict(sorted(entry["eps"].items(), key=lambda kv: float(kv[0])))
+        if attack == "autoattack":
+            parts, skipped = components(cfg, num_classes)
+            standard = ATTACKS.get("autoattack").components
+            entry.update(components=list(parts), skipped=skipped,
+                         version="standard" if parts == standard else "custom")  # fmt: skip
+    return table
+
+
+def _attack_info(attack: str, cfg: EvalConfig, num_classes: int, measured: Measured):
+    entry = ATTACKS.get(attack)
+    info: dict[str, Any] = {
+        "implementation": library_version() if entry.implementation != "satpipe" else "satpipe",
+        "randomized": entry.randomized,
+        "params": {p: getattr(cfg, p) for p in entry.params},
+        "seconds": measured.seconds.get(attack),
+        "eps": {},
+    }
+    if attack in TARGETED:
+        info["n_target_classes"] = n_target_classes(num_classes)
+    if entry.implementation != "satpipe":
+        info["library_warnings"] = measured.library_warnings.get(attack, [])
+    return info
+
+
+def robust_table(measured: Measured) -> dict[str, Any]:
+    """results.json's `robust`: the per-image worst case over every attack run, per eps."""
+    names: dict[str, set[str]] = {}
+    for attack, k, _ in measured.bits:
+        names.setdefault(k, set()).add(attack)
+    return {
+        k: {
+            "n": int(len(bits)),
+            "accuracy": 100 * float(bits.mean()),
+            "interval": accuracy_interval(bits).as_dict(),
+            "attacks": sorted(names[k]),
+        }
+        for k, bits in measured.robust().items()
+    }
+
+
+def paper_protocol(attacks: dict[str, Any]) -> dict[str, Any]:
+    """The format-1 keys (fgsm, pgd mean/std/per seed, in %) the paper-style tables read."""
+    pgd = attacks.get("pgd", {}).get("eps", {})
+    fgsm = attacks.get("fgsm", {}).get("eps", {})
+    return {
+        "fgsm": {k: c["accuracy"] for k, c in fgsm.items()},
+        "pgd": {k: c["accuracy"] for k, c in pgd.items()},
+        "pgd_std": {k: c["std"] for k, c in pgd.items()},
+        "pgd_per_seed": {k: c["per_seed"] for k, c in pgd.items()},
+    }
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    return np.bincount(np.asarray(labels), minlength=num_classes).astype(int).tolist()
+
+
+def train_time(run_dir: Path) -> float | None:
+    """Training wall seconds: the sum of RUN/metrics.jsonl's per-epoch `seconds`."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    total = 0.0
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            total += float(json.loads(line).get("seconds", 0.0))
+    return total
+
+
+def robustbench_record(results: dict[str, Any], measured: Measured) -> dict[str, Any] | None:
+    """A RobustBench-style model record (their model-info JSON's fields, accuracies as "xx.xx"
+    strings) for the largest eps AutoAttack ran at; None when it did not run. clean_acc is on
+    the same images as autoattack_acc, as RobustBench computes it."""
+    aa = results["attacks"].get("autoattack")
+    if not aa:
+        return None
+    k = max(aa["eps"], key=float)
+    cell = aa["eps"][k]
+    clean = measured.clean[: cell["n"]]
+    return {
+        "name": f"{results.get('variant') or 'model'} ({results['arch']}, seed {results['seed']})",
+        "dataset": results["dataset"],
+        "data": results["data"],
+        "threat_model": "Linf",
+        "eps": f"{k}/255",
+        "clean_acc": f"{100 * clean.mean():.2f}",
+        "autoattack_acc": f"{cell['accuracy']:.2f}",
+        "n_examples": cell["n"],
+        "architecture": results["arch"],
+        "training_time_s": results.get("train_time_s"),
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "autoattack_version": aa["version"],
+        "autoattack_components": aa["components"],
+        "n_target_classes": aa.get("n_target_classes"),
+        "implementation": aa["implementation"],
+        "intervals_95": {
+            "clean_acc": accuracy_interval(clean).as_dict(),
+            "autoattack_acc": cell["interval"],
+        },
+        "seeds": cell["seeds"],
+        "satpipe": {
+            "variant": results.get("variant"),
+            "seed": results.get("seed"),
+            "checkpoint_sha256": results["checkpoint_sha256"],
+            "subset_seed": results["subset"]["seed"],
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# results.md
+
+
+def _interval_text(cell: dict[str, Any]) -> str:
+    i = cell["interval"]
+    return f"[{i['low']:.1f}, {i['high']:.1f}]"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """results.md: accuracy per attack and eps with intervals, the worst case, the checks."""
+    a = results["attack"]
+    ci = results["clean_interval"]
+    lines = [
+        f"# Robustness: {results.get('variant') or 'model'} ({results['arch']})",
+        "",
+        f"Test split of `{results['data']}`: {results['n']} of {results['subset']['split_size']}"
+        f" images{_subset_text(results)}. Clean accuracy **{results['clean']:.2f}%** "
+        f"[{ci['low']:.1f}, {ci['high']:.1f}]. PGD: {a['steps']} steps of {a['step_size']}/255, "
+        f"random start, {a['restarts']} restart(s), seeds {', '.join(map(str, a['seeds']))}.",
+        "",
+        "Accuracy (%) = right on the clean and on the attacked image; [95% Wilson interval over "
+        "the images (pooled over seeds)]; ± std over seeds.",
+        "",
+    ]
+    lines += _accuracy_table(results)
+    lines += _stages_lines(results)
+    lines += ["", "## Gradient-masking sanity checks", ""]
+    for c in results["checks"]:
+        lines.append(f"- {'PASS' if c['passed'] else '**FAIL**'} `{c['name']}`: {c['detail']}")
+    if not results["checks_passed"]:
+        lines += ["", f"**{masking_warning(results)}.**"]
+    return "\n".join(lines) + "\n"
+
+
+def _subset_text(results: dict[str, Any]) -> str:
+    sub = results["subset"]
+    if sub["n_examples"] is None:
+        return ""
+    return f" (class-stratified subset, seed {sub['seed']})"
+
+
+def _accuracy_table(results: dict[str, Any]) -> list[str]:
+    attacks = results["attacks"]
+    keys = sorted({k for a in attacks.values() for k in a["eps"]} | set(results["robust"]),
+                  key=float)  # fmt: skip
+    names = list(attacks) + [ROBUST]
+    header = ["eps (/255)"] + [n if n != ROBUST else "**worst case**" for n in names]
+    lines = ["| " + " | ".join(header) + " |", "|---:" * len(header) + "|"]
+    for k in keys:
+        cells = [k]
+        for name in names:
+            cell = results["robust"].get(k) if name == ROBUST else attacks[name]["eps"].get(k)
+            if cell is None:
+                cells.append("–")
+                continue
+            spread = f" ± {cell['std']:.2f}" if len(cell.get("per_seed", [])) > 1 else ""
+            n = "" if cell["n"] == results["n"] else f" (n={cell['n']})"
+            cells.append(f"{cell['accuracy']:.2f}{spread} {_interval_text(cell)}{n}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _stages_lines(results: dict[str, Any]) -> list[str]:
+    aa = results["attacks"].get("autoattack")
+    if not aa:
+        return []
+    skipped = "".join(f"; {c} skipped: {why}" for c, why in aa["skipped"].items())
+    lines = [
+        "",
+        f"AutoAttack ({aa['version']}: {', '.join(aa['components'])}; "
+        f"{aa['n_target_classes']} target classes{skipped}; {aa['implementation']}), robust "
+        "accuracy (%) after each stage:",
+        "",
+    ]
+    for k, cell in aa["eps"].items():
+        stages = ", ".join(f"{s} {v:.2f}" for s, v in cell["stages"].items())
+        lines.append(f"- {k}/255: {stages}")
+    for w in aa.get("library_warnings", []):
+        lines.append(f"- the reference code warned: {w}")
+    return lines
