@@ -55,6 +55,13 @@ class Preset:
     eval_step_size: float = 2.0
     needs_data_root: bool = False
     gpu: bool = False  # meant for a GPU; runs on a CPU, slowly
+    # The cost-robustness frontier (frontier.png/.md): these variants, each trained on the
+    # weak-saliency store where it needs maps; those of the weak grid reuse its runs, the
+    # others run at `frontier_seeds` (None: `seeds`) with `frontier_options` (per variant,
+    # TrainConfig fields, e.g. the overfitting guard) on top of the preset's settings.
+    frontier: tuple[str, ...] = ()
+    frontier_seeds: tuple[int, ...] | None = None
+    frontier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 PRESETS: Registry[Preset] = Registry("preset")
@@ -74,6 +81,10 @@ _add(Preset(
     study_methods=("smoothgrad",),
     study_baselines=(),
     method_params={"smoothgrad": {"samples": 2}},
+    # Two grid runs reused, one fast-AT run with Wong et al.'s cyclic lr and guard, and one
+    # explanation-guided run on the weak store: every path of the frontier, in seconds.
+    frontier=("original", "pgd-sat", "fgsm-rs", "rrr"),
+    frontier_options={"fgsm-rs": {"lr_schedule": "cyclic", "guard_rows": 16}},
     student="smallcnn",
     source_arch="smallcnn",
     source_epochs=1,

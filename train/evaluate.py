@@ -208,13 +208,16 @@ def sanity_checks(
 
 
 def _train_time(run_dir: Path) -> float | None:
+    """Seconds of training in RUN/metrics.jsonl: the epochs' loops plus the overfitting
+    guard's checks (part of what the method costs); evaluation on the test split excluded."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
     total = 0.0
     for line in path.read_text().splitlines():
         with contextlib.suppress(json.JSONDecodeError):
-            total += float(json.loads(line).get("seconds", 0.0))
+            record = json.loads(line)
+            total += float(record.get("seconds", 0.0)) + float(record.get("guard_seconds", 0.0))
     return total
 
 
@@ -236,6 +239,14 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"| {key} | {results['fgsm'][key]:.2f} | {results['pgd'][key]:.2f} ± "
             f"{results['pgd_std'][key]:.2f} |"
         )
+    stopped = results.get("stopped")
+    if stopped:
+        lines += [
+            "",
+            f"Training was stopped by the catastrophic-overfitting guard after epoch "
+            f"{stopped['epoch'] + 1}; these are the weights of epoch "
+            f"{stopped['restored_epoch'] + 1} (best held-out PGD accuracy).",
+        ]
     lines += ["", "## Gradient-masking sanity checks", ""]
     for c in results["checks"]:
         lines.append(f"- {'PASS' if c['passed'] else '**FAIL**'} `{c['name']}`: {c['detail']}")
@@ -325,6 +336,9 @@ def _results(ckpt: Path, state, data: str, raw, checks, attack) -> dict[str, Any
         "checks": checks,
         "checks_passed": all(c["passed"] for c in checks),
         "train_time_s": _train_time(ckpt.parent),
+        # The overfitting guard, when the run had one: did it fire, which epoch's weights.
+        "guard": state.get("guard"),
+        "stopped": state.get("stopped"),
     }
 
 
