@@ -333,7 +333,7 @@ def train(config: TrainConfig) -> Path:
             t0 = time.perf_counter()
             test_acc = clean_accuracy(run.raw, run.test_loader, amp=use_amp)
             record = _epoch_record(epoch, stats, test_acc, time.perf_counter() - t0)
-            if run.variant.needs_saliency:
+            if run.variant.kind == "sat":  # the SAT perturbation's alpha_t this epoch
                 record["alpha_t"] = alpha_schedule(epoch, config.alpha_base)
             stop = _finish_epoch(run, epoch, record)
         if run.world > 1:
