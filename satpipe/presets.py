@@ -119,12 +119,12 @@ _add(Preset(
     eval_steps=5,
     eval_step_size=2.0,
     # The grid's runs are reused; three baselines at one seed keep the demo's budget (each
-    # ~20-50 CPU-s of training + ~20 s of evaluation on 2 cores, measured; issue 18): fast AT
-    # as Wong et al. run it (cyclic lr, the guard on 64 held-out rows), the same mixed with
-    # SAT's coin, and RRR on the weak masks. RRR's lambda follows its paper's rule (the two
-    # terms of similar magnitude: at initialisation here that is ~170, so 100; the paper's
-    # 1000 is for decoy MNIST and kept this model at chance, 15-20% of 6 classes, for the 5
-    # epochs tried).
+    # ~20-50 CPU-seconds of training + ~20 of evaluation, measured on one thread; issue 18):
+    # fast AT as Wong et al. run it (cyclic lr, the guard on 64 held-out rows), the same
+    # mixed with SAT's coin, and RRR on the weak masks. RRR's lambda follows its paper's rule
+    # (the two terms of similar magnitude: at initialisation here that is ~170, so 100; the
+    # paper's 1000 is for decoy MNIST and kept this model at chance, 15-20% of 6 classes, for
+    # the 5 epochs tried).
     frontier=(
         "original", "sat", "pgd", "pgd-sat", "trades", "trades-sat",
         "fgsm-rs", "fgsm-rs-sat", "rrr",
