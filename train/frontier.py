@@ -251,10 +251,11 @@ def plot(points: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> 
         ax.annotate(p["title"], (t["mean"], r["value"]), textcoords="offset points",
                     xytext=(5, 4), fontsize=7)  # fmt: skip
     front = sorted((p["time_s"]["mean"], p["robust"]["value"]) for p in points if p.get("pareto"))
-    if front:
+    if front:  # ringed points, joined by the staircase of what each time budget buys
         xs, ys = zip(*front, strict=True)
-        ax.step(xs, ys, where="post", color="black", lw=1, ls="--", alpha=0.6,
-                label="Pareto front")  # fmt: skip
+        ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", lw=1,
+                   label="Pareto front")  # fmt: skip
+        ax.step(xs, ys, where="post", color="black", lw=1, ls="--", alpha=0.6)
     first = points[0] if points else {"eps": 0, "attack": "PGD"}
     ax.set_xlabel("training time (s, mean and range over seeds)")
     ax.set_ylabel(f"accuracy under {first['attack']} at ε={_key(first['eps'])}/255 (%)")
