@@ -28,6 +28,8 @@ number of rows per epoch, disjoint from the other ranks' rows:
 - streaming: the epoch's shard sequence is cut into `world_size` equal contiguous blocks of rows
   (whole shards except at block edges), so ranks read disjoint shards and stay balanced even when
   shards differ in size.
+`exclude_rows` (sorted row indices of the split) are never yielded: the rest of the split is
+what an epoch covers, in both modes (the trainer holds the overfitting guard's rows out so).
 When the split does not divide evenly, `drop_last=False` pads every rank to ceil(N / world_size)
 rows by wrapping around to the start of the epoch sequence (at most world_size - 1 rows are
 seen twice, as torch's DistributedSampler does); `drop_last=True` drops the tail to
@@ -103,7 +105,8 @@ class PairLoader:
     """Iterable of (x, s, y) batches for one split; see the module docstring for modes and order.
 
     Attributes: mode ("resident"|"streaming"), num_classes, image_shape (H, W, C), num_rows
-    (rows of the split), rows_per_epoch (rows this rank sees per epoch), saliency_channels
+    (rows of the split), excluded (rows never yielded, sorted int64), rows_per_epoch (rows this
+    rank sees per epoch), saliency_channels
     (Cs or None), dataset (DatasetView), saliency_view (SaliencyView or None), stats
     (StreamStats of the last streaming epoch).
     """
@@ -128,6 +131,7 @@ class PairLoader:
         prefetch_shards: int = 4,
         io_threads: int = 4,
         verify: bool = True,
+        exclude_rows: Any = None,
     ) -> None:
         self.dataset = dataset
         self.split = split
@@ -160,7 +164,14 @@ class PairLoader:
         self.image_shape = tuple(int(v) for v in sv.images.shape[1:])
         maps = saliency_view.split(split) if saliency_view is not None else None
         self.saliency_channels = int(maps.shape[3]) if maps is not None else None
-        self.rows_per_epoch = rows_per_rank(self.num_rows, world_size, drop_last)
+        self.excluded = _excluded_rows(exclude_rows, self.num_rows, dataset.uri, split)
+        # The rows an epoch covers (None: all); a permutation of positions maps through it.
+        self._kept = None
+        if len(self.excluded):
+            kept = np.setdiff1d(np.arange(self.num_rows), self.excluded)
+            self._kept = torch.from_numpy(kept)
+        used = self.num_rows - len(self.excluded)
+        self.rows_per_epoch = rows_per_rank(used, world_size, drop_last)
         self._resident: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
         if mode == "resident":
             self._resident = self._load_resident()
@@ -253,11 +264,14 @@ class PairLoader:
         return images, maps, labels
 
     def _resident_order(self) -> torch.Tensor:
-        n, world = self.num_rows, self.world_size
+        n = self.num_rows if self._kept is None else len(self._kept)
+        world = self.world_size
         if self.shuffle:
             perm = torch.randperm(n, generator=_generator(self.seed, self.epoch, _ORDER))
         else:
             perm = torch.arange(n)
+        if self._kept is not None:
+            perm = self._kept[perm]
         total = self.rows_per_epoch * world
         if total > n:  # pad by wrapping around (repeat if the split is tiny)
             perm = perm.repeat(-(-total // n))
@@ -279,6 +293,8 @@ class PairLoader:
         if self.shuffle:
             gen = _generator(self.seed, self.epoch, _ORDER)
             slices = [slices[int(k)] for k in torch.randperm(len(slices), generator=gen)]
+        if len(self.excluded):
+            slices = [piece for sl in slices for piece in _without(sl, self.excluded)]
         start = self.rank * self.rows_per_epoch
         return plan_segments(slices, start, start + self.rows_per_epoch)
 
@@ -327,6 +343,29 @@ class PairLoader:
                 )
 
 
+def _excluded_rows(rows: Any, n: int, uri: str, split: str) -> np.ndarray:
+    """Sorted unique row indices to leave out of every epoch; they must leave a row."""
+    out = np.unique(np.asarray([] if rows is None else rows, dtype=np.int64))
+    if len(out) and (out[0] < 0 or out[-1] >= n):
+        raise SatpipeError(f"{uri}: excluded rows must lie in [0, {n}) of split '{split}'")
+    if len(out) >= n:
+        raise SatpipeError(f"{uri}: excluding {len(out)} rows leaves none of split '{split}'")
+    return out
+
+
+def _without(sl: slice, excluded: np.ndarray) -> list[slice]:
+    """The runs of rows of `sl` (one shard) that are not in `excluded` (sorted)."""
+    lo, hi = np.searchsorted(excluded, [sl.start, sl.stop])
+    pieces, start = [], sl.start
+    for row in excluded[lo:hi].tolist():
+        if row > start:
+            pieces.append(slice(start, row))
+        start = row + 1
+    if start < sl.stop:
+        pieces.append(slice(start, sl.stop))
+    return pieces
+
+
 def resident_bytes(dataset: DatasetView, split: str, saliency: SaliencyView | None) -> int:
     """Device bytes of a resident split: uint8 images, float16 maps, int64 labels."""
     images = dataset.split(split).images
@@ -367,6 +406,7 @@ def make_loader(
     prefetch_shards: int = 4,
     io_threads: int = 4,
     verify: bool = True,
+    exclude_rows: Any = None,
 ) -> PairLoader:
     """Open `dataset` (and `saliency`, checked complete and paired row for row) as a PairLoader.
 
@@ -377,6 +417,7 @@ def make_loader(
     Streaming keeps at most `prefetch_shards + buffer_shards` shards in memory, read by
     `io_threads` threads. `verify` checks the data in flight against the digests recorded at
     write time (see the module docstring); off only to measure what it costs.
+    `io_threads` threads. `exclude_rows`: row indices of the split never yielded.
     """
     mode = check_choice(mode, LoaderMode, "loader mode")
     if batch_size < 1:
@@ -416,4 +457,5 @@ def make_loader(
         prefetch_shards=prefetch_shards,
         io_threads=io_threads,
         verify=verify,
+        exclude_rows=exclude_rows,
     )

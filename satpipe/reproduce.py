@@ -7,7 +7,8 @@ Steps, each skipped when its output exists and is complete, so a killed run resu
 3. sources       out/sources/{std,adv}/       source models: standard and PGD-trained
 4. saliency      out/saliency/SRC-METHOD.zarr  maps for the method study
 5. runs          out/runs/ROW/seedK/          students: train, then evaluate (results.json)
-6. report        table.md, results.json, robustness.png, saliency.png, time.md, claims.md
+6. report        table.md, results.json, robustness.png, saliency.png, time.md, claims.md,
+                 and for presets with a `frontier`: frontier.png, frontier.md
 
 Independent runs of step 5 go to dask workers with `jobs > 1` or a `scheduler` address. What
 is reported is what was measured: no preset is tuned to make a claim hold.
@@ -61,11 +62,13 @@ class RunSpec:
     """One student run of step 5: a row of the table, at one seed."""
 
     row: str
-    group: str  # "weak" (the nine-variant grid) or "methods" (the saliency-method study)
+    group: str  # "weak" (the nine-variant grid), "methods" (the saliency-method study) or
+    # "frontier" (a baseline only the frontier asks for)
     variant: str
     seed: int
     saliency: str | None
     out: str
+    options: tuple[tuple[str, Any], ...] = ()  # TrainConfig fields on top of the preset's
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,15 +133,14 @@ def train_config(preset: Preset, **fields: Any):
 
 
 def train_resumable(config) -> Path:
-    """Train, or resume a killed run, or skip a finished one (its checkpoint has every epoch)."""
-    from satpipe.train.checkpoint import load_checkpoint
-    from satpipe.train.trainer import train
+    """Train, or resume a killed run, or skip a finished one (its checkpoint has every pass,
+    or the overfitting guard stopped it)."""
+    from satpipe.train.trainer import run_finished, train
 
     run = Path(config.out)
     ckpt = run / "checkpoint.pt"
     if ckpt.is_file():
-        state = load_checkpoint(ckpt)
-        if int(state.get("epoch", -1)) + 1 >= config.epochs:
+        if run_finished(config):
             return run
         return train(replace(config, resume=True))
     # A run killed before its first checkpoint left at most logs: start it over.
@@ -161,7 +163,8 @@ def build_source(preset: Preset, data: str, out: Path, kind: str, device: str) -
 
 
 def run_student(spec: RunSpec, preset: Preset, data: str, device: str) -> dict[str, Any]:
-    """Step 5 for one run: train (or resume/skip), evaluate unless results exist already."""
+    """Step 5 for one run: train (or resume/skip), evaluate unless results of this very
+    checkpoint exist already."""
     from satpipe.train.evaluate import evaluate
 
     results_path = Path(spec.out) / "results.json"
@@ -173,6 +176,7 @@ def run_student(spec: RunSpec, preset: Preset, data: str, device: str) -> dict[s
         out=spec.out,
         seed=spec.seed,
         device=device,
+        **dict(spec.options),
     )
     run = train_resumable(config)
     options = eval_options(preset, spec.seed)
@@ -207,38 +211,62 @@ def _evaluated_as(results: dict[str, Any], run: Path, epochs: int, options) -> b
     from satpipe.train.config import EvalConfig
 
     wanted = EvalConfig(run=str(run), **options).to_dict()
+    from satpipe.train.checkpoint import file_sha256
+
     return (
         results.get("epochs") == epochs
+        and results.get("checkpoint_sha256") == file_sha256(run / "checkpoint.pt")
         and results.get("eval") == wanted
         and (run / str((results.get("correct") or {}).get("file"))).is_file()
     )
 
 
 def plan_runs(
-    preset: Preset, out: Path, seeds: Sequence[int], weak: str | None, study: dict[tuple, str]
+    preset: Preset,
+    out: Path,
+    seeds: Sequence[int],
+    weak: str | None,
+    study: dict[tuple, str],
+    frontier_seeds: Sequence[int] | None = None,
 ) -> list[RunSpec]:
-    """Every student run: the nine-variant grid on weak saliency, then the method study."""
+    """Every student run: the nine-variant grid on weak saliency, the method study, then the
+    frontier's baselines that the grid does not run already (at `frontier_seeds`)."""
     from satpipe.train.variants import PAPER_VARIANTS, VARIANTS
 
     specs: list[RunSpec] = []
 
-    def add(row: str, group: str, variant: str, saliency: str | None) -> None:
+    def add(row, group, variant, saliency, seeds_=seeds, options=()) -> None:
         needs = VARIANTS.get(variant).needs_saliency
-        for seed in seeds:
+        for seed in seeds_:
             run_dir = out / "runs" / _slug(row) / f"seed{seed}"
-            specs.append(
-                RunSpec(row, group, variant, seed, saliency if needs else None, str(run_dir))
-            )
+            specs.append(RunSpec(row, group, variant, seed, saliency if needs else None,
+                                 str(run_dir), tuple(options)))  # fmt: skip
 
-    if weak:
-        for variant in preset.variants or PAPER_VARIANTS:
-            add(variant, "weak", variant, weak)
+    grid = tuple(preset.variants or PAPER_VARIANTS) if weak else ()
+    for variant in grid:
+        add(variant, "weak", variant, weak)
     for variant in preset.study_baselines:
         add(variant, "methods", variant, None)
     for (source, method), store in study.items():
         label = f"SAT {preset.source_arch}-{SOURCES[source][1]}-{METHOD_LABELS.get(method, method)}"
         add(label, "methods", "sat", store)
+    for variant in preset.frontier:
+        if variant in grid:
+            continue  # the grid's runs are the frontier's points
+        if VARIANTS.get(variant).needs_saliency and not weak:
+            raise SatpipeError(
+                f"preset '{preset.name}': frontier variant '{variant}' needs the weak-saliency "
+                "store, and the preset has no weak_method"
+            )
+        options = sorted(preset.frontier_options.get(variant, {}).items())
+        add(variant, "frontier", variant, weak, frontier_seeds or seeds, options)
     return specs
+
+
+def frontier_eps(preset: Preset) -> float:
+    """The eps (/255) the frontier reports: the training eps when the evaluation grid has it,
+    else the grid's largest (the paper presets evaluate at 1-3/255 only)."""
+    return preset.eps if preset.eps in preset.eval_eps else max(preset.eval_eps)
 
 
 def _slug(text: str) -> str:
@@ -289,11 +317,37 @@ def reproduce(config: ReproduceConfig) -> Path:
                 data, store, method, params, ckpt, config.device
             )
 
-    specs = plan_runs(preset, out, seeds, weak, study)
+    frontier_seeds = tuple(config.seeds) if config.seeds else preset.frontier_seeds
+    specs = plan_runs(preset, out, seeds, weak, study, frontier_seeds)
     results = _run_all(specs, preset, data, config)
     records = [_record(spec, res, out) for spec, res in zip(specs, results, strict=True)]
+    frontier = _frontier_records(preset, specs, results)
     # The gallery shows a model-based method when there is one: masks alone are no news.
-    return write_report(out, preset, records, data, next(iter(study.values()), weak))
+    gallery = next(iter(study.values()), weak)
+    return write_report(out, preset, records, data, gallery, frontier, _concurrency(config))
+
+
+def _frontier_records(
+    preset: Preset, specs: list[RunSpec], results: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Frontier records (satpipe.train.frontier) of the runs of the preset's frontier variants:
+    the weak grid's and the frontier's own (never the method study's)."""
+    from satpipe.train.frontier import run_record
+
+    wanted, eps = set(preset.frontier), frontier_eps(preset)
+    return [
+        run_record(res, variant=spec.variant, seed=spec.seed, eps=eps, options=dict(spec.options))
+        for spec, res in zip(specs, results, strict=True)
+        if spec.variant in wanted and spec.group in ("weak", "frontier")
+    ]
+
+
+def _concurrency(config: ReproduceConfig) -> str:
+    if config.scheduler:
+        return f"Runs went to the dask scheduler {config.scheduler}: times may overlap."
+    if config.jobs > 1:
+        return f"{config.jobs} runs trained at a time, sharing the machine: times include that."
+    return "One run trained at a time."
 
 
 def _run_all(
@@ -339,10 +393,17 @@ def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]
 
 
 def write_report(
-    out: Path, preset: Preset, records: list[dict[str, Any]], data: str, gallery_store: str | None
+    out: Path,
+    preset: Preset,
+    records: list[dict[str, Any]],
+    data: str,
+    gallery_store: str | None,
+    frontier: list[dict[str, Any]] | None = None,
+    concurrency: str = "",
 ) -> Path:
-    """Step 6: table.md, time.md, claims.md, robustness.png, saliency.png, results.json; one
-    function per file, so a new section of the report is a new function here."""
+    """Step 6: table.md, time.md, claims.md, robustness.png, saliency.png, results.json, and
+    with `frontier` records frontier.png and frontier.md; one function per file, so a new
+    section of the report is a new function here."""
     from satpipe.train import report
 
     summary = report.summarize(records)
@@ -355,6 +416,11 @@ def write_report(
 
         saliency_gallery(gallery_store, data, str(out / "saliency.png"), n=8)
     payload = {"preset": asdict(preset), "summary": summary, "claims": claims, "runs": records}
+    if frontier:
+        from satpipe.train.frontier import write_frontier
+
+        title = f"{preset.name}: robustness against training time"
+        payload["frontier"] = write_frontier(out, frontier, title, concurrency)
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out
 
@@ -391,7 +457,12 @@ def write_table(out: Path, preset: Preset, summary, records) -> Path:
         f"# {preset.name}: accuracy (%) under {preset.eval_steps}-step PGD "
         f"(step {preset.eval_step_size:g}/255, random start) and AutoAttack\n"
     ]
-    for group, title in (("weak", "Weak saliency (masks/boxes)"), ("methods", "Saliency methods")):
+    groups = (
+        ("weak", "Weak saliency (masks/boxes)"),
+        ("methods", "Saliency methods"),
+        ("frontier", "Cheap-robustness baselines (see frontier.md)"),
+    )
+    for group, title in groups:
         table = report.markdown_table(summary, group, extra=("autoattack",))
         if table:
             sections.append(f"## {title}\n\n{table}")

@@ -73,9 +73,10 @@ def write_tiny_saliency(
 ) -> str:
     """A saliency store for the train split of `dataset_uri`, written with the store helpers.
 
-    source="masks": weak saliency, +1 inside the object mask and -1 outside (DESIGN); "random":
-    uniform in [-1, 1]. `complete=False` leaves the store unfinished; `shards_done=k` marks only
-    the first k shards done; `fingerprint` overrides the recorded dataset fingerprint.
+    source="masks": weak saliency, +1 inside the object mask and -1 outside (DESIGN), recorded
+    as method "mask" as the pipeline's weak method records it; "random": uniform in [-1, 1].
+    `complete=False` leaves the store unfinished; `shards_done=k` marks only the first k
+    shards done; `fingerprint` overrides the recorded dataset fingerprint.
     """
     from satpipe.data.store import (
         create_group,
@@ -112,7 +113,7 @@ def write_tiny_saliency(
             "kind": "saliency",
             "format": 1,
             "features": ["every-chunk"],  # create_rows_array stores every chunk
-            "method": source,
+            "method": {"masks": "mask"}.get(source, source),  # the pipeline's weak method
             "params": {},
             "normalization": "sign",
             "seed": seed,

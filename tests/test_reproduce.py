@@ -44,10 +44,19 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     # Sources, saliency stores and the first two runs were complete: none is trained again.
     assert not set(trained) & set(finished)
     assert str(out / "sources" / "std") not in trained
-    runs = json.loads((out / "results.json").read_text())["runs"]
-    assert len(runs) == len(trained) + 2 == 3 + 2  # 3 weak-grid variants + 2 sources' SAT
-    for name in ("table.md", "time.md", "claims.md", "robustness.png", "saliency.png"):
+    report = json.loads((out / "results.json").read_text())
+    runs = report["runs"]
+    # 3 weak-grid variants + 2 sources' SAT + the frontier's 2 baselines not in the grid
+    assert len(runs) == len(trained) + 2 == 3 + 2 + 2
+    names = ("table.md", "time.md", "claims.md", "robustness.png", "saliency.png")
+    for name in (*names, "frontier.png", "frontier.md"):
         assert (out / name).stat().st_size > 0
+    # The frontier: one point per listed variant, grid runs reused, the guard's run recorded.
+    points = {p["variant"]: p for p in report["frontier"]}
+    assert list(points) == ["original", "pgd-sat", "fgsm-rs", "rrr"]
+    assert points["fgsm-rs"]["options"] == {"guard_rows": 16, "lr_schedule": "cyclic"}
+    assert any(p["pareto"] for p in points.values())
+    assert "| FGSM-RS |" in (out / "frontier.md").read_text().replace("**", "")
     table = (out / "table.md").read_text()
     assert "| pgd-sat |" in table and "SAT smallcnn-Adv.-S.Grad" in table
     assert "ε=8/255" in table and "AA ε=8/255" in table and " [" in table  # intervals
@@ -58,7 +67,9 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     claims = (out / "claims.md").read_text()
     assert "## SAT > Original:" in claims and "| AA | 8 |" in claims
 
-    before = {p: (out / p).read_bytes() for p in ("table.md", "results.json", "claims.md")}
+    before = {
+        p: (out / p).read_bytes() for p in ("table.md", "results.json", "claims.md", "frontier.md")
+    }
     trained.clear()
     rp.reproduce(config)
     assert trained == []  # everything was complete

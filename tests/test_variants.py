@@ -6,7 +6,7 @@ from torch import nn
 from satpipe.errors import SatpipeError
 from satpipe.train.losses import trades_loss
 from satpipe.train.perturb import alpha_schedule, sat_perturb
-from satpipe.train.variants import VARIANTS, Cost, VariantConfig
+from satpipe.train.variants import PAPER_VARIANTS, VARIANTS, Cost, VariantConfig
 
 NINE = [
     "original",
@@ -35,10 +35,11 @@ class Recorder(nn.Module):
             nn.Flatten(),
             nn.Linear(4, 3),
         )
-        self.forwards, self.backwards, self.inputs = 0, 0, []
+        self.forwards, self.backwards, self.graphs, self.inputs = 0, 0, 0, []
 
     def _count_backward(self, grad):
         self.backwards += 1
+        self.graphs += torch.is_grad_enabled()  # a create_graph pass (double backprop)
 
     def forward(self, x):
         self.forwards += 1
@@ -57,7 +58,7 @@ def batch(seed=0, b=4):
 
 
 def test_registry_has_the_nine_variants_in_table_order():
-    assert VARIANTS.names() == NINE
+    assert VARIANTS.names()[:9] == NINE == list(PAPER_VARIANTS)  # the baselines come after
     assert [v for v in NINE if VARIANTS.get(v).needs_saliency] == ["sat", "pgd-sat", "trades-sat"]
     with pytest.raises(SatpipeError, match="pgd-sat"):
         VARIANTS.get("fgsm-sat")
@@ -75,22 +76,46 @@ def test_costs_follow_the_table():
     assert VARIANTS.get("trades-sat").cost(k).work < VARIANTS.get("trades").cost(k).work
 
 
-@pytest.mark.parametrize("name", NINE)
+COIN = {"pgd-noise", "pgd-sat", "trades-noise", "trades-sat", "fgsm-rs-sat"}
+
+
+def test_the_coin_mixed_variants_are_the_ones_a_coin_decides():
+    depends = {n for n in VARIANTS if VARIANTS.get(n).cost(3, 0.0) != VARIANTS.get(n).cost(3, 1.0)}
+    assert depends == COIN
+
+
+@pytest.mark.parametrize("name", VARIANTS.names())
 def test_measured_passes_match_the_declared_cost(name):
-    """Count real forward/backward passes over many batches: the mean must match cost()."""
-    variant, cfg = VARIANTS.get(name), VariantConfig(attack_steps=3)
+    """Count real forward/backward passes of what the trainer calls per batch (`train_batch`,
+    Free's replays included) over many batches: the mean must match cost()."""
+    variant, cfg = VARIANTS.get(name), VariantConfig(attack_steps=3, free_replays=3)
     model = Recorder().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
     g = torch.Generator().manual_seed(0)
     x, s, y = batch()
-    n = 120 if variant.mix != "none" and variant.attack != "none" else 3
+    state = variant.begin_epoch()
+    n = 120 if name in COIN else 3
     for _ in range(n):
-        out = variant.step(model, x, s, y, epoch=0, cfg=cfg, generator=g)
-        out.loss.backward()
+        variant.train_batch(model, opt, x, s, y, epoch=0, cfg=cfg, generator=g, state=state)
         assert model.training
-    expected = variant.cost(3, cfg.p_mix)
+    expected = variant.cost(cfg=cfg)
+    assert expected == variant.cost(3, cfg.p_mix, cfg)
     tol = 0.0 if n == 3 else 4 * 0.5 * 4 / n**0.5  # 4 sigma of a fair coin times K+1 passes
     assert model.forwards / n == pytest.approx(expected.forward, abs=tol)
     assert model.backwards / n == pytest.approx(expected.backward, abs=tol)
+    assert model.graphs / n == pytest.approx(expected.create_graph, abs=tol)
+
+
+def test_baseline_costs_follow_their_definitions():
+    cfg = VariantConfig(free_replays=8)
+    assert VARIANTS.get("fgsm-rs").cost(cfg=cfg) == Cost(2, 2)
+    assert VARIANTS.get("fgsm-rs-sat").cost(cfg=cfg) == Cost(1.5, 1.5)
+    assert VARIANTS.get("free").cost(cfg=cfg) == Cost(8, 8)  # per batch: 8 replays
+    assert VARIANTS.get("rrr").cost() == VARIANTS.get("igr").cost() == Cost(1, 2, 1)
+    assert VARIANTS.get("sgt").cost() == Cost(3, 3)
+    original = VARIANTS.get("original").cost().work
+    assert VARIANTS.get("fgsm-rs").cost().work / original == 2.0
+    assert VARIANTS.get("igr").cost().work / original == 3.0  # double backprop
 
 
 def test_sat_step_trains_on_x_sat_with_alpha_t():

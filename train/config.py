@@ -17,7 +17,14 @@ from typing import Any
 
 from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
-from satpipe.options import check_choice, coerce_fields, option, parse_list, storage_options_field
+from satpipe.options import (
+    check_choice,
+    coerce_fields,
+    field_default,
+    option,
+    parse_list,
+    storage_options_field,
+)
 
 
 class Optimizer(str, Enum):
@@ -79,9 +86,9 @@ class TrainConfig:
     lr: float = option(1e-3, "Learning rate.")
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float = option(0.0, "L2 weight decay.")
-    schedule: str = option(
+    lr_schedule: str = option(
         "none",
-        "Learning-rate schedule, a function of the epoch and --epochs.",
+        "Learning-rate schedule: a function of the epoch (and step) and --epochs.",
         choices=_SCHEDULES,
     )
     seed: int = option(0, "Seed of weights, order, coins and noise.")
@@ -92,6 +99,31 @@ class TrainConfig:
     p_mix: float = option(0.5, "Chance a mixed variant's batch trains on x_sat/x_noise.")
     alpha_base: float = option(0.6, "a in alpha_t = a^(t/10).")
     trades_beta: float = option(6.0, "TRADES KL weight.")
+    # The baselines' hyper-parameters; defaults and their sources: VariantConfig.
+    fgsm_step_ratio: float = option(
+        1.25, "fgsm-rs: FGSM step / eps (Wong et al. 2020: alpha = 1.25 eps)."
+    )
+    free_replays: int = option(
+        8, "free: m, replays per minibatch; runs ceil(epochs/m) passes (Shafahi et al.: 8)."
+    )
+    rrr_lambda: float = option(1000.0, "rrr: right-reasons weight (Ross et al. 2017: 1000).")
+    igr_lambda: float = option(
+        10.0, "igr: input-gradient penalty weight (inside Ross & Doshi-Velez's sweep)."
+    )
+    sgt_fraction: float = option(
+        0.1, "sgt: share k of pixels masked (Ismail et al. 2021, CIFAR-10: 0.1)."
+    )
+    sgt_lambda: float = option(1.0, "sgt: KL weight (Ismail et al.'s code: 1).")
+    guard_rows: int = option(
+        0,
+        "Catastrophic-overfitting guard: hold out this many seeded training rows (never "
+        "trained on), PGD them every epoch; 0 = off.",
+    )
+    guard_drop: float = option(
+        0.2, "Guard: stop when held-out PGD accuracy falls this much below its best (Wong: 0.2)."
+    )
+    guard_steps: int = option(5, "Guard: PGD steps (Wong et al.'s check: 5).")
+    guard_step_size: float = option(2.0, "Guard: PGD step, /255 units (Wong et al.: 2).")
     augment: bool = option(True, "RandomCrop(pad 4) + flip, joint on image and map.")
     loader_mode: str = option(
         "auto",
@@ -109,14 +141,18 @@ class TrainConfig:
         # The registries import torch: only when a config is built, not when flags are shown.
         self.optimizer = check_choice(self.optimizer, Optimizer, "optimizer")
         self.loader_mode = check_choice(self.loader_mode, _LOADER_MODES, "loader mode")
-        self.schedule = check_choice(self.schedule, _SCHEDULES, "schedule")
+        self.lr_schedule = check_choice(self.lr_schedule, _SCHEDULES, "lr schedule")
         self.variant = check_choice(self.variant, _VARIANTS, "variant")
         check_model_options(self.model, self.input_mean, self.input_std)
         if self.epochs < 1 or self.batch_size < 1:
             raise SatpipeError("epochs and batch size must be at least 1")
         if self.lr <= 0:
             raise SatpipeError(f"learning rate must be > 0, got {self.lr}")
-        self.variant_config()  # validates eps, steps, p_mix, alpha base, beta
+        if self.guard_rows < 0 or self.guard_steps < 1 or self.guard_step_size <= 0:
+            raise SatpipeError("--guard-rows must be >= 0, --guard-steps >= 1, step size > 0")
+        if not 0.0 < self.guard_drop <= 1.0:
+            raise SatpipeError(f"--guard-drop must be in (0, 1], got {self.guard_drop}")
+        self.variant_config()  # validates eps, steps, p_mix, alpha, beta, the lambdas, m, k
 
     def variant_config(self):
         """The variants' hyper-parameters in pixel units (a VariantConfig)."""
@@ -129,6 +165,12 @@ class TrainConfig:
             p_mix=self.p_mix,
             alpha_base=self.alpha_base,
             trades_beta=self.trades_beta,
+            fgsm_step_ratio=self.fgsm_step_ratio,
+            free_replays=self.free_replays,
+            rrr_lambda=self.rrr_lambda,
+            igr_lambda=self.igr_lambda,
+            sgt_fraction=self.sgt_fraction,
+            sgt_lambda=self.sgt_lambda,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +178,24 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d.pop("storage_options")
         return d
+
+
+# Keys older runs saved under another name: {old: new}. An old run's config.json and
+# checkpoint are read through `upgrade_saved`, so a run from before a rename still resumes.
+RENAMED = {"schedule": "lr_schedule"}
+
+
+def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict in today's keys: renamed keys mapped, fields added since it was
+    written filled with their defaults (the behaviour the old run had: the new fields
+    configure variants and options that did not exist then)."""
+    out = {RENAMED.get(k, k): v for k, v in saved.items()}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in out and f.name != "storage_options":
+            default = field_default(f)
+            if default is not dataclasses.MISSING:
+                out[f.name] = default
+    return out
 
 
 def run_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
@@ -152,7 +212,7 @@ def run_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
     except json.JSONDecodeError as exc:
         raise SatpipeError(f"{path}: not valid JSON ({exc.msg})") from None
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    saved = {k: v for k, v in saved.items() if k in known}
+    saved = {k: v for k, v in upgrade_saved(saved).items() if k in known}
     saved.update({k: v for k, v in changes.items() if v is not None})
     return TrainConfig(**saved)
 

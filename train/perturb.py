@@ -68,3 +68,37 @@ def uniform_noise(
 ) -> torch.Tensor:
     """x_noise = clamp(x + U(-eps, eps), 0, 1), i.i.d. per element; x (B, C, H, W) in [0, 1]."""
     return (x + (2.0 * _rand(x, generator) - 1.0) * eps).clamp_(0.0, 1.0)
+
+
+def saliency_mask(
+    x: torch.Tensor,
+    saliency: torch.Tensor,
+    fraction: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SGT's masked input (Ismail et al. 2021): the `fraction` of pixels with the lowest
+    saliency get random values, drawn uniformly in [min x_b, max x_b] of their image b.
+
+    Saliency is averaged over colour channels and sorted signed, lowest first (the authors'
+    code: captum Saliency with abs=False, `.mean(1)`, `topk(largest=False)`); a masked pixel
+    gets a fresh value in every channel.
+
+    Args:
+        x: images (B, C, H, W) in [0, 1]; saliency: (B, C or 1, H, W), e.g. the input gradient.
+        fraction: k, in (0, 1); int(k * H * W) pixels per image are masked.
+        generator: optional generator on x's device (one uniform tensor of x's shape).
+
+    Returns:
+        (B, C, H, W) tensor of x's dtype, in [0, 1].
+    """
+    b, _, h, w = x.shape
+    k = int(fraction * h * w)
+    score = saliency.float().mean(1).flatten(1)  # (B, H*W)
+    masked = torch.zeros_like(score, dtype=torch.bool)
+    if k > 0:
+        masked.scatter_(1, score.topk(k, dim=1, largest=False).indices, True)
+    flat = x.flatten(1)
+    lo = flat.amin(1).view(b, 1, 1, 1)
+    hi = flat.amax(1).view(b, 1, 1, 1)
+    fill = lo + (hi - lo) * _rand(x, generator)
+    return torch.where(masked.view(b, 1, h, w), fill, x)

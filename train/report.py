@@ -179,6 +179,8 @@ def time_table(summary: dict[str, dict[str, Any]]) -> str:
 
 def _panel(entry: dict[str, Any]) -> str:
     """Which panel of the robustness plot a row belongs to: its training family."""
+    if entry["group"] == "frontier":
+        return "cheap baselines"
     if entry["group"] != "weak":
         return "saliency methods (SAT)"
     variant = entry["variant"]
@@ -237,7 +239,13 @@ def robustness_plot(summary: dict[str, dict[str, Any]], out: str | Path, title: 
     panels: dict[str, list[str]] = {}
     for row in ordered_rows(summary):
         panels.setdefault(_panel(summary[row]), []).append(row)
-    order = ["standard family", "PGD family", "TRADES family", "saliency methods (SAT)"]
+    order = [
+        "standard family",
+        "PGD family",
+        "TRADES family",
+        "saliency methods (SAT)",
+        "cheap baselines",
+    ]
     names = [p for p in order if p in panels]
     fig, axes = plt.subplots(
         1, len(names), figsize=(3.6 * len(names), 3.8), dpi=120, sharey=True, squeeze=False

@@ -125,14 +125,16 @@ def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
 
 
 def train_time(run_dir: Path) -> float | None:
-    """Training wall seconds: the sum of RUN/metrics.jsonl's per-epoch `seconds`."""
+    """Training wall seconds in RUN/metrics.jsonl: the epochs' loops plus the overfitting
+    guard's checks (part of what the method costs); evaluation on the test split excluded."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
     total = 0.0
     for line in path.read_text().splitlines():
         with contextlib.suppress(json.JSONDecodeError):
-            total += float(json.loads(line).get("seconds", 0.0))
+            record = json.loads(line)
+            total += float(record.get("seconds", 0.0)) + float(record.get("guard_seconds", 0.0))
     return total
 
 
@@ -204,6 +206,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     ]
     lines += _accuracy_table(results)
     lines += _stages_lines(results)
+    stopped = results.get("stopped")
+    if stopped:
+        lines += [
+            "",
+            f"Training was stopped by the catastrophic-overfitting guard after epoch "
+            f"{stopped['epoch'] + 1}; these are the weights of epoch "
+            f"{stopped['restored_epoch'] + 1} (best held-out PGD accuracy).",
+        ]
     lines += ["", "## Gradient-masking sanity checks", ""]
     for c in results["checks"]:
         lines.append(f"- {'PASS' if c['passed'] else '**FAIL**'} `{c['name']}`: {c['detail']}")

@@ -69,6 +69,7 @@ class RunLock:
         self.dir = Path(run_dir)
         self.path = self.dir / LOCK_NAME
         self._fd: int | None = None
+        self._made_dir = False
 
     def _record(self) -> bytes:
         record = {
@@ -96,6 +97,7 @@ class RunLock:
     def acquire(self) -> RunLock:
         """Take the lock, taking over a stale one; refuse a live holder (SatpipeError)."""
         try:
+            self._made_dir = not self.dir.exists()
             self.dir.mkdir(parents=True, exist_ok=True)
             for _ in range(20):  # retried only when the lock changes hands under us
                 if self._create() or self._take_over():
@@ -174,6 +176,9 @@ class RunLock:
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._fd = None
+        if self._made_dir:  # a run refused before writing anything leaves no directory behind
+            with contextlib.suppress(OSError):  # not empty (the run wrote), or already gone
+                self.dir.rmdir()
 
     @property
     def held(self) -> bool:

@@ -50,13 +50,29 @@ def _step(base: float, t: float, epochs: int) -> float:
     return lr
 
 
+def _cyclic(base: float, t: float, epochs: int) -> float:
+    """Wong et al.'s cyclic lr: 0 -> base at half the run -> 0, linear, per step."""
+    half = epochs / 2.0
+    return base * max(0.0, 1.0 - abs(min(t, epochs) - half) / half)
+
+
 SCHEDULES.register("none", Schedule(_constant, "constant lr"))
 SCHEDULES.register("cosine", Schedule(_cosine, "cosine from lr to 0 over the epochs, per epoch"))
 SCHEDULES.register("step", Schedule(_step, "x0.1 at 50% and at 75% of the epochs"))
+# Wong, Rice, Kolter 2020 ("Fast is better than free"), as their code runs it
+# (locuslab/fast_adversarial, CIFAR10/train_fgsm.py: torch CyclicLR from 0 to --lr-max, up for
+# half the steps and down for the other half, stepped after every batch; their later
+# "superconverge" schedule of Rice et al. 2020 peaks at 2/5 instead).
+SCHEDULES.register(
+    "cyclic",
+    Schedule(_cyclic, "triangle 0 -> lr at half the run -> 0, set every step (Wong et al.)", True),
+)
 
 
 def lr_at(name: str, base: float, epoch: int, epochs: int, fraction: float = 0.0) -> float:
-    """The lr of schedule `name` for a step `fraction` of the way through `epoch`."""
+    """The lr of schedule `name` for a step `fraction` of the way through `epoch`: the
+    trainer passes step / steps_per_epoch, so a run's first step of a per-step schedule has
+    t = 0 (torch's CyclicLR also starts at its base lr, 0 here)."""
     schedule = SCHEDULES.get(name)
     t = epoch + fraction if schedule.per_step else epoch
     return float(schedule.lr(base, t, epochs))

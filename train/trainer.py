@@ -5,12 +5,19 @@
                          replaced atomically every epoch; `--resume` continues from it
     RUN/metrics.jsonl    one JSON line per epoch: loss, train/test accuracy, time, images/s
     RUN/train.lock       while a run trains: its pid and host (one writer per run directory)
+    RUN/best.pt          with the overfitting guard (--guard-rows): the checkpoint of the
+                         epoch with the best held-out PGD accuracy (see satpipe.train.guard)
 
 Nothing is saved from data that was not checked: the first epoch reads every image and label,
 each shard checked against the digest recorded when the dataset store was written, and a
 mismatch stops the run with one line before its first checkpoint. A write that fails (disk
 full, read-only target) is one line naming the file; the checkpoint before it stays loadable
 and `--resume` continues from it.
+
+An epoch is one pass over the training data; a variant decides what it does with each batch
+(`train_batch`, the optimizer step included) and how many passes a run of --epochs makes
+(Free: ceil(epochs / m), each batch replayed m times). Per-step lr schedules (cyclic) set the
+lr before every batch, as a closed-form function of (epoch + step / steps, passes).
 
 Determinism: every random draw of a training step (coins, noise, SAT components, PGD random
 starts) comes from a generator seeded by (seed, epoch, step, rank), the loader's order and
@@ -25,13 +32,15 @@ every epoch, rank 0 alone evaluates, logs and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,16 +54,17 @@ from satpipe.errors import SatpipeError, os_error_line
 from satpipe.progress import progress
 from satpipe.seeding import generator
 from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
-from satpipe.train.config import RESUMABLE_CHANGES, TrainConfig
+from satpipe.train.config import RESUMABLE_CHANGES, TrainConfig, upgrade_saved
 from satpipe.train.distributed import barrier, cleanup, init_distributed, sync_buffers
 from satpipe.train.evaluate import clean_accuracy
+from satpipe.train.guard import OverfitGuard, held_out_rows
 from satpipe.train.models import create_model, probe_model
 from satpipe.train.perturb import alpha_schedule
 from satpipe.train.runlock import RunLock
-from satpipe.train.schedules import lr_at
-from satpipe.train.variants import VARIANTS, Variant, VariantConfig
+from satpipe.train.schedules import SCHEDULES, lr_at
+from satpipe.train.variants import VARIANTS, TrainingVariant, VariantConfig
 
-__all__ = ["TrainConfig", "train", "train_one_epoch"]
+__all__ = ["TrainConfig", "run_finished", "train", "train_one_epoch"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +144,7 @@ def train_one_epoch(
     model: nn.Module,
     loader,
     optimizer: torch.optim.Optimizer,
-    variant: Variant,
+    variant: TrainingVariant,
     vcfg: VariantConfig,
     epoch: int,
     *,
@@ -145,14 +155,16 @@ def train_one_epoch(
     description: str | None = None,
     show_progress: bool = True,
     saliency_fn=None,
+    lr_fn: Callable[[float], float] | None = None,
 ) -> dict[str, float]:
-    """One pass over `loader` (already `set_epoch`-ed).
+    """One pass over `loader` (already `set_epoch`-ed): `variant.train_batch` on every batch.
 
-    Returns loss (mean per image), train_acc, images (all ranks), seconds, batches and
-    attacked_batches (this rank's batches on which the K-step attack ran).
+    Returns loss (mean per image), train_acc, images (all ranks), seconds, batches,
+    attacked_batches (this rank's batches on which the attack ran) and lr (at the end).
 
     `saliency_fn(model, x, y) -> s`, when given, replaces the stored maps by maps computed on
     the fly from the current model (the benchmark's baseline, what the authors' code does).
+    `lr_fn(f) -> lr`, when given, sets the lr before each batch, f = step / steps in [0, 1).
     """
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
@@ -167,20 +179,22 @@ def train_one_epoch(
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     desc = description or f"epoch {epoch + 1} {variant.name}"
-    with _bar(desc, len(loader), show_progress) as advance:
+    state = variant.begin_epoch()
+    steps = len(loader)
+    with _bar(desc, steps, show_progress) as advance:
         for step, (x, s, y) in enumerate(loader):
+            if lr_fn is not None:
+                set_lr(optimizer, lr_fn(step / steps))
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             gen = step_generator(seed, epoch, step, rank, device)
-            with autocast:
-                if saliency_fn is not None:
+            if saliency_fn is not None:
+                with autocast:
                     s = saliency_fn(attack_model or model, x, y)
-                out = variant.step(
-                    model, x, s, y, epoch=epoch, cfg=vcfg, generator=gen, attack_model=attack_model
-                )
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            out = variant.train_batch(
+                model, optimizer, x, s, y, epoch=epoch, cfg=vcfg, generator=gen,
+                attack_model=attack_model, autocast=autocast, state=state,
+            )  # fmt: skip
             # Accumulate on the device: no host sync per step.
             loss_sum += out.loss.detach().double() * len(y)
             correct += (out.logits.detach().argmax(1) == y).sum()
@@ -206,6 +220,7 @@ def train_one_epoch(
         "seconds": seconds,
         "batches": step + 1 if seen else 0,
         "attacked_batches": attacked,
+        "lr": float(optimizer.param_groups[0]["lr"]),
     }
 
 
@@ -215,6 +230,7 @@ def train_one_epoch(
 
 def _check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
     now = config.to_dict()
+    saved = upgrade_saved(saved)  # a run saved before a key was renamed or added
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed[:4])
@@ -243,7 +259,7 @@ class _Run:
     """What one run holds while it trains (built by `_open_run`)."""
 
     config: TrainConfig
-    variant: Variant
+    variant: TrainingVariant
     dir: Path
     rank: int
     world: int
@@ -254,6 +270,8 @@ class _Run:
     model: nn.Module  # what the step calls: `raw`, or DDP around it
     optimizer: torch.optim.Optimizer
     start: int  # first epoch to train
+    passes: int  # epochs (passes over the data) the run makes: Free's ceil(epochs / m)
+    guard: OverfitGuard | None  # rank 0, with --guard-rows
 
     @property
     def master(self) -> bool:
@@ -264,17 +282,38 @@ class _Run:
         return self.dir / "checkpoint.pt"
 
     @property
+    def best(self) -> Path:
+        return self.dir / "best.pt"
+
+    @property
     def metrics(self) -> Path:
         return self.dir / "metrics.jsonl"
+
+
+def data_passes(config: TrainConfig) -> int:
+    """Passes over the data a run of `config` makes (its variant decides; Free: epochs / m)."""
+    return VARIANTS.get(config.variant).data_passes(config.epochs, config.variant_config())
+
+
+def run_finished(config: TrainConfig) -> bool:
+    """Whether RUN (config.out) holds a finished run: every pass done, or stopped by the
+    overfitting guard (a stopped run is final: resuming it trains nothing)."""
+    ckpt = Path(config.out) / "checkpoint.pt"
+    if not ckpt.is_file():
+        return False
+    state = load_checkpoint(ckpt)
+    return bool(state.get("stopped")) or int(state.get("epoch", -1)) + 1 >= data_passes(config)
 
 
 def train(config: TrainConfig) -> Path:
     """Train `config.variant` and return the run directory (see the module docstring).
 
     Refuses (SatpipeError, one line): a run directory another process is training into, a
-    SAT variant without a saliency store, an incomplete or mismatched saliency store (the
-    loader checks), data that differs from what its store recorded, an existing run without
-    --resume or --overwrite, a resume whose config differs in anything but epochs/device/out.
+    saliency variant without a saliency store, a store the variant cannot use (rrr: not weak
+    saliency), an incomplete or mismatched saliency store (the loader checks), data that differs
+    from what its store recorded, an existing run without --resume or --overwrite, a resume
+    whose config differs in anything but epochs/device/out. Nothing is written before these
+    checks pass.
     """
     with _run_lock(config):
         return _train_locked(config)
@@ -305,57 +344,89 @@ def _writing(path: Path, what: str):
 
 
 def _train_locked(config: TrainConfig) -> Path:
-    run = _open_run(config)
+    state = _resume_state(config)
+    if state is not None and state.get("stopped"):
+        stop = state["stopped"]
+        print(
+            f"{config.out}: stopped by the overfitting guard after epoch {stop['epoch'] + 1} "
+            f"(weights of epoch {stop['restored_epoch'] + 1}); nothing to resume",
+            file=sys.stderr,
+        )
+        return Path(config.out)
+    run = _open_run(config, state)
     use_amp = config.amp and run.device.type == "cuda"
     vcfg = config.variant_config()
-    for epoch in range(run.start, config.epochs):
+    per_step = SCHEDULES.get(config.lr_schedule).per_step
+    for epoch in range(run.start, run.passes):
         run.train_loader.set_epoch(epoch)
-        lr = lr_at(config.schedule, config.lr, epoch, config.epochs)
-        set_lr(run.optimizer, lr)
+        lr_fn = functools.partial(lr_at, config.lr_schedule, config.lr, epoch, run.passes)
+        if not per_step:
+            set_lr(run.optimizer, lr_fn())
         stats = train_one_epoch(
             run.model, run.train_loader, run.optimizer, run.variant, vcfg, epoch,
             seed=config.seed, rank=run.rank, amp=use_amp, attack_model=run.raw,
-            show_progress=run.master,
-            description=f"epoch {epoch + 1}/{config.epochs} {run.variant.name}",
+            show_progress=run.master, lr_fn=lr_fn if per_step else None,
+            description=f"epoch {epoch + 1}/{run.passes} {run.variant.name}",
         )  # fmt: skip
         _check_data(run.train_loader)
+        stop = False
         if run.master:
             t0 = time.perf_counter()
             test_acc = clean_accuracy(run.raw, run.test_loader, amp=use_amp)
-            record = _epoch_record(epoch, stats, test_acc, lr, time.perf_counter() - t0)
-            if run.variant.needs_saliency:
+            record = _epoch_record(epoch, stats, test_acc, time.perf_counter() - t0)
+            if run.variant.kind == "sat":  # the SAT perturbation's alpha_t this epoch
                 record["alpha_t"] = alpha_schedule(epoch, config.alpha_base)
-            _save_epoch(run, epoch, record)
+            stop = _finish_epoch(run, epoch, record)
         if run.world > 1:
+            stop = _agree(stop, run.device)
             barrier()
+        if stop:
+            break
     if run.world > 1:
         cleanup()
     return run.dir
 
 
-def _open_run(config: TrainConfig) -> _Run:
+def _agree(stop: bool, device: torch.device) -> bool:
+    """Rank 0's stop decision, on every rank."""
+    flag = torch.tensor([int(stop)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _resume_state(config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint to resume from (checked against the config), or None for a new run."""
+    run_dir = Path(config.out)
+    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
+    if config.resume:
+        state = load_checkpoint(ckpt_path)
+        _check_resumable(config, state.get("config", {}), ckpt_path)
+        return state
+    if (ckpt_path.exists() or metrics_path.exists()) and not config.overwrite:
+        raise SatpipeError(
+            f"{run_dir}: already holds a run (pass --resume to continue it or "
+            f"--overwrite to start over)"
+        )
+    return None
+
+
+def _open_run(config: TrainConfig, state: dict[str, Any] | None) -> _Run:
     """Check the request, open the loaders, build (or restore) model and optimizer, and
     prepare the run directory: everything the epoch loop needs."""
     variant = VARIANTS.get(config.variant)
     if variant.needs_saliency and not config.saliency:
         raise SatpipeError(
-            f"variant '{variant.name}' needs --saliency S.zarr (a saliency store "
+            f"variant '{variant.name}' needs --saliency S.zarr ({variant.saliency_kind} "
             f"made for {config.data})"
         )
-    run_dir = Path(config.out)
-    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
-    state = None
-    if config.resume:
-        state = load_checkpoint(ckpt_path)
-        _check_resumable(config, state.get("config", {}), ckpt_path)
-    elif (ckpt_path.exists() or metrics_path.exists()) and not config.overwrite:
-        raise SatpipeError(
-            f"{run_dir}: already holds a run (pass --resume to continue it or "
-            f"--overwrite to start over)"
-        )
+    if variant.needs_saliency:
+        from satpipe.data.store import open_saliency
 
+        view = open_saliency(config.saliency, config.storage_options, require_complete=False)
+        variant.check_saliency(config.saliency, view.method)
     rank, world, _, device = init_distributed(config.device)
-    train_loader, test_loader = _loaders(config, variant, rank, world, device)
+    held_out = _held_out(config)
+    train_loader, test_loader = _loaders(config, variant, rank, world, device, held_out)
     h, w, c = train_loader.image_shape
     torch.manual_seed(config.seed)  # the initial weights are a function of the seed
     raw = create_model(
@@ -377,15 +448,38 @@ def _open_run(config: TrainConfig) -> _Run:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    run = _Run(config, variant, run_dir, rank, world, device, train_loader, test_loader,
-               raw, model, optimizer, start)  # fmt: skip
+    guard = None
+    if rank == 0 and held_out is not None:
+        guard = OverfitGuard(
+            config.data, held_out, eps=config.eps / 255, steps=config.guard_steps,
+            step_size=config.guard_step_size / 255, drop=config.guard_drop, seed=config.seed,
+            batch_size=config.batch_size, device=device, storage_options=config.storage_options,
+        )  # fmt: skip
+        if state is not None and state.get("guard"):
+            guard.load_state_dict(state["guard"])
+    passes = variant.data_passes(config.epochs, config.variant_config())
+    run = _Run(config, variant, Path(config.out), rank, world, device, train_loader,
+               test_loader, raw, model, optimizer, start, passes, guard)  # fmt: skip
     if run.master:
         _prepare_dir(run, state)
+        note = variant.passes_note(config.epochs, config.variant_config())
+        if note and state is None:
+            print(note, file=sys.stderr)
     return run
 
 
-def _loaders(config: TrainConfig, variant: Variant, rank: int, world: int, device):
-    """(train loader of this rank, test loader on rank 0 else None)."""
+def _held_out(config: TrainConfig) -> np.ndarray | None:
+    """The guard's held-out training rows (seeded), or None without a guard."""
+    if not config.guard_rows:
+        return None
+    from satpipe.data.store import open_dataset
+
+    n = len(open_dataset(config.data, config.storage_options).split("train"))
+    return held_out_rows(n, config.guard_rows, config.seed)
+
+
+def _loaders(config: TrainConfig, variant: TrainingVariant, rank, world, device, held_out):
+    """(train loader of this rank without the held-out rows, test loader on rank 0 else None)."""
     from satpipe.data.loader import make_loader  # heavy (zarr, threads): import when training
 
     common = dict(
@@ -397,7 +491,7 @@ def _loaders(config: TrainConfig, variant: Variant, rank: int, world: int, devic
     saliency = config.saliency if variant.needs_saliency else None
     train_loader = make_loader(
         config.data, "train", saliency, shuffle=True, augment=config.augment, seed=config.seed,
-        rank=rank, world_size=world, **common,
+        rank=rank, world_size=world, exclude_rows=held_out, **common,
     )  # fmt: skip
     test_loader = None
     if rank == 0:  # rank 0 alone evaluates, on the whole test split
@@ -415,10 +509,11 @@ def _prepare_dir(run: _Run, state: dict[str, Any] | None) -> None:
     elif run.metrics.exists():
         run.metrics.unlink()  # --overwrite
         run.checkpoint.unlink(missing_ok=True)
+        run.best.unlink(missing_ok=True)
 
 
 def _epoch_record(
-    epoch: int, stats: dict[str, Any], test_acc: float, lr: float, eval_seconds: float
+    epoch: int, stats: dict[str, Any], test_acc: float, eval_seconds: float
 ) -> dict[str, Any]:
     """One line of metrics.jsonl."""
     return {
@@ -426,7 +521,7 @@ def _epoch_record(
         "loss": stats["loss"],
         "train_acc": stats["train_acc"],
         "test_acc": test_acc,
-        "lr": lr,
+        "lr": stats["lr"],
         "seconds": stats["seconds"],
         "eval_seconds": eval_seconds,
         "images_per_s": stats["images"] / max(stats["seconds"], 1e-9),
@@ -435,29 +530,86 @@ def _epoch_record(
     }
 
 
+def _finish_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> bool:
+    """Rank 0 after an epoch: the guard's check, then the checkpoint. True: stop the run."""
+    guard = run.guard
+    if guard is None:
+        _save_epoch(run, epoch, record)
+        return False
+    t0 = time.perf_counter()
+    acc = guard.accuracy(run.raw, epoch)
+    record["guard_acc"] = acc
+    record["guard_seconds"] = time.perf_counter() - t0  # part of the method's cost
+    verdict = guard.update(epoch, acc)
+    if verdict == "collapsed":
+        _restore_best(run, epoch, record)
+        return True
+    _save_epoch(run, epoch, record)
+    if verdict == "improved":  # the same bytes, under the name the guard restores from
+        tmp = run.best.with_name(".best.pt.tmp")
+        with _writing(run.best, "the best checkpoint"):
+            shutil.copyfile(run.checkpoint, tmp)
+            tmp.replace(run.best)
+    return False
+
+
+def _restore_best(run: _Run, epoch: int, record: dict[str, Any]) -> None:
+    """The guard fired after `epoch`: RUN/checkpoint.pt becomes the best epoch's checkpoint,
+    marked stopped (final), and the metrics line says so."""
+    guard = run.guard
+    best = load_checkpoint(run.best)
+    best.pop("satpipe", None)
+    stopped = {
+        "reason": "catastrophic-overfitting guard",
+        "epoch": epoch,
+        "restored_epoch": int(best["epoch"]),
+        "guard_acc": record["guard_acc"],
+        "best_acc": guard.best_acc,
+    }
+    record.update(guard_fired=True, restored_epoch=stopped["restored_epoch"])
+    run.raw.load_state_dict(best["model"]["state_dict"])
+    # "epoch" stays the last epoch trained (what the loop and the run's time cover); the
+    # weights are those of "weights_epoch".
+    state = {**best, "epoch": epoch, "weights_epoch": stopped["restored_epoch"],
+             "guard": {**guard.state_dict(), "fired": True}, "stopped": stopped,
+             "metrics": record}  # fmt: skip
+    _check_data(run.train_loader, run.test_loader)
+    save_checkpoint(run.checkpoint, state)
+    with _writing(run.metrics, "the metrics"), run.metrics.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(
+        f"epoch {epoch + 1}: overfitting guard fired: PGD accuracy on the {len(guard.rows)} "
+        f"held-out rows fell to {100 * record['guard_acc']:.1f}% from its best "
+        f"{100 * guard.best_acc:.1f}% (epoch {stopped['restored_epoch'] + 1}); restored that "
+        "epoch's weights and stopped",
+        file=sys.stderr,
+    )
+
+
 def _save_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> None:
     """Checkpoint (atomically), then the metrics line, then one line on stderr."""
     _check_data(run.train_loader, run.test_loader)
     c = run.train_loader.image_shape[2]
-    save_checkpoint(
-        run.checkpoint,
-        {
-            "model": model_record(run.raw, run.train_loader.num_classes, c),
-            "variant": run.variant.name,
-            "epoch": epoch,
-            "config": run.config.to_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            # The lr is a function of (epoch, epochs): no scheduler state to carry.
-            "scheduler": {"schedule": run.config.schedule, "epochs": run.config.epochs},
-            "rng": rng_state(),
-            "metrics": record,
-        },
-    )
+    state = {
+        "model": model_record(run.raw, run.train_loader.num_classes, c),
+        "variant": run.variant.name,
+        "epoch": epoch,
+        "config": run.config.to_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        # The lr is a function of (epoch, step, passes): no scheduler state to carry.
+        "scheduler": {"lr_schedule": run.config.lr_schedule, "passes": run.passes},
+        "rng": rng_state(),
+        "metrics": record,
+    }
+    if run.guard is not None:
+        state["guard"] = {**run.guard.state_dict(), "fired": False}
+    save_checkpoint(run.checkpoint, state)
     with _writing(run.metrics, "the metrics"), run.metrics.open("a") as f:
         f.write(json.dumps(record) + "\n")
+    guard = f"  guard PGD {100 * record['guard_acc']:.1f}%" if "guard_acc" in record else ""
     print(
-        f"epoch {epoch + 1}/{run.config.epochs}  loss {record['loss']:.4f}  "
+        f"epoch {epoch + 1}/{run.passes}  loss {record['loss']:.4f}  "
         f"train {100 * record['train_acc']:.1f}%  test {100 * record['test_acc']:.1f}%  "
-        f"{record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s",
+        f"{record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s{guard}",
         file=sys.stderr,
     )

@@ -1,4 +1,7 @@
-"""The nine training variants of the SAT paper: the one place that defines them.
+"""The training variants: the nine of the SAT paper and the cheap-robustness baselines a
+reviewer asks about, in one registry (the one place that defines them and their pass costs).
+
+The paper's nine, as the authors' code runs them:
 
 | variant        | the batch trains on                     | loss   |
 |----------------|-----------------------------------------|--------|
@@ -17,15 +20,32 @@ the batches of the mixed variants skip the K-step attack, which is why PGD-SAT a
 train faster than PGD and TRADES. (The authors' code also adds a random start before the SAT
 step in PGD-SAT; satpipe follows the paper's definition: x_sat as is.)
 
+The baselines (issue 18), each defined in its class docstring with its paper:
+
+| variant     | the batch trains on / loss                                    | passes F + B     |
+|-------------|---------------------------------------------------------------|------------------|
+| fgsm-rs     | FGSM-RS(x), CE (Wong et al. 2020)                             | 2 + 2            |
+| fgsm-rs-sat | coin ? x_sat : FGSM-RS(x), CE (no paper: measured here)       | 1.5 + 1.5        |
+| free        | x + delta, CE, batch replayed m times (Shafahi et al. 2019)   | m + m per batch  |
+| rrr         | CE + lambda ||(1 - A) grad_x sum log p||^2 (Ross et al. 2017) | 1 + 2 (double)   |
+| igr         | CE + lambda ||grad_x CE||^2 (Ross & Doshi-Velez 2018)         | 1 + 2 (double)   |
+| sgt         | CE + lambda KL(p(x) || p(masked x)) (Ismail et al. 2021)      | 3 + 3            |
+
 Attacks during training run in eval mode (BatchNorm uses running statistics and is not
 updated by the attack iterates), as the official TRADES code and torchattacks do; the training
-forward pass then runs in train mode.
+forward pass then runs in train mode. That holds for FGSM-RS and SGT's saliency too (Wong et
+al.'s and Ismail et al.'s code attack in train mode / take saliency in eval mode): the rows
+differ in their method, not in BatchNorm handling. Free has no separate attack pass: its one
+forward/backward pass per replay trains the weights and steps delta at once (train mode).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,76 +53,36 @@ from torch import nn
 
 from satpipe.errors import SatpipeError
 from satpipe.registry import Registry
-from satpipe.train.attacks import model_mode, pgd, trades_attack
-from satpipe.train.losses import trades_loss
-from satpipe.train.perturb import alpha_schedule, sat_perturb, uniform_noise
+from satpipe.train.attacks import fgsm_rs, input_grad, model_mode, pgd, trades_attack
+from satpipe.train.losses import igr_loss, rrr_loss, sgt_loss, trades_loss
+from satpipe.train.perturb import alpha_schedule, saliency_mask, sat_perturb, uniform_noise
+from satpipe.train.variant_base import (
+    WEAK_SALIENCY,
+    Cost,
+    StepOutput,
+    TrainingVariant,
+    VariantConfig,
+)
+
+__all__ = [
+    "PAPER_VARIANTS",
+    "VARIANTS",
+    "WEAK_SALIENCY",
+    "Cost",
+    "StepOutput",
+    "TrainingVariant",
+    "Variant",
+    "VariantConfig",
+    "families",
+]
 
 ATTACKS = ("none", "pgd", "trades")
 MIXES = ("none", "noise", "sat")
 
 
 @dataclass(frozen=True)
-class VariantConfig:
-    """Hyper-parameters of the variants (pixel units). Defaults: the paper's and Madry's.
-
-    eps: L-inf size of every perturbation (SAT, noise, attacks), 8/255.
-    attack_steps: K, sign steps of the PGD / TRADES training attack, 7 (Madry's CIFAR preset).
-    attack_step_size: 2/255 per step.
-    p_mix: probability that a batch of a mixed variant trains on x_sat / x_noise, 0.5.
-    alpha_base: a in alpha_t = a ** (t / 10), 0.6.
-    trades_beta: weight of the TRADES KL term, 6.
-    """
-
-    eps: float = 8 / 255
-    attack_steps: int = 7
-    attack_step_size: float = 2 / 255
-    p_mix: float = 0.5
-    alpha_base: float = 0.6
-    trades_beta: float = 6.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.eps <= 1.0:
-            raise SatpipeError(f"eps must be in [0, 1] (pixel units), got {self.eps}")
-        if self.attack_steps < 0 or self.attack_step_size < 0:
-            raise SatpipeError("attack steps and step size must be >= 0")
-        if not 0.0 <= self.p_mix <= 1.0:
-            raise SatpipeError(f"p_mix must be in [0, 1], got {self.p_mix}")
-        if not 0.0 < self.alpha_base <= 1.0:
-            raise SatpipeError(f"alpha base must be in (0, 1], got {self.alpha_base}")
-        if self.trades_beta < 0:
-            raise SatpipeError(f"TRADES beta must be >= 0, got {self.trades_beta}")
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Expected passes over one batch: forward passes and backward passes (each full size).
-
-    `work` weighs a backward pass as two forward passes (the usual estimate), so ratios of
-    `work` predict ratios of epoch times; for pgd vs pgd-sat it gives (1 + K/2) / (1 + K).
-    """
-
-    forward: float
-    backward: float
-
-    @property
-    def work(self) -> float:
-        return self.forward + 2.0 * self.backward
-
-
-@dataclass
-class StepOutput:
-    """What one training step produced: the loss to backprop, the logits (B, K) on the
-    inputs whose accuracy the trainer reports (the trained input; the clean half for TRADES),
-    and whether the K-step attack ran (False for the batches a coin sent to x_sat / x_noise)."""
-
-    loss: torch.Tensor
-    logits: torch.Tensor
-    attacked: bool = False
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A training variant: which attack (none, pgd, trades) mixed with which cheap
+class Variant(TrainingVariant):
+    """A variant of the paper: which attack (none, pgd, trades) mixed with which cheap
     perturbation (none, noise, sat) by one coin per batch."""
 
     name: str
@@ -115,6 +95,12 @@ class Variant:
         return self.mix == "sat"
 
     @property
+    def kind(self) -> str:
+        if self.mix == "sat":
+            return "sat"
+        return "standard" if self.attack == "none" else "adversarial"
+
+    @property
     def title(self) -> str:
         """The name the paper's tables use: Original, PGD + Uniform-Noise, TRADES-SAT, ..."""
         base = {"none": "Original", "pgd": "PGD", "trades": "TRADES"}[self.attack]
@@ -124,14 +110,15 @@ class Variant:
             return "SAT" if self.attack == "none" else f"{base}-SAT"
         return base
 
-    def cost(self, steps: int, p_mix: float = 0.5) -> Cost:
-        """Expected forward/backward passes per batch for K = `steps` attack steps.
+    def _cost(self, cfg: VariantConfig) -> Cost:
+        """Expected forward/backward passes per batch for K = cfg.attack_steps attack steps.
 
         original*: 1 + 1. pgd: K+1 forward, K+1 backward; pgd-sat/-noise: 1 + (1-p_mix) K each
         (= 1 + K/2). trades: the attack's clean forward plus K steps, then two training passes
         (clean and adversarial): K+3 forward, K+2 backward; the mixed ones skip the attack with
         probability p_mix.
         """
+        steps, p_mix = cfg.attack_steps, cfg.p_mix
         q = 1.0 if self.mix == "none" else 1.0 - p_mix  # probability the attack runs
         if self.attack == "none":
             return Cost(1.0, 1.0)
@@ -173,8 +160,7 @@ class Variant:
             attack_model: the unwrapped module the attacks differentiate (defaults to
                 `model`); attacks need no gradient synchronisation across DDP ranks.
         """
-        if self.needs_saliency and s is None:
-            raise SatpipeError(f"variant '{self.name}' needs a saliency store (--saliency)")
+        self.require_saliency(s)
         attack_model = model if attack_model is None else attack_model
         # One coin per batch: heads (probability p_mix) trains on the cheap perturbation.
         cheap = False
@@ -219,8 +205,8 @@ class Variant:
         return StepOutput(loss, logits_clean, not cheap)
 
 
-# name -> Variant, in the paper's table order.
-VARIANTS: Registry[Variant] = Registry("variant")
+# name -> variant: the paper's nine in its table order, then the baselines.
+VARIANTS: Registry[TrainingVariant] = Registry("variant")
 
 
 def register_variant(name: str, *, attack: str, mix: str, description: str) -> Variant:
@@ -260,6 +246,254 @@ for _name, _attack, _mix in _PAPER:
 
 # The paper's nine, in its table order (the presets' default grid).
 PAPER_VARIANTS: tuple[str, ...] = tuple(name for name, _, _ in _PAPER)
+
+
+# --------------------------------------------------------------------------------------------
+# Cheap-robustness baselines (issue 18)
+
+
+def _coin(p: float, generator: torch.Generator | None, device: torch.device) -> bool:
+    """One coin per batch, heads with probability p (the SAT mixes' coin)."""
+    return bool(torch.rand((), generator=generator, device=device) < p)
+
+
+@dataclass(frozen=True)
+class FastAT(TrainingVariant):
+    """FGSM-RS(x), CE: FGSM from a uniform random start, step 1.25 eps (Wong, Rice, Kolter,
+    "Fast is better than free", ICLR 2020); with mix="sat", one coin per batch sends it to
+    x_sat instead, as PGD-SAT does with PGD (fgsm-rs-sat: no paper has it, measured here)."""
+
+    name: str
+    mix: str  # "none" or "sat"
+    description: str
+    title: str
+    single_step = True
+
+    @property
+    def needs_saliency(self) -> bool:
+        return self.mix == "sat"
+
+    @property
+    def kind(self) -> str:
+        return "sat" if self.mix == "sat" else "fast-at"
+
+    def _cost(self, cfg: VariantConfig) -> Cost:
+        """The attack's forward and backward pass (with probability q), then the training
+        pass: 1 + q each; q = 1 for fgsm-rs, 1 - p_mix for fgsm-rs-sat."""
+        q = 1.0 if self.mix == "none" else 1.0 - cfg.p_mix
+        return Cost(1.0 + q, 1.0 + q)
+
+    def step(self, model, x, s, y, *, epoch, cfg, generator=None, attack_model=None):
+        self.require_saliency(s)
+        attack_model = model if attack_model is None else attack_model
+        cheap = self.mix == "sat" and _coin(cfg.p_mix, generator, x.device)
+        if cheap:
+            x_in = sat_perturb(x, s, cfg.eps, alpha_schedule(epoch, cfg.alpha_base), generator)
+        else:
+            with model_mode(attack_model, False):
+                x_in = fgsm_rs(
+                    attack_model, x, y, cfg.eps, cfg.fgsm_step_ratio * cfg.eps, generator
+                )
+        logits = model(x_in)
+        return StepOutput(F.cross_entropy(logits.float(), y), logits, not cheap)
+
+
+@dataclass(frozen=True)
+class Free(TrainingVariant):
+    """x + delta, CE, each minibatch replayed m times; one backward pass per replay updates
+    the weights and steps delta += eps sign(grad_delta), clipped to the eps-ball, and delta
+    is carried to the next replay and batch (Shafahi et al., "Adversarial training for free!",
+    NeurIPS 2019). A run of E epochs makes ceil(E / m) passes over the data, as the authors'
+    code rounds (so E replayed epochs cost about E plain ones).
+
+    delta starts at zero at every epoch (the authors' code starts it once, at zero): the
+    state then never outlives an epoch, and a resumed run is still bit-for-bit the same.
+    """
+
+    name: str
+    description: str
+    title: str
+    single_step = True
+    kind = "fast-at"
+
+    def _cost(self, cfg: VariantConfig) -> Cost:
+        """Per batch of data: m replays of one forward and one backward pass."""
+        m = float(cfg.free_replays)
+        return Cost(m, m)
+
+    def data_passes(self, epochs: int, cfg: VariantConfig) -> int:
+        return math.ceil(epochs / cfg.free_replays)
+
+    def passes_note(self, epochs: int, cfg: VariantConfig) -> str | None:
+        m, passes = cfg.free_replays, self.data_passes(epochs, cfg)
+        rounded = "" if passes * m == epochs else f", rounded up from {epochs / m:g}"
+        return (
+            f"free: --epochs {epochs} with m = {m} replays makes {passes} passes over the data "
+            f"({passes * m} epochs' worth of steps{rounded}, as the authors' code rounds)"
+        )
+
+    def begin_epoch(self) -> dict[str, Any]:
+        return {"delta": None}
+
+    def step(self, model, x, s, y, *, epoch, cfg, generator=None, attack_model=None, delta=None):
+        """One replay: CE on clamp(x + delta, 0, 1); delta (B, C, H, W) a leaf that requires
+        grad (zeros when None), so the caller's backward pass also yields grad_delta."""
+        if delta is None:
+            delta = torch.zeros_like(x, requires_grad=True)
+        logits = model((x + delta).clamp(0.0, 1.0))
+        return StepOutput(F.cross_entropy(logits.float(), y), logits, True)
+
+    def train_batch(
+        self, model, optimizer, x, s, y, *, epoch, cfg, generator=None, attack_model=None,
+        autocast=None, state=None,
+    ):  # fmt: skip
+        state = state if state is not None else self.begin_epoch()
+        delta = _carried(state, x)
+        losses, first_logits = [], None
+        for _ in range(cfg.free_replays):
+            delta.requires_grad_(True)
+            with autocast if autocast is not None else contextlib.nullcontext():
+                out = self.step(model, x, s, y, epoch=epoch, cfg=cfg, delta=delta)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            # The same backward pass gave the weights' gradient and delta's: step both.
+            g = delta.grad if delta.grad is not None else torch.zeros_like(delta)
+            delta = (delta.detach() + cfg.eps * g.sign()).clamp_(-cfg.eps, cfg.eps)
+            optimizer.step()
+            losses.append(out.loss.detach())
+            if first_logits is None:
+                first_logits = out.logits.detach()
+        state["delta"][: len(x)] = delta
+        return StepOutput(torch.stack(losses).mean(), first_logits, True)
+
+
+def _carried(state: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    """Free's perturbation for batch x: the first B rows of the one carried over (zeros where
+    none was), as the authors' code slices its global perturbation."""
+    buf = state.get("delta")
+    if buf is None or buf.shape[1:] != x.shape[1:] or buf.device != x.device:
+        buf = state["delta"] = torch.zeros_like(x)
+    elif len(buf) < len(x):
+        buf = state["delta"] = torch.cat([buf, torch.zeros_like(x[len(buf) :])])
+    return buf[: len(x)].clone()
+
+
+@dataclass(frozen=True)
+class RightReasons(TrainingVariant):
+    """CE + lambda ||(1 - A) grad_x sum_k log p_k||^2 with A = 1 inside the object, from a
+    weak-saliency store (stored map > 0): Right for the Right Reasons (Ross, Hughes,
+    Doshi-Velez, IJCAI 2017)."""
+
+    name: str
+    description: str
+    title: str
+    needs_saliency = True
+    saliency_kind = "a weak-saliency store, method mask or bbox"
+    kind = "explanation"
+
+    def _cost(self, cfg: VariantConfig) -> Cost:
+        """One forward pass, the input-gradient backward pass (its graph recorded), and the
+        final backward pass through both: double backprop."""
+        return Cost(1.0, 2.0, 1.0)
+
+    def check_saliency(self, uri: str, method: str) -> None:
+        if method not in WEAK_SALIENCY:
+            raise SatpipeError(
+                f"{uri}: variant '{self.name}' needs a weak-saliency store (method "
+                f"{' or '.join(WEAK_SALIENCY)}: A = 1 inside the object); this one holds "
+                f"'{method}' maps"
+            )
+
+    def step(self, model, x, s, y, *, epoch, cfg, generator=None, attack_model=None):
+        self.require_saliency(s)
+        loss, logits = rrr_loss(model, x, y, (s > 0).to(x.dtype), cfg.rrr_lambda)
+        return StepOutput(loss, logits)
+
+
+@dataclass(frozen=True)
+class GradientRegularised(TrainingVariant):
+    """CE + lambda ||grad_x CE||^2 per image, by double backprop: input gradient
+    regularisation (Ross & Doshi-Velez, AAAI 2018)."""
+
+    name: str
+    description: str
+    title: str
+    kind = "explanation"
+
+    def _cost(self, cfg: VariantConfig) -> Cost:
+        """As RRR: one forward, a recorded input-gradient backward, the final backward."""
+        return Cost(1.0, 2.0, 1.0)
+
+    def step(self, model, x, s, y, *, epoch, cfg, generator=None, attack_model=None):
+        loss, logits = igr_loss(model, x, y, cfg.igr_lambda)
+        return StepOutput(loss, logits)
+
+
+@dataclass(frozen=True)
+class SaliencyGuided(TrainingVariant):
+    """CE + lambda KL(p(x) || p(x_masked)), x_masked = x with the k% pixels of lowest
+    saliency (the model's own input gradient of the true-class logit) set to random values:
+    Saliency Guided Training (Ismail, Corrada Bravo, Feizi, NeurIPS 2021)."""
+
+    name: str
+    description: str
+    title: str
+    kind = "explanation"
+
+    def _cost(self, cfg: VariantConfig) -> Cost:
+        """Saliency: one forward and one backward pass (eval mode, input gradient only), then
+        the training passes on x and on x_masked, forward and backward through each (as
+        TRADES' two training passes are counted)."""
+        return Cost(3.0, 3.0)
+
+    def step(self, model, x, s, y, *, epoch, cfg, generator=None, attack_model=None):
+        attack_model = model if attack_model is None else attack_model
+        # The plain gradient of the true-class logit, as the authors' captum Saliency(abs=False)
+        # computes it (tests/test_baselines.py checks it against captum).
+        with model_mode(attack_model, False), torch.enable_grad():
+            x_req = x.detach().clone().requires_grad_(True)
+            target = attack_model(x_req).float().gather(1, y.view(-1, 1)).sum()
+            grad = input_grad(target, x_req)
+        x_masked = saliency_mask(x, grad, cfg.sgt_fraction, generator)
+        logits_clean, logits_masked = model(x), model(x_masked)
+        return StepOutput(sgt_loss(logits_clean, logits_masked, y, cfg.sgt_lambda), logits_clean)
+
+
+_BASELINES: tuple[TrainingVariant, ...] = (
+    FastAT(
+        "fgsm-rs", "none",
+        "FGSM-RS(x), CE: FGSM from a random start, step 1.25 eps (Wong et al., ICLR 2020)",
+        "FGSM-RS",
+    ),
+    FastAT(
+        "fgsm-rs-sat", "sat",
+        "coin ? x_sat : FGSM-RS(x), CE: SAT mixed with fast AT (no paper; measured here)",
+        "FGSM-RS-SAT",
+    ),
+    Free(
+        "free",
+        "x + delta, CE, minibatch replayed m times, delta carried over (Shafahi et al., "
+        "NeurIPS 2019)",
+        "Free",
+    ),
+    RightReasons(
+        "rrr",
+        "CE + lambda ||(1 - A) grad_x log p||^2, A = weak saliency > 0 (Ross et al., IJCAI 2017)",
+        "RRR",
+    ),
+    GradientRegularised(
+        "igr", "CE + lambda ||grad_x CE||^2, double backprop (Ross & Doshi-Velez, AAAI 2018)",
+        "IGR",
+    ),
+    SaliencyGuided(
+        "sgt",
+        "CE + lambda KL(p(x) || p(x, k% lowest-saliency pixels random)) (Ismail et al., "
+        "NeurIPS 2021)",
+        "SGT",
+    ),
+)  # fmt: skip
+for _variant in _BASELINES:
+    VARIANTS.register(_variant.name, _variant, summary=_variant.description)
 
 
 def families() -> dict[str, dict[str, str]]:

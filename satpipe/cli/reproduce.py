@@ -10,7 +10,8 @@ def _reproduce(given):
     from satpipe.reproduce import reproduce
 
     folder = reproduce(ReproduceConfig(**given))
-    return f"report: {folder}/table.md, robustness.png, saliency.png, time.md, claims.md"
+    frontier = ", frontier.png, frontier.md" if (folder / "frontier.md").is_file() else ""
+    return f"report: {folder}/table.md, robustness.png, saliency.png, time.md, claims.md{frontier}"
 
 
 config_command(

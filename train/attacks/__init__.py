@@ -1,6 +1,6 @@
 """L-inf attacks: the functions the trainer calls, and the registry evaluation runs from.
 
-    from satpipe.train.attacks import pgd, fgsm, trades_attack      # training-time functions
+    from satpipe.train.attacks import pgd, fgsm, fgsm_rs, trades_attack  # training-time
     from satpipe.train.attacks import ATTACKS                       # `satpipe list attacks`
     ATTACKS.get("autoattack")                                       # an Attack entry
 
@@ -22,6 +22,7 @@ from satpipe.train.attacks.base import (
 from satpipe.train.attacks.gradient import (
     cw_margin,
     fgsm,
+    fgsm_rs,
     input_grad,
     model_mode,
     pgd,
@@ -41,6 +42,7 @@ __all__ = [
     "cw_margin",
     "ensemble_components",
     "fgsm",
+    "fgsm_rs",
     "input_grad",
     "library_version",
     "model_mode",

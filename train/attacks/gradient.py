@@ -1,7 +1,8 @@
-"""L-inf gradient attacks written here: FGSM, PGD (Madry; CE or CW margin loss, restarts) and
-the TRADES inner maximisation. They are a few lines each and the trainer calls them every batch,
-so they are kept dependency-free and host-sync-free; AutoAttack's attacks come from the
-reference code (`satpipe.train.attacks.reference`).
+"""L-inf gradient attacks written here: FGSM, FGSM from a random start (Wong et al.), PGD
+(Madry; CE or CW margin loss, restarts) and the TRADES inner maximisation. They are a few lines
+each and the trainer calls them every batch, so they are kept dependency-free and
+host-sync-free; AutoAttack's attacks come from the reference code
+(`satpipe.train.attacks.reference`).
 
 Inputs are images (B, C, H, W) in [0, 1]; every epsilon and step size is in pixel units.
 Gradients are taken with `torch.autograd.grad` w.r.t. the input only, so an attack never
@@ -69,6 +70,37 @@ LOSSES = {
     "ce": lambda logits, y: F.cross_entropy(logits, y),
     "cw": lambda logits, y: cw_margin(logits, y).sum(),
 }
+
+
+def fgsm_rs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step_size: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """FGSM from a uniform random start (Wong, Rice, Kolter 2020, "Fast is better than free").
+
+    delta ~ U(-eps, eps) (kept inside [0, 1] around x), one sign step of `step_size`
+    (1.25 eps in the paper) on CE(model(x + delta), y), projected back onto the eps-ball and
+    [0, 1]: the one-step attack their code trains on. Model used in its current mode.
+
+    Args:
+        x: (B, C, H, W) in [0, 1]; y: (B,) int64 labels; eps, step_size in pixel units.
+        generator: optional generator on x's device for the random start.
+
+    Returns:
+        (B, C, H, W) detached, |x_adv - x| <= eps, values in [0, 1].
+    """
+    x = x.detach()
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    start = (x + (2.0 * noise - 1.0) * eps).clamp(0.0, 1.0)
+    with torch.enable_grad():
+        start.requires_grad_(True)
+        loss = F.cross_entropy(model(start).float(), y)
+        g = input_grad(loss, start)
+    return project(start.detach() + step_size * g.sign(), x, eps).detach()
 
 
 def pgd(
