@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from zarr.core.sync import sync
 
+from satpipe.data.quality_text import quality_lines
 from satpipe.data.store import (
     NORMALIZATION_RANGES,
     SPLITS,
@@ -129,6 +130,7 @@ def format_info(info: Mapping[str, Any]) -> str:
         lines.append(f"  dataset: {_short(info['dataset'] or {})}")
         done = ", ".join(f"{k} {d}/{n}" for k, (d, n) in info["done"].items())
         lines.append(f"  shards done: {done}")
+        lines += quality_lines(attrs.get("quality"))
     lines.append(f"  created: {attrs.get('created')}, satpipe {attrs.get('satpipe_version')}")
     width = max((len(p) for p in info["arrays"]), default=0)
     for path, a in info["arrays"].items():

@@ -37,6 +37,7 @@ CATALOG: dict[str, Registry] = {}
 REGISTRY_MODULES: dict[str, str] = {
     "models": "satpipe.train.models",
     "methods": "satpipe.pipeline.methods",
+    "scores": "satpipe.pipeline.quality",
     "variants": "satpipe.train.variants",
     "schedules": "satpipe.train.schedules",
     "importers": "satpipe.data.importers",
