@@ -387,8 +387,8 @@ def test_cli_store_score_prints_and_records(stores, tmp_path):
     from satpipe.cli import app
 
     store = _copy(stores["gradient"], tmp_path / "g.zarr")
-    result = CliRunner().invoke(app, ["store", "score", store, "--scores",
-                                      "pointing-game,roc-auc", "--device", "cpu", "--json"])  # fmt: skip
+    args = ["store", "score", store, "--scores", "pointing-game,roc-auc", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.output)["scores"]) == {"pointing-game", "roc-auc"}
     result = CliRunner().invoke(app, ["store", "score", store, "--n", "1000"])
