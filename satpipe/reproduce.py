@@ -5,9 +5,14 @@ Steps, each skipped when its output exists and is complete, so a killed run resu
 1. data          out/data/NAME.zarr           built-in `shapes`, or imported from --data-root
 2. weak saliency out/saliency/mask.zarr        masks or boxes as +-1 maps (no model)
 3. sources       out/sources/{std,adv}/       source models: standard and PGD-trained
-4. saliency      out/saliency/SRC-METHOD.zarr  maps for the method study
-5. runs          out/runs/ROW/seedK/          students: train, then evaluate (results.json)
-6. report        table.md, results.json, robustness.png, saliency.png, time.md, claims.md
+4. saliency      out/saliency/SRC-METHOD.zarr  maps for the method study (and CONTROL.zarr)
+5. quality       every store scored (`satpipe store score`), recorded in its provenance
+6. runs          out/runs/ROW/seedK/          students: train, then evaluate (results.json)
+7. report        table.md, results.json, robustness.png, saliency.png, time.md, claims.md,
+                 saliency-quality.md, quality-vs-robustness.png
+
+One bar follows the whole grid with an ETA (each step weighted by its estimated work,
+satpipe.grid); time.md records the wall time of the run.
 
 Independent runs of step 5 go to dask workers with `jobs > 1` or a `scheduler` address. What
 is reported is what was measured: no preset is tuned to make a claim hold.
@@ -15,10 +20,12 @@ is reported is what was measured: no preset is tuned to make a claim hold.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +35,7 @@ from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
 from satpipe.options import coerce_fields, option
 from satpipe.presets import METHOD_LABELS, PRESETS, SOURCES, Preset
-from satpipe.progress import progress
+from satpipe.progress import grid_progress, progress
 
 
 @dataclass
@@ -110,6 +117,33 @@ def build_saliency(
         method=method, data=data, out=str(out), model=model, params=params, device=device
     )
     return compute_saliency(config)
+
+
+def build_quality(
+    store: str, data: str, model: str | None, preset: Preset, device: str
+) -> dict[str, Any]:
+    """Step 5: the store's quality scores, or the ones it records when they were made with
+    the same settings and judge model (a resumed run does not score twice)."""
+    from satpipe.data.store import open_saliency
+    from satpipe.pipeline.config import ScoreConfig
+    from satpipe.pipeline.quality import score_store
+    from satpipe.train.checkpoint import file_sha256
+
+    rows = int(preset.dataset_options.get("n_train", preset.score_n))
+    n = min(preset.score_n, rows)
+    config = ScoreConfig(store, data=data, model=model, n=n, device=device)
+    recorded = open_saliency(store).attrs.get("quality") or {}
+    settings = recorded.get("settings") or {}
+    sha = file_sha256(model) if model else None
+    if (
+        settings.get("n") == config.n
+        and settings.get("seed") == config.seed
+        and settings.get("steps") == config.steps
+        and settings.get("scores") == "all"
+        and (settings.get("model") or {}).get("sha256") == sha
+    ):
+        return recorded
+    return score_store(config)
 
 
 def train_config(preset: Preset, **fields: Any):
@@ -211,9 +245,16 @@ def plan_runs(
     for variant in preset.study_baselines:
         add(variant, "methods", variant, None)
     for (source, method), store in study.items():
-        label = f"SAT {preset.source_arch}-{SOURCES[source][1]}-{METHOD_LABELS.get(method, method)}"
-        add(label, "methods", "sat", store)
+        add(study_row(preset, source, method), "methods", "sat", store)
     return specs
+
+
+def study_row(preset: Preset, source: str | None, method: str) -> str:
+    """The table row of SAT on the maps of `method` from `source` (None: a model-free control)."""
+    label = METHOD_LABELS.get(method, method)
+    if source is None:
+        return f"SAT {label}"
+    return f"SAT {preset.source_arch}-{SOURCES[source][1]}-{label}"
 
 
 def _slug(text: str) -> str:
@@ -235,6 +276,7 @@ def _complete(opener: Callable, uri: Path) -> bool:
 
 def reproduce(config: ReproduceConfig) -> Path:
     """Run the preset's whole grid into `config.out` and write the report; returns the folder."""
+    started = time.perf_counter()
     preset = PRESETS.get(config.preset)
     if config.epochs is not None:
         preset = replace(preset, epochs=config.epochs, source_epochs=config.epochs)
@@ -242,49 +284,142 @@ def reproduce(config: ReproduceConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "preset.json").write_text(json.dumps(asdict(preset), indent=2) + "\n")
+    plan = _GridPlan(preset, out, seeds)
+    with grid_progress(f"reproduce {preset.name}", plan.total) as bar:
+        with plan.step(bar, "data"):
+            data = build_data(preset, out, config.data_root)
+        stores, sources = _build_stores(preset, out, data, config.device, plan, bar)
+        # Model-free stores (masks, random) are judged by the standard source when there is one.
+        judge = sources.get("std") or next(iter(sources.values()), None)
+        for store in stores:
+            with plan.step(bar, f"score {store.label}"):
+                store.quality = build_quality(
+                    store.uri, data, sources.get(store.source, judge), preset, config.device
+                )
+        weak = next((s.uri for s in stores if s.row == "sat" and s.source is None), None)
+        study = {(s.source, s.method): s.uri for s in stores if s.row != "sat"}
+        specs = plan_runs(preset, out, seeds, weak, study)
+        results = _run_all(specs, preset, data, config, on_done=plan.run_done(bar))
+        records = [_record(spec, res, out) for spec, res in zip(specs, results, strict=True)]
+        with plan.step(bar, "report"):
+            write_report(out, preset, records, data, [s.uri for s in stores])
+            write_quality_report(out, preset, records, stores)
+    write_wall_time(out, time.perf_counter() - started)
+    return out
 
-    data = build_data(preset, out, config.data_root)
-    weak = None
+
+@dataclass
+class _Store:
+    """A saliency store of the grid: whose maps (source None: model-free), which SAT row
+    trains on it, and its quality record once scored."""
+
+    label: str
+    source: str | None
+    method: str
+    uri: str
+    row: str
+    quality: dict[str, Any] | None = None
+
+
+def _planned_stores(preset: Preset, out: Path) -> list[_Store]:
+    """Every saliency store of the grid, in build order: weak maps, the study's, controls."""
+    stores = []
     if preset.weak_method:
-        weak = build_saliency(
-            data,
-            out / "saliency" / f"{preset.weak_method}.zarr",
-            preset.weak_method,
-            {},
-            None,
-            config.device,
-        )
-    study: dict[tuple[str, str], str] = {}
+        uri = out / "saliency" / f"{preset.weak_method}.zarr"
+        stores.append(_Store(preset.weak_method, None, preset.weak_method, str(uri), "sat"))
     for source in preset.study_sources if preset.study_methods else ():
-        ckpt = build_source(preset, data, out / "sources" / source, source, config.device)
         for method in preset.study_methods:
-            store = out / "saliency" / f"{source}-{_slug(method)}.zarr"
-            params = preset.method_params.get(method, {})
-            study[(source, method)] = build_saliency(
-                data, store, method, params, ckpt, config.device
-            )
+            uri = out / "saliency" / f"{source}-{_slug(method)}.zarr"
+            row = study_row(preset, source, method)
+            stores.append(_Store(f"{source} {method}", source, method, str(uri), row))
+    for control in preset.study_controls:
+        uri = out / "saliency" / f"{_slug(control)}.zarr"
+        stores.append(_Store(control, None, control, str(uri), study_row(preset, None, control)))
+    return stores
 
-    specs = plan_runs(preset, out, seeds, weak, study)
-    results = _run_all(specs, preset, data, config)
-    records = [_record(spec, res, out) for spec, res in zip(specs, results, strict=True)]
-    # The gallery shows a model-based method when there is one: masks alone are no news.
-    return write_report(out, preset, records, data, next(iter(study.values()), weak))
+
+def _build_stores(preset, out, data, device, plan, bar) -> tuple[list[_Store], dict[str, str]]:
+    """Steps 2-4: every store of the grid, and the source checkpoints {kind: path}."""
+    stores = _planned_stores(preset, out)
+    sources: dict[str, str] = {}
+    for store in stores:
+        if store.source is not None and store.source not in sources:
+            with plan.step(bar, f"source {store.source}"):
+                sources[store.source] = build_source(
+                    preset, data, out / "sources" / store.source, store.source, device
+                )
+        params = preset.method_params.get(store.method, {})
+        with plan.step(bar, store.label):
+            build_saliency(
+                data, Path(store.uri), store.method, params, sources.get(store.source), device
+            )
+    return stores, sources
+
+
+class _GridPlan:
+    """The grid's steps and their estimated work (satpipe.grid), for the one bar."""
+
+    def __init__(self, preset: Preset, out: Path, seeds: Sequence[int]) -> None:
+        from satpipe import grid
+
+        self.name = preset.name
+        work: dict[str, float] = {"data": grid.data_work(preset)}
+        for store in _planned_stores(preset, out):
+            if store.source is not None:
+                variant = SOURCES[store.source][0]
+                work[f"source {store.source}"] = grid.train_work(
+                    preset, variant, preset.source_epochs
+                )
+            work[store.label] = grid.saliency_work(preset, store.method)
+            work[f"score {store.label}"] = grid.score_work(preset, store.method, preset.score_n)
+        stores = _planned_stores(preset, out)
+        weak = next((s.uri for s in stores if s.row == "sat" and s.source is None), None)
+        study = {(s.source, s.method): s.uri for s in stores if s.row != "sat"}
+        self.runs = {
+            spec.out: grid.run_work(preset, spec.variant)
+            for spec in plan_runs(preset, out, seeds, weak, study)
+        }
+        work["report"] = 0.01 * sum(work.values())
+        self.work = work
+        self.total = sum(work.values()) + sum(self.runs.values())
+
+    @contextlib.contextmanager
+    def step(self, bar, name: str) -> Iterator[None]:
+        """Say that step `name` runs; advance the bar by its work when it is done."""
+        bar.describe(f"reproduce {self.name}: {name}")
+        yield
+        bar.advance(self.work.get(name, 0.0))
+
+    def run_done(self, bar) -> Callable[[RunSpec], None]:
+        def done(spec: RunSpec) -> None:
+            bar.describe(f"reproduce {self.name}: runs (done: {spec.row}, seed {spec.seed})")
+            bar.advance(self.runs.get(spec.out, 0.0))
+
+        return done
 
 
 def _run_all(
-    specs: list[RunSpec], preset: Preset, data: str, config: ReproduceConfig
+    specs: list[RunSpec],
+    preset: Preset,
+    data: str,
+    config: ReproduceConfig,
+    on_done: Callable[[RunSpec], None] | None = None,
 ) -> list[dict[str, Any]]:
     run = functools.partial(run_student, preset=preset, data=data, device=config.device)
+    on_done = on_done or (lambda spec: None)
     with progress(f"reproduce {preset.name}: runs", len(specs)) as advance:
         if config.jobs <= 1 and not config.scheduler:
             results = []
             for spec in specs:
                 results.append(run(spec))
                 advance()
+                on_done(spec)
             return results
         # One torch thread per worker process: jobs share the cores instead of fighting.
         with dask_client(config.jobs, config.scheduler, env=ONE_THREAD_ENV) as client:
-            return run_tasks(client, run, specs, on_done=lambda *_: advance())
+            return run_tasks(
+                client, run, specs, on_done=lambda i, _: (advance(), on_done(specs[i]))
+            )
 
 
 def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -299,14 +434,20 @@ def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]
         "fgsm": {k: v for k, v in results["fgsm"].items() if float(k) > 0},
         "train_time_s": results.get("train_time_s") or float("nan"),
         "checks_passed": results.get("checks_passed"),
+        "n": results.get("n"),
         "run": Path(spec.out).relative_to(out).as_posix(),
     }
 
 
 def write_report(
-    out: Path, preset: Preset, records: list[dict[str, Any]], data: str, gallery_store: str | None
+    out: Path,
+    preset: Preset,
+    records: list[dict[str, Any]],
+    data: str,
+    gallery_store: str | Sequence[str] | None,
 ) -> Path:
-    """Step 6: table.md, results.json, robustness.png, saliency.png, time.md, claims.md."""
+    """Step 7: table.md, results.json, robustness.png, saliency.png (one column per store in
+    `gallery_store`), time.md, claims.md."""
     from satpipe.train import report
 
     summary = report.summarize(records)
@@ -335,3 +476,50 @@ def write_report(
     payload = {"preset": asdict(preset), "summary": summary, "claims": claims, "runs": records}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out
+
+
+def write_quality_report(
+    out: Path, preset: Preset, records: list[dict[str, Any]], stores: Sequence[_Store]
+) -> None:
+    """Step 7, the saliency part: saliency-quality.md, saliency-quality.json,
+    quality-vs-robustness.png, and the claim's section appended to claims.md."""
+    from satpipe.train import quality_report as qr
+
+    points = [
+        {
+            "label": s.label,
+            "store": Path(s.uri).relative_to(out).as_posix(),
+            "row": s.row,
+            "quality": s.quality,
+        }
+        for s in stores
+    ]
+    cpoints = qr.claim_points(points, records, preset.claim_score)
+    claims = qr.quality_claims(cpoints, preset.claim_score)
+    (out / "saliency-quality.md").write_text(
+        qr.saliency_quality_markdown(points, cpoints, preset.claim_score)
+    )
+    title = f"{preset.name}: saliency quality vs SAT's robustness gain"
+    png = out / "quality-vs-robustness.png"
+    qr.quality_robustness_plot(cpoints, png, preset.claim_score, title)
+    with (out / "claims.md").open("a") as f:
+        f.write("\n" + qr.quality_claims_markdown(claims))
+    payload = {"points": points, "claim_points": cpoints, "claims": claims}
+    (out / "saliency-quality.json").write_text(
+        json.dumps(payload, indent=2, default=_jsonable) + "\n"
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    as_dict = getattr(value, "as_dict", None)
+    return as_dict() if callable(as_dict) else str(value)
+
+
+def write_wall_time(out: Path, seconds: float) -> None:
+    """The run's wall time, appended to time.md (steps resumed from an earlier run took none
+    of it)."""
+    with (out / "time.md").open("a") as f:
+        f.write(
+            f"\nWhole grid, this invocation: {seconds:.0f} s wall time "
+            f"({seconds / 60:.1f} min), data to report.\n"
+        )

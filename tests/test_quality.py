@@ -164,13 +164,20 @@ def test_deletion_curve_agrees_with_quantus_pixel_flipping(quantus):
     steps = 8
     ours = curves(model, x, y, pixel_order(maps), steps, insertion=False)
     metric = quantus.PixelFlipping(
-        features_in_step=64 // steps, abs=False, normalise=False, perturb_baseline="black",
+        features_in_step=64 // steps,
+        abs=False,
+        normalise=False,
+        perturb_baseline="black",
         disable_warnings=True,
-    )  # fmt: skip
+    )
     theirs = metric(
-        model=model, x_batch=x.numpy(), y_batch=y.numpy(),
-        a_batch=maps.permute(0, 3, 1, 2).numpy(), softmax=True, device="cpu",
-    )  # fmt: skip
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=y.numpy(),
+        a_batch=maps.permute(0, 3, 1, 2).numpy(),
+        softmax=True,
+        device="cpu",
+    )
     # Quantus' curve starts after the first step; ours also has the untouched image at 0.
     np.testing.assert_allclose(ours[:, 1:].numpy(), np.asarray(theirs), atol=1e-5)
 
@@ -249,22 +256,23 @@ def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("quality")
     data = write_tiny_dataset(root / "d.zarr", n_train=48, n_test=16, size=12)
     ckpt = root / "src.pt"
-    save_checkpoint(ckpt, {"model": model_record(_tiny_classifier(4), 4, 3),
-                           "variant": "original"})  # fmt: skip
+    save_checkpoint(ckpt, {"model": model_record(_tiny_classifier(4), 4, 3), "variant": "original"})
     made = {}
     for method in ("gradient", "mask"):
         made[method] = compute_saliency(
-            _saliency_config(method, data, root / f"{method}.zarr",
-                             str(ckpt) if method == "gradient" else None)
-        )  # fmt: skip
+            _saliency_config(
+                method, data, root / f"{method}.zarr", str(ckpt) if method == "gradient" else None
+            )
+        )
     return {"root": root, "data": data, "ckpt": str(ckpt), **made}
 
 
 def _saliency_config(method, data, out, model):
     from satpipe.pipeline.config import SaliencyConfig
 
-    return SaliencyConfig(method=method, data=data, out=str(out), model=model, device="cpu",
-                          rows_per_shard=16)  # fmt: skip
+    return SaliencyConfig(
+        method=method, data=data, out=str(out), model=model, device="cpu", rows_per_shard=16
+    )
 
 
 def _copy(src: str, dst) -> str:
@@ -310,8 +318,9 @@ def test_without_a_model_only_localisation_runs_with_notes(stores):
 
 
 def test_a_model_free_store_is_flagged_and_judged_by_the_given_model(stores):
-    q = score_store(ScoreConfig(stores["mask"], model=stores["ckpt"], n=8, device="cpu",
-                                write=False))  # fmt: skip
+    q = score_store(
+        ScoreConfig(stores["mask"], model=stores["ckpt"], n=8, device="cpu", write=False)
+    )
     assert q["scores"]["sign-agreement"]["value"] == pytest.approx(1.0)
     assert q["scores"]["relevance-mass"]["value"] == pytest.approx(
         q["scores"]["relevance-mass"]["chance"]
@@ -322,8 +331,9 @@ def test_a_model_free_store_is_flagged_and_judged_by_the_given_model(stores):
 
 
 def test_localisation_is_skipped_with_a_note_on_data_without_masks(stores, tmp_path):
-    data = write_tiny_dataset(tmp_path / "nomask.zarr", n_train=16, n_test=8, size=12,
-                              masks=False, boxes=False)  # fmt: skip
+    data = write_tiny_dataset(
+        tmp_path / "nomask.zarr", n_train=16, n_test=8, size=12, masks=False, boxes=False
+    )
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, {"model": model_record(_tiny_classifier(4), 4, 3)})
     store = compute_saliency(_saliency_config("gradient", data, tmp_path / "s.zarr", str(ckpt)))

@@ -27,17 +27,27 @@ from satpipe.pipeline.methods.ig import gaussian_blur
 from satpipe.pipeline.quality.registry import Score, register_score
 
 RANDOM = "measured: the same curve with the pixels taken in a random order"
-register_score(Score(
-    "deletion", "faithfulness",
-    "area under the true-class probability as the most salient pixels are blacked out",
-    False, RANDOM, "Petsiuk et al. 2018 (RISE)",
-))  # fmt: skip
-register_score(Score(
-    "insertion", "faithfulness",
-    "area under the true-class probability as the most salient pixels are put back into a "
-    "blurred image",
-    True, RANDOM, "Petsiuk et al. 2018 (RISE)",
-))  # fmt: skip
+register_score(
+    Score(
+        "deletion",
+        "faithfulness",
+        "area under the true-class probability as the most salient pixels are blacked out",
+        False,
+        RANDOM,
+        "Petsiuk et al. 2018 (RISE)",
+    )
+)
+register_score(
+    Score(
+        "insertion",
+        "faithfulness",
+        "area under the true-class probability as the most salient pixels are put back into a "
+        "blurred image",
+        True,
+        RANDOM,
+        "Petsiuk et al. 2018 (RISE)",
+    )
+)
 
 
 def pixel_order(maps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -40,11 +40,16 @@ from satpipe.seeding import derive_seed, generator
 FLAG_AT = 0.5  # mean rank correlation with the weights gone at or above which a store is flagged
 SANITY_STREAM = 0x5A17  # tags this check's random streams apart from every other one
 
-register_score(Score(
-    "randomisation", "sanity",
-    "rank correlation of the maps with those of a fully randomised model (cascading)",
-    False, "closed form: 0 (maps independent of the stored ones)", "Adebayo et al. 2018",
-))  # fmt: skip
+register_score(
+    Score(
+        "randomisation",
+        "sanity",
+        "rank correlation of the maps with those of a fully randomised model (cascading)",
+        False,
+        "closed form: 0 (maps independent of the stored ones)",
+        "Adebayo et al. 2018",
+    )
+)
 
 
 def cascade_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -137,8 +137,15 @@ def _open(config: ScoreConfig) -> _Job:
         raise SatpipeError(f"{config.saliency}: records no dataset; pass --data")
     dataset = open_dataset(data, so)
     check_pairing(dataset, saliency, config.split)
-    job = _Job(config, saliency.attrs, str(data), dataset, dataset.split(config.split),
-               saliency.split(config.split), resolve_device(config.device))  # fmt: skip
+    job = _Job(
+        config,
+        saliency.attrs,
+        str(data),
+        dataset,
+        dataset.split(config.split),
+        saliency.split(config.split),
+        resolve_device(config.device),
+    )
     _check_inventory(config.saliency, f"{config.split}/saliency", job.maps)
     job.target = _localisation_target(job.view)
     if job.target is not None and job.want("localisation"):
@@ -300,8 +307,16 @@ def _faithfulness(job: _Job) -> None:
     with progress("score faithfulness", -(-len(x) // b)) as advance:
         for i, a in enumerate(range(0, len(x), b)):
             g = generator(config.seed, FAITH_STREAM, i, device=job.device)
-            out = faithfulness_batch(job.model, x[a : a + b], y[a : a + b], maps[a : a + b],
-                                     config.steps, config.blur_sigma, g, chunk=16 * b)  # fmt: skip
+            out = faithfulness_batch(
+                job.model,
+                x[a : a + b],
+                y[a : a + b],
+                maps[a : a + b],
+                config.steps,
+                config.blur_sigma,
+                g,
+                chunk=16 * b,
+            )
             for k, (v, c, curve) in out.items():
                 auc[k][0].append(v.cpu().numpy())
                 auc[k][1].append(c.cpu().numpy())
@@ -325,8 +340,10 @@ def _sanity(job: _Job) -> None:
     config, attrs = job.config, job.attrs
     method = get_method(attrs["method"], **dict(attrs.get("params") or {}))
     if not method.needs_model:
-        job.flags.append(f"method '{method.name}' uses no model: its maps cannot depend on the "
-                         "model's weights (by construction)")  # fmt: skip
+        job.flags.append(
+            f"method '{method.name}' uses no model: its maps cannot depend on the "
+            "model's weights (by construction)"
+        )
         job.skip("sanity", f"method '{method.name}' uses no model")
         return
     if job.model is None:
@@ -342,11 +359,19 @@ def _sanity(job: _Job) -> None:
     x, y = job.images()
     stored = job.stored_maps(job.subset)
     with progress("score sanity", 1 + len(cascade_blocks(job.model))) as advance:
-        curve = randomisation_curve(job.model, method, x, y, stored, attrs["normalization"],
-                                    config.seed, config.batch_size, on_step=advance)  # fmt: skip
+        curve = randomisation_curve(
+            job.model,
+            method,
+            x,
+            y,
+            stored,
+            attrs["normalization"],
+            config.seed,
+            config.batch_size,
+            on_step=advance,
+        )
     last = curve[-1][1].cpu().numpy()
-    job.results["randomisation"] = _summary("randomisation", last, np.zeros_like(last),
-                                            config.seed)  # fmt: skip
+    job.results["randomisation"] = _summary("randomisation", last, np.zeros_like(last), config.seed)
     job.curves["randomisation"] = [
         {"randomised": name, **_rounded(_mean_or_nan(rho.cpu().numpy(), config.seed))}
         for name, rho in curve
