@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import zarr
 from torch import nn
 
 from satpipe.data.inspect import format_info, store_info, verify_store
+from satpipe.data.store import open_saliency
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.config import ScoreConfig
 from satpipe.pipeline.methods import get_method
@@ -404,3 +406,27 @@ def test_cli_store_score_prints_and_records(stores, tmp_path):
     result = CliRunner().invoke(app, ["store", "score", store, "--n", "1000"])
     assert result.exit_code == 1 and "larger than the train split" in result.output
     assert "roc-auc" in CliRunner().invoke(app, ["store", "info", store]).output
+
+
+# --------------------------------------------------------------------------------------------
+# Galleries
+
+
+def test_gallery_compares_stores_side_by_side_with_per_image_clipping(stores, tmp_path):
+    from satpipe.pipeline.gallery import _label, _limits, saliency_gallery
+
+    hot = np.zeros((8, 8), np.float32)
+    hot[:4] = 0.1
+    hot[0, 0] = 5.0  # one hot pixel must not wash out the rest
+    signed = _limits(hot, "signed-maxabs", 99.0)
+    assert signed["cmap"] == "RdBu_r" and signed["vmin"] == -signed["vmax"] < 5.0
+    assert _limits(hot, "minmax", 99.0)["cmap"] == "magma"
+    store = _copy(stores["gradient"], tmp_path / "g.zarr")
+    score_store(ScoreConfig(store, scores=("pointing-game", "relevance-mass"), device="cpu"))
+    title = _label(open_saliency(store))
+    assert "gradient" in title and "PG " in title and "RM " in title
+    png = saliency_gallery([stores["mask"], store], None, str(tmp_path / "g.png"), n=3)
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = write_tiny_dataset(tmp_path / "other.zarr", n_train=48, n_test=16, size=12, seed=9)
+    with pytest.raises(SatpipeError, match="made for dataset"):
+        saliency_gallery([store], other, str(tmp_path / "x.png"))

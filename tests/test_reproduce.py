@@ -36,15 +36,28 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(tmp_path, 
     runs = json.loads((out / "results.json").read_text())["runs"]
     # 4 weak-grid variants + SAT on 2 sources' maps + SAT on the random control
     assert len(runs) == len(trained) + 2 == 4 + 2 + 1
-    for name in ("table.md", "time.md", "claims.md", "robustness.png", "saliency.png",
-                 "saliency-quality.md", "quality-vs-robustness.png", "saliency-quality.json"):
+    for name in (
+        "table.md",
+        "time.md",
+        "claims.md",
+        "robustness.png",
+        "saliency.png",
+        "saliency-quality.md",
+        "quality-vs-robustness.png",
+        "saliency-quality.json",
+    ):
         assert (out / name).stat().st_size > 0
     quality = json.loads((out / "saliency-quality.json").read_text())
     # Every store scored: weak masks, the random control, smoothgrad from both sources.
-    assert [p["label"] for p in quality["points"]] == ["mask", "std smoothgrad",
-                                                       "adv smoothgrad", "random"]
-    assert all(p["quality"]["scores"]["sign-agreement"]["value"] is not None
-               for p in quality["points"])
+    assert [p["label"] for p in quality["points"]] == [
+        "mask",
+        "std smoothgrad",
+        "adv smoothgrad",
+        "random",
+    ]
+    assert all(
+        p["quality"]["scores"]["sign-agreement"]["value"] is not None for p in quality["points"]
+    )
     assert len(quality["claim_points"]) == 4  # each with its SAT row and the noise baseline
     claims = (out / "claims.md").read_text()
     assert "better saliency (sign-agreement), more robustness" in claims
