@@ -303,7 +303,7 @@ def reproduce(config: ReproduceConfig) -> Path:
         records = [_record(spec, res, out) for spec, res in zip(specs, results, strict=True)]
         with plan.step(bar, "report"):
             write_report(out, preset, records, data, [s.uri for s in stores])
-            write_quality_report(out, preset, records, stores)
+            write_quality_report(out, preset, records, stores, source_accuracy(sources, data))
     write_wall_time(out, time.perf_counter() - started)
     return out
 
@@ -478,11 +478,39 @@ def write_report(
     return out
 
 
+def source_accuracy(sources: dict[str, str], data: str) -> list[dict[str, Any]]:
+    """Each source model's clean test accuracy (%) after its last epoch, with its Wilson 95%
+    interval over the test split: [{kind, variant, arch, epochs, n, accuracy: Interval}]."""
+    from satpipe.data.store import open_dataset
+    from satpipe.stats import wilson
+
+    n = len(open_dataset(data).split("test"))
+    out = []
+    for kind, ckpt in sources.items():
+        lines = (Path(ckpt).parent / "metrics.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1])
+        acc = wilson(round(float(last["test_acc"]) * n), n).scaled(100)
+        out.append(
+            {
+                "kind": kind,
+                "variant": SOURCES[kind][0],
+                "epochs": last["epoch"] + 1,
+                "n": n,
+                "accuracy": acc,
+            }
+        )
+    return out
+
+
 def write_quality_report(
-    out: Path, preset: Preset, records: list[dict[str, Any]], stores: Sequence[_Store]
+    out: Path,
+    preset: Preset,
+    records: list[dict[str, Any]],
+    stores: Sequence[_Store],
+    sources: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Step 7, the saliency part: saliency-quality.md, saliency-quality.json,
-    quality-vs-robustness.png, and the claim's section appended to claims.md."""
+    """Step 7, the saliency part: saliency-quality.md (with the source models' accuracy),
+    saliency-quality.json, quality-vs-robustness.png, and the claim's section of claims.md."""
     from satpipe.train import quality_report as qr
 
     points = [
@@ -497,14 +525,14 @@ def write_quality_report(
     cpoints = qr.claim_points(points, records, preset.claim_score)
     claims = qr.quality_claims(cpoints, preset.claim_score)
     (out / "saliency-quality.md").write_text(
-        qr.saliency_quality_markdown(points, cpoints, preset.claim_score)
+        qr.saliency_quality_markdown(points, cpoints, preset.claim_score, sources)
     )
     title = f"{preset.name}: saliency quality vs SAT's robustness gain"
     png = out / "quality-vs-robustness.png"
     qr.quality_robustness_plot(cpoints, png, preset.claim_score, title)
     with (out / "claims.md").open("a") as f:
         f.write("\n" + qr.quality_claims_markdown(claims))
-    payload = {"points": points, "claim_points": cpoints, "claims": claims}
+    payload = {"sources": sources, "points": points, "claim_points": cpoints, "claims": claims}
     (out / "saliency-quality.json").write_text(
         json.dumps(payload, indent=2, default=_jsonable) + "\n"
     )

@@ -165,17 +165,37 @@ def _num(v: Any) -> str:
 
 
 def saliency_quality_markdown(
-    points: Sequence[dict[str, Any]], cpoints: Sequence[dict[str, Any]], score: str
+    points: Sequence[dict[str, Any]],
+    cpoints: Sequence[dict[str, Any]],
+    score: str,
+    sources: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """saliency-quality.md: every store's scores (value [95% interval] (chance)), its flags
-    and notes, then the claim's points (quality against SAT gain per eps)."""
+    """saliency-quality.md: the source models' accuracy, the headline localisation of every
+    store, all its scores (value [95% interval] (chance)), flags and notes, then the claim's
+    points (quality against SAT gain per eps)."""
+    lines = ["# Saliency quality of every store this run built", ""]
+    if sources:
+        lines += [
+            "## Source models",
+            "",
+            "| source | variant | epochs | clean test accuracy (%) |",
+            "|---|---|---|---|",
+        ]
+        for s in sources:
+            a = s["accuracy"]
+            lines.append(
+                f"| {s['kind']} | {s['variant']} | {s['epochs']} | {a.value:.1f} "
+                f"[{a.low:.1f}, {a.high:.1f}] (n = {s['n']}) |"
+            )
+        lines.append("")
+    lines += _headline(points)
     names: list[str] = []
     for p in points:
         for k in (p.get("quality") or {}).get("scores") or {}:
             if k not in names:
                 names.append(k)
-    lines = [
-        "# Saliency quality of every store this run built",
+    lines += [
+        "## Every score",
         "",
         "`satpipe store score` on each store: value [95% interval over images] (chance value:",
         "the same score for a map that knows nothing, closed form or measured). Direction: "
@@ -215,6 +235,34 @@ def saliency_quality_markdown(
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _headline(points: Sequence[dict[str, Any]]) -> list[str]:
+    """Does each store localise? Pointing game and relevance mass against chance (the object's
+    area share), and the sign agreement SAT acts with."""
+    lines = [
+        "## Localisation at a glance",
+        "",
+        "| store | pointing game (chance) | relevance mass / area share "
+        "| sign agreement (chance) |",
+        "|---|---|---|---|",
+    ]
+    for p in points:
+        scores = (p.get("quality") or {}).get("scores") or {}
+        pg, rm, sa = (
+            scores.get(k) or {} for k in ("pointing-game", "relevance-mass", "sign-agreement")
+        )
+        ratio = "–"
+        if rm.get("value") is not None and rm.get("chance"):
+            ratio = f"{rm['value']:.3f} / {rm['chance']:.3f} = {rm['value'] / rm['chance']:.2f}x"
+        lines.append(f"| {p['label']} | {_short(pg)} | {ratio} | {_short(sa)} |")
+    return [*lines, ""]
+
+
+def _short(s: dict[str, Any]) -> str:
+    if s.get("value") is None:
+        return "–"
+    return f"{s['value']:.3f} ({_num(s.get('chance'))})"
 
 
 def _direction(points: Sequence[dict[str, Any]], name: str) -> str:
