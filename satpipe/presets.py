@@ -56,6 +56,7 @@ class Preset:
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
+    schedule: str = "none"  # learning-rate schedule of every run (train/schedules.py)
     eps: float = 8.0
     attack_steps: int = 7
     attack_step_size: float = 2.0

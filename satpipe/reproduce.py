@@ -155,6 +155,7 @@ def train_config(preset: Preset, **fields: Any):
         epochs=preset.epochs,
         batch_size=preset.batch_size,
         lr=preset.lr,
+        schedule=preset.schedule,
         eps=preset.eps,
         attack_steps=preset.attack_steps,
         attack_step_size=preset.attack_step_size,

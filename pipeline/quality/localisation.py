@@ -2,9 +2,10 @@
 
 Per image, the map s (H, W, Cs) is reduced over channels to two per-pixel masses: |s| summed
 over channels (`a`, how much the map says about a pixel) and the positive part summed over
-channels (`pos`, how much it says *for* the class: SAT's perturbation uses the sign). Every
-score is a function of (a, pos, mask) per image, computed in torch on the store's device in
-one batch per shard, so a whole store streams through with one shard in memory.
+channels (`pos`, how much it says *for* the class: SAT's perturbation uses the sign); the
+signed map is 2 pos - a. Every score is a function of (a, pos, mask) per image, computed in
+torch on the store's device in one batch per shard, so a whole store streams through with one
+shard in memory.
 
 Written here rather than called from Quantus: Quantus evaluates numpy batches with a Python
 loop per image for some metrics (its ROC-AUC calls scikit-learn once per image) and breaks
@@ -48,9 +49,12 @@ def _area(m: torch.Tensor) -> torch.Tensor:
 
 
 def pointing_game(a: torch.Tensor, pos: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """1 when the pixel of largest |s| lies in the object (tied maxima: the share of them
-    inside, the expected hit of a random pick among them)."""
-    top = a == a.amax(dim=1, keepdim=True)
+    """1 when the map's maximum (its strongest evidence for the class, channels summed) lies
+    in the object; tied maxima score the share of them inside, the expected hit of a random
+    pick among them. The signed maximum, as Zhang et al. and Quantus' default (abs=False)
+    take it: a strongly negative pixel is evidence against the class, not a pointer to it."""
+    v = 2 * pos - a  # the channel-summed signed map: positive part minus negative part
+    top = v == v.amax(dim=1, keepdim=True)
     return _share((top & m).sum(1).double(), top.sum(1).double())
 
 
