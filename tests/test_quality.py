@@ -301,11 +301,11 @@ def _attrs(uri: str) -> dict:
 def test_scores_are_recorded_survive_verify_and_a_rerun_replaces_them(stores, tmp_path):
     store = _copy(stores["gradient"], tmp_path / "g.zarr")
     maps_before = np.asarray(zarr.open_group(store, mode="r")["train/saliency"][:])
-    q = score_store(ScoreConfig(store, model=stores["ckpt"], n=16, device="cpu"))
+    q = score_store(ScoreConfig(store, model=stores["ckpt"], n=8, device="cpu"))
     assert set(q["scores"]) == set(SCORES.names())
     for s in q["scores"].values():
         assert s["low"] <= s["value"] <= s["high"] and s["chance"] is not None
-    assert q["settings"]["model"]["is_source"] and q["settings"]["n"] == 16
+    assert q["settings"]["model"]["is_source"] and q["settings"]["n"] == 8
     assert q["settings"]["rows"] == 48 and q["scores"]["relevance-mass"]["n"] == 48
     assert [c["randomised"] for c in q["curves"]["randomisation"]][0] == "none"
     recorded = _attrs(store)
@@ -314,7 +314,7 @@ def test_scores_are_recorded_survive_verify_and_a_rerun_replaces_them(stores, tm
     np.testing.assert_array_equal(maps_before, zarr.open_group(store, mode="r")["train/saliency"])
     text = format_info(store_info(store))
     assert "relevance-mass" in text and "chance" in text and "randomisation" in text
-    again = score_store(ScoreConfig(store, model=stores["ckpt"], n=16, device="cpu"))
+    again = score_store(ScoreConfig(store, model=stores["ckpt"], n=8, device="cpu"))
     assert again["scores"] == q["scores"]  # deterministic, and it replaced the record
     only = score_store(ScoreConfig(store, scores=("pointing-game",), device="cpu"))
     assert list(_attrs(store)["quality"]["scores"]) == ["pointing-game"] == list(only["scores"])

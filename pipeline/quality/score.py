@@ -64,6 +64,7 @@ class _Job:
     curves: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    _subset_images: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def want(self, family: str) -> list[str]:
         """The scores of `family` this run computes (all, or those asked for)."""
@@ -90,16 +91,21 @@ class _Job:
         return maps
 
     def images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """x float32 (n, C, H, W) in [0, 1] and y int64 (n,) of the subset, on the device."""
-        images = _read(self.data, f"{self.view.name}/images", self.view.images, self.subset)
-        labels = _read(self.data, f"{self.view.name}/labels", self.view.labels, self.subset)
-        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        return x.contiguous(), torch.from_numpy(labels).to(self.device).long()
+        """x float32 (n, C, H, W) in [0, 1] and y int64 (n,) of the subset, on the device
+        (read once, shared by faithfulness and sanity)."""
+        if self._subset_images is None:
+            view = self.view
+            images = _read(self.data, f"{view.name}/images", view.images, self.subset)
+            labels = _read(self.data, f"{view.name}/labels", view.labels, self.subset)
+            x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+            self._subset_images = (x.contiguous(), torch.from_numpy(labels).to(self.device).long())
+        return self._subset_images
 
 
 def score_store(config: ScoreConfig) -> dict[str, Any]:
     """Compute the store's quality scores; record them (unless `write=False`) under the
-    provenance key `quality` and return that record (JSON-able)."""
+    provenance key `quality`, replacing any earlier record as a whole (its settings apply to
+    every score in it), and return that record (JSON-able)."""
     job = _open(config)
     if job.target is None:
         job.skip("localisation", f"{job.data} has no {config.split} masks or boxes")
