@@ -33,6 +33,7 @@ from satpipe.data.integrity import (
     shard_digest,
     stored_shards,
 )
+from satpipe.data.quality_text import quality_lines
 from satpipe.data.store import (
     NORMALIZATION_RANGES,
     SPLITS,
@@ -177,6 +178,7 @@ def format_info(info: Mapping[str, Any]) -> str:
         lines.append(f"  dataset: {_short(info['dataset'] or {})}")
         done = ", ".join(f"{k} {d}/{n}" for k, (d, n) in info["done"].items())
         lines.append(f"  shards done: {done}")
+        lines += quality_lines(attrs.get("quality"))
     lines.append(f"  created: {attrs.get('created')}, satpipe {attrs.get('satpipe_version')}")
     if info["features"]:
         lines.append(f"  features: {', '.join(info['features'])}")

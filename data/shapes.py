@@ -7,6 +7,16 @@ class shape, so a classifier has to look at the object's outline. Masks (1 = obj
 boxes (x0, y0, x1, y1, end exclusive) are exact: they come from the same geometry that
 painted the object.
 
+Styles (`contrast`, `clutter`, `texture`): `contrast="any"` (the default) draws the object in
+a colour far from its background's, lighter or darker; `contrast="light"` draws light objects
+(each channel in [160, 255]) on dark backgrounds and dark clutter (channels in [0, 110] and
+[0, 140]). With "light" the evidence for a class has one sign in every image: a lighter
+object is more of that object, so the sign of a saliency map (what SAT's -s perturbation
+uses) can mean the same thing in every image; with "any" the sign of a gradient at an edge
+flips with the contrast's direction, a coin toss per image. `clutter` is the number of
+clutter passes (a line and a blob, each present with probability 0.6) and `texture` scales
+the background's grating. Defaults give the bytes of generator version 1.
+
 Generation is vectorised numpy over blocks of `BLOCK_ROWS` rows. Every block draws from its
 own seed (`SeedSequence(seed, spawn_key=(split, 1, block))`) and labels from a per-split
 stream, so the bytes depend only on (seed, sizes, size, classes), never on how the store is
@@ -22,13 +32,14 @@ import numpy as np
 
 from satpipe.data.store import DatasetWriter
 from satpipe.errors import SatpipeError
-from satpipe.options import option, storage_options_field
+from satpipe.options import check_choice, option, storage_options_field
 from satpipe.progress import progress
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the contrast, clutter and texture styles (defaults: version 1's bytes)
 BLOCK_ROWS = 256
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent", "ell")
 MIN_SIZE = 16
+CONTRASTS = ("any", "light")
 _SPLIT_CODES = {"train": 0, "test": 1}
 
 
@@ -71,21 +82,30 @@ def _far_colours(rng: np.random.Generator, away_from: np.ndarray, candidates: in
 
 
 def render_block(
-    rng: np.random.Generator, labels: np.ndarray, size: int, shapes: tuple[str, ...] = SHAPES
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    size: int,
+    shapes: tuple[str, ...] = SHAPES,
+    contrast: str = "any",
+    clutter: int = 2,
+    texture: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw one block of images for `labels` (B,) with indices into `shapes`.
+    """Draw one block of images for `labels` (B,) with indices into `shapes`, in the style
+    `contrast`, `clutter`, `texture` (see the module docstring).
 
     Returns images uint8 (B, size, size, 3), masks uint8 (B, size, size) in {0, 1} and boxes
     int32 (B, 4) as (x0, y0, x1, y1), end exclusive; every mask is non-empty and inside.
     """
     b, s = len(labels), size
     f32 = np.float32
+    light = contrast == "light"
     # Pixel centres, broadcast as (1, S, S).
     yy, xx = (g[None].astype(f32) + f32(0.5) for g in np.mgrid[0:s, 0:s])
 
     # Background: a two-colour ramp, a coloured grating and pixel noise.
-    c0 = rng.uniform(0, 255, (b, 3)).astype(f32)
-    c1 = rng.uniform(0, 255, (b, 3)).astype(f32)
+    top = 110.0 if light else 255.0
+    c0 = rng.uniform(0, top, (b, 3)).astype(f32)
+    c1 = rng.uniform(0, top, (b, 3)).astype(f32)
     ang = rng.uniform(0, 2 * np.pi, b).astype(f32)[:, None, None]
     ramp = (xx - s / 2) * np.cos(ang) + (yy - s / 2) * np.sin(ang)
     ramp = np.clip(ramp / s + 0.5, 0.0, 1.0)[..., None]
@@ -95,11 +115,13 @@ def render_block(
     phase = rng.uniform(0, 2 * np.pi, b).astype(f32)[:, None, None]
     grating = np.sin(freq * (xx * np.cos(gang) + yy * np.sin(gang)) + phase)
     weights = rng.uniform(-1, 1, (b, 3)).astype(f32) * rng.uniform(5, 25, (b, 1)).astype(f32)
+    if texture != 1.0:
+        weights *= f32(texture)
     img += grating[..., None] * weights[:, None, None]
     bg_mean = img.mean(axis=(1, 2))
 
     # Object placement first: clutter colours are chosen away from the object's colour.
-    obj = _far_colours(rng, bg_mean)
+    obj = rng.uniform(160, 255, (b, 3)).astype(f32) if light else _far_colours(rng, bg_mean)
     radius = rng.uniform(0.22 * s, 0.4 * s, b).astype(f32)
     aspect = rng.uniform(0.85, 1.15, b).astype(f32)
     extent = radius * np.maximum(aspect, 1 / aspect)
@@ -107,9 +129,12 @@ def render_block(
     cy = rng.uniform(0, 1, b).astype(f32) * (s - 2 * extent) + extent
     theta = rng.uniform(0, 2 * np.pi, b).astype(f32)
 
-    # Clutter: up to two thin line segments and two soft elongated blobs per image.
-    for _ in range(2):
-        colour = _far_colours(rng, obj)
+    def clutter_colour() -> np.ndarray:
+        return rng.uniform(0, 140, (b, 3)).astype(f32) if light else _far_colours(rng, obj)
+
+    # Clutter: up to `clutter` thin line segments and soft elongated blobs per image.
+    for _ in range(clutter):
+        colour = clutter_colour()
         on = rng.uniform(0, 1, b) < 0.6
         p = rng.uniform(0, s, (b, 2)).astype(f32)
         q = rng.uniform(0, s, (b, 2)).astype(f32)
@@ -124,8 +149,8 @@ def render_block(
         near = ex * ex + ey * ey <= np.square(width)[:, None, None]
         alpha = (near & on[:, None, None])[..., None]
         img = np.where(alpha, colour[:, None, None], img)
-    for _ in range(2):
-        colour = _far_colours(rng, obj)
+    for _ in range(clutter):
+        colour = clutter_colour()
         on = (rng.uniform(0, 1, b) < 0.6).astype(f32)
         centre = rng.uniform(0, s, (b, 2)).astype(f32)
         long_ = rng.uniform(1.5, 0.14 * s, b).astype(f32)
@@ -177,13 +202,20 @@ def block_rng(seed: int, split: str, block: int) -> np.random.Generator:
 
 
 def generate_split(
-    seed: int, split: str, n: int, classes: int, size: int, block_rows: int = BLOCK_ROWS
+    seed: int,
+    split: str,
+    n: int,
+    classes: int,
+    size: int,
+    block_rows: int = BLOCK_ROWS,
+    **style: Any,
 ):
-    """Yield (images, labels, masks, boxes) blocks of `block_rows` rows for one split."""
+    """Yield (images, labels, masks, boxes) blocks of `block_rows` rows for one split; `style`:
+    render_block's contrast, clutter, texture."""
     labels = split_labels(seed, split, n, classes)
     for k, start in enumerate(range(0, n, block_rows)):
         lab = labels[start : start + block_rows]
-        images, masks, boxes = render_block(block_rng(seed, split, k), lab, size)
+        images, masks, boxes = render_block(block_rng(seed, split, k), lab, size, **style)
         yield images, lab, masks, boxes
 
 
@@ -196,11 +228,22 @@ class ShapesConfig:
     n_train: int = option(2000, "Training images.")
     n_test: int = option(500, "Test images (0: no test split).")
     size: int = option(32, f"Image side in pixels (>= {MIN_SIZE}).")
+    contrast: str = option(
+        "any", "any: objects far from their background's colour; light: light objects on dark "
+        "backgrounds (the evidence for a class has one sign).", choices=CONTRASTS,
+    )  # fmt: skip
+    clutter: int = option(2, "Clutter passes: a line and a blob each, present with p = 0.6.")
+    texture: float = option(1.0, "Strength of the background grating (0: a plain ramp).")
     seed: int = option(0, "Seed: same seed, same bytes.")
     overwrite: bool = option(False, "Replace an existing OUT.")
     storage_options: dict[str, Any] = storage_options_field()
 
     def __post_init__(self) -> None:
+        self.contrast = check_choice(self.contrast, CONTRASTS, "contrast")
+        if self.clutter < 0 or self.texture < 0:
+            raise SatpipeError(
+                f"shapes: --clutter and --texture must be >= 0, got {self.clutter}, {self.texture}"
+            )
         if not 2 <= self.classes <= len(SHAPES):
             raise SatpipeError(f"shapes: --classes must be in 2..{len(SHAPES)}, got {self.classes}")
         if self.size < MIN_SIZE:
@@ -215,7 +258,8 @@ def make_shapes(out: str, **options: Any) -> str:
     """Write the `shapes` dataset store to `out` (path or fsspec URL); returns `out`.
 
     options: the fields of ShapesConfig (classes 2..8 of circle, square, triangle, cross, ring,
-    star, crescent, ell; size >= 16; n_train, n_test, seed, overwrite, storage_options).
+    star, crescent, ell; size >= 16; contrast, clutter, texture; n_train, n_test, seed,
+    overwrite, storage_options).
     Images uint8 (N, size, size, 3), masks (N, size, size) in {0, 1}, boxes (N, 4) int32, end
     exclusive.
     """
@@ -231,6 +275,9 @@ def make_shapes(out: str, **options: Any) -> str:
         "n_train": cfg.n_train,
         "n_test": cfg.n_test,
         "block_rows": BLOCK_ROWS,
+        "contrast": cfg.contrast,
+        "clutter": cfg.clutter,
+        "texture": cfg.texture,
     }
     blocks = sum(-(-n // BLOCK_ROWS) for n in sizes.values())
     with (
@@ -249,7 +296,8 @@ def make_shapes(out: str, **options: Any) -> str:
         progress("shapes", blocks) as advance,
     ):
         for split, n in sizes.items():
-            for block in generate_split(cfg.seed, split, n, cfg.classes, cfg.size):
+            style = {"contrast": cfg.contrast, "clutter": cfg.clutter, "texture": cfg.texture}
+            for block in generate_split(cfg.seed, split, n, cfg.classes, cfg.size, **style):
                 writer.write(split, *block)
                 advance()
     return cfg.out

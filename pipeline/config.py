@@ -58,3 +58,55 @@ class SaliencyConfig:
             raise SatpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.seed < 0:
             raise SatpipeError(f"--seed must be >= 0, got {self.seed}")
+
+
+_SCORES = "satpipe.pipeline.quality:SCORES"
+DEFAULT_SCORE_N = 256
+
+
+@dataclass
+class ScoreConfig:
+    """`satpipe store score`: quality scores of a saliency store, recorded in its provenance.
+
+    Localisation runs over every row of the split (against the dataset's masks, else its
+    boxes); faithfulness and sanity need the source model (`model`) and run on a seeded subset
+    of `n` rows (default: 256, or the whole split when smaller). `scores`: a subset of the
+    registry's names (default: every score that applies; one that cannot run is an error when
+    asked for by name, a note otherwise).
+    """
+
+    saliency: str = option(help="Saliency store to score (path or URL).", argument=True)
+    data: str | None = option(None, "Dataset store (default: the one the store records).")
+    model: str | None = option(
+        None, "Source model checkpoint (faithfulness and sanity need it; same arch and classes)."
+    )
+    n: int | None = option(
+        None, f"Rows for faithfulness and sanity, a seeded subset (default: {DEFAULT_SCORE_N})."
+    )
+    split: str = option("train", "Split to score.", choices="satpipe.data.store:SPLITS")
+    scores: tuple[str, ...] = option(
+        (), "Comma-separated scores (default: all that apply; `satpipe list scores`).",
+        choices=_SCORES,
+    )  # fmt: skip
+    steps: int = option(16, "Deletion/insertion curve steps.")
+    blur_sigma: float = option(4.0, "Std (pixels) of the blurred image insertion starts from.")
+    seed: int = option(0, "Seed of the subset, the random orders and the randomised weights.")
+    batch_size: int = option(64, "Images per model call.")
+    device: str = option("auto", DEVICE_HELP)
+    write: bool = option(True, "Record the scores in the store's provenance (`quality`).")
+    as_json: bool = option(False, "Print the scores as JSON.", flag="--json")
+    storage_options: dict[str, Any] = option(
+        {}, "fsspec option key=value for URL stores (repeatable).", flag="--storage-option",
+        short="-S",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        self.split = check_choice(self.split, "satpipe.data.store:SPLITS", "split")
+        self.scores = tuple(check_choice(s, _SCORES, "quality score") for s in self.scores)
+        if self.n is not None and self.n < 1:
+            raise SatpipeError(f"--n must be >= 1, got {self.n}")
+        if self.steps < 1 or self.batch_size < 1 or self.seed < 0:
+            raise SatpipeError("--steps and --batch-size must be >= 1, --seed >= 0")
+        if not self.blur_sigma > 0:
+            raise SatpipeError(f"--blur-sigma must be > 0, got {self.blur_sigma}")

@@ -299,3 +299,28 @@ def _jsonish(value: Any) -> Any:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 90 else text[:87] + "..."
+
+
+def write_quality(
+    uri: str,
+    quality: Mapping[str, Any],
+    scored_attrs: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Record `quality` under the store's provenance key `quality`, replacing any earlier one;
+    returns the new attrs. Maps and every other attribute are left as they are.
+
+    `scored_attrs`: the attrs the scores were computed from; a store that changed since (made
+    again, or no longer complete) is refused rather than labelled with another store's scores.
+    The attrs live in the group's zarr.json, which zarr replaces in one write (a temporary file
+    renamed over it on local disk, one PUT on object storage): readers see the old scores or
+    the new ones, never half of either.
+    """
+    group = open_group(uri, "r+", storage_options)
+    attrs = dict(group.attrs.get(ATTR) or {})
+    for key in ("created", "complete", *IDENTITY):
+        if _jsonish(attrs.get(key)) != _jsonish(scored_attrs.get(key)):
+            raise SatpipeError(f"{uri}: changed while it was being scored ({key}); score it again")
+    attrs["quality"] = _jsonish(dict(quality))
+    write_attrs(group, attrs)
+    return attrs

@@ -27,6 +27,7 @@ METHOD_LABELS = {
     "ig": "I.Grad",
     "gradient": "Grad",
     "gradcam++": "G.CAM++",
+    "random": "Random",
 }
 # Source models of the method study: key -> (training variant, label in row names).
 SOURCES = {"std": ("original", "Std."), "adv": ("pgd", "Adv.")}
@@ -45,7 +46,15 @@ class Preset:
     study_methods: tuple[str, ...] = ()  # saliency-method study: SAT from these methods ...
     study_sources: tuple[str, ...] = ("std", "adv")  # ... on these source models
     study_baselines: tuple[str, ...] = ("original", "original-noise")
+    # Model-free controls in the study (one store each, no source): SAT on maps with no
+    # information, the floor of the quality-vs-robustness claim.
+    study_controls: tuple[str, ...] = ()
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # `satpipe store score` on every store: faithfulness/sanity subset size, and the score the
+    # quality-vs-robustness claim is measured with (chosen before any run: SAT perturbs with
+    # the map's sign, and this is the share of its positive mass on the object).
+    score_n: int = 256
+    claim_score: str = "sign-agreement"
     student: str = "resnet10"
     source_arch: str = "resnet34"
     source_epochs: int = 100
@@ -53,6 +62,7 @@ class Preset:
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "none"  # learning-rate schedule of every run (train/schedules.py)
     eps: float = 8.0
     attack_steps: int = 7
     attack_step_size: float = 2.0
@@ -87,14 +97,16 @@ _add(Preset(
     summary="every step of the grid in seconds (what the fast tests run)",
     dataset="shapes",
     dataset_options={"classes": 3, "n_train": 96, "n_test": 48, "size": 16},
-    variants=("original", "sat", "pgd-sat"),
+    variants=("original", "original-noise", "sat", "pgd-sat"),
     study_methods=("smoothgrad",),
     study_baselines=(),
+    study_controls=("random",),
     method_params={"smoothgrad": {"samples": 2}},
     # Two grid runs reused, one fast-AT run with Wong et al.'s cyclic lr and guard, and one
     # explanation-guided run on the weak store: every path of the frontier, in seconds.
     frontier=("original", "pgd-sat", "fgsm-rs", "rrr"),
     frontier_options={"fgsm-rs": {"lr_schedule": "cyclic", "guard_rows": 16}},
+    score_n=16,
     student="smallcnn",
     source_arch="smallcnn",
     source_epochs=1,

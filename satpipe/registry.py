@@ -39,6 +39,7 @@ REGISTRY_MODULES: dict[str, str] = {
     "models": "satpipe.train.models",
     "model-sources": "satpipe.train.model_sources",
     "methods": "satpipe.pipeline.methods",
+    "scores": "satpipe.pipeline.quality",
     "variants": "satpipe.train.variants",
     "schedules": "satpipe.train.schedules",
     "attacks": "satpipe.train.attacks",

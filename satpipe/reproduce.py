@@ -5,10 +5,15 @@ Steps, each skipped when its output exists and is complete, so a killed run resu
 1. data          out/data/NAME.zarr           built-in `shapes`, or imported from --data-root
 2. weak saliency out/saliency/mask.zarr        masks or boxes as +-1 maps (no model)
 3. sources       out/sources/{std,adv}/       source models: standard and PGD-trained
-4. saliency      out/saliency/SRC-METHOD.zarr  maps for the method study
-5. runs          out/runs/ROW/seedK/          students: train, then evaluate (results.json)
-6. report        table.md, results.json, robustness.png, saliency.png, time.md, claims.md,
-                 and for presets with a `frontier`: frontier.png, frontier.md
+4. saliency      out/saliency/SRC-METHOD.zarr  maps for the method study (and CONTROL.zarr)
+5. quality       every store scored (`satpipe store score`), recorded in its provenance
+6. runs          out/runs/ROW/seedK/          students: train, then evaluate (results.json)
+7. report        table.md, results.json, robustness.png, saliency.png, time.md, claims.md,
+                 saliency-quality.md, quality-vs-robustness.png, and for presets with a
+                 `frontier`: frontier.png, frontier.md
+
+One bar follows the whole grid with an ETA (each step weighted by its estimated work,
+satpipe.grid); time.md records the wall time of the run.
 
 Independent runs of step 5 go to dask workers with `jobs > 1` or a `scheduler` address. What
 is reported is what was measured: no preset is tuned to make a claim hold.
@@ -16,10 +21,12 @@ is reported is what was measured: no preset is tuned to make a claim hold.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,7 @@ from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
 from satpipe.options import coerce_fields, option
 from satpipe.presets import METHOD_LABELS, PRESETS, SOURCES, Preset
-from satpipe.progress import progress
+from satpipe.progress import grid_progress, progress
 
 
 @dataclass
@@ -115,6 +122,33 @@ def build_saliency(
     return compute_saliency(config)
 
 
+def build_quality(
+    store: str, data: str, model: str | None, preset: Preset, device: str
+) -> dict[str, Any]:
+    """Step 5: the store's quality scores, or the ones it records when they were made with
+    the same settings and judge model (a resumed run does not score twice)."""
+    from satpipe.data.store import open_saliency
+    from satpipe.pipeline.config import ScoreConfig
+    from satpipe.pipeline.quality import score_store
+    from satpipe.train.checkpoint import file_sha256
+
+    rows = int(preset.dataset_options.get("n_train", preset.score_n))
+    n = min(preset.score_n, rows)
+    config = ScoreConfig(store, data=data, model=model, n=n, device=device)
+    recorded = open_saliency(store).attrs.get("quality") or {}
+    settings = recorded.get("settings") or {}
+    sha = file_sha256(model) if model else None
+    if (
+        settings.get("n") == config.n
+        and settings.get("seed") == config.seed
+        and settings.get("steps") == config.steps
+        and settings.get("scores") == "all"
+        and (settings.get("model") or {}).get("sha256") == sha
+    ):
+        return recorded
+    return score_store(config)
+
+
 def train_config(preset: Preset, **fields: Any):
     """A TrainConfig with the preset's optimisation and attack settings."""
     from satpipe.train.config import TrainConfig
@@ -124,6 +158,7 @@ def train_config(preset: Preset, **fields: Any):
         epochs=preset.epochs,
         batch_size=preset.batch_size,
         lr=preset.lr,
+        lr_schedule=preset.lr_schedule,
         eps=preset.eps,
         attack_steps=preset.attack_steps,
         attack_step_size=preset.attack_step_size,
@@ -248,8 +283,7 @@ def plan_runs(
     for variant in preset.study_baselines:
         add(variant, "methods", variant, None)
     for (source, method), store in study.items():
-        label = f"SAT {preset.source_arch}-{SOURCES[source][1]}-{METHOD_LABELS.get(method, method)}"
-        add(label, "methods", "sat", store)
+        add(study_row(preset, source, method), "methods", "sat", store)
     for variant in preset.frontier:
         if variant in grid:
             continue  # the grid's runs are the frontier's points
@@ -267,6 +301,14 @@ def frontier_eps(preset: Preset) -> float:
     """The eps (/255) the frontier reports: the training eps when the evaluation grid has it,
     else the grid's largest (the paper presets evaluate at 1-3/255 only)."""
     return preset.eps if preset.eps in preset.eval_eps else max(preset.eval_eps)
+
+
+def study_row(preset: Preset, source: str | None, method: str) -> str:
+    """The table row of SAT on the maps of `method` from `source` (None: a model-free control)."""
+    label = METHOD_LABELS.get(method, method)
+    if source is None:
+        return f"SAT {label}"
+    return f"SAT {preset.source_arch}-{SOURCES[source][1]}-{label}"
 
 
 def _slug(text: str) -> str:
@@ -288,6 +330,7 @@ def _complete(opener: Callable, uri: Path) -> bool:
 
 def reproduce(config: ReproduceConfig) -> Path:
     """Run the preset's whole grid into `config.out` and write the report; returns the folder."""
+    started = time.perf_counter()
     preset = PRESETS.get(config.preset)
     if config.epochs is not None:
         preset = replace(preset, epochs=config.epochs, source_epochs=config.epochs)
@@ -295,36 +338,63 @@ def reproduce(config: ReproduceConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "preset.json").write_text(json.dumps(asdict(preset), indent=2) + "\n")
-
-    data = build_data(preset, out, config.data_root)
-    weak = None
-    if preset.weak_method:
-        weak = build_saliency(
-            data,
-            out / "saliency" / f"{preset.weak_method}.zarr",
-            preset.weak_method,
-            {},
-            None,
-            config.device,
-        )
-    study: dict[tuple[str, str], str] = {}
-    for source in preset.study_sources if preset.study_methods else ():
-        ckpt = build_source(preset, data, out / "sources" / source, source, config.device)
-        for method in preset.study_methods:
-            store = out / "saliency" / f"{source}-{_slug(method)}.zarr"
-            params = preset.method_params.get(method, {})
-            study[(source, method)] = build_saliency(
-                data, store, method, params, ckpt, config.device
-            )
-
     frontier_seeds = tuple(config.seeds) if config.seeds else preset.frontier_seeds
-    specs = plan_runs(preset, out, seeds, weak, study, frontier_seeds)
-    results = _run_all(specs, preset, data, config)
-    records = [_record(spec, res, out) for spec, res in zip(specs, results, strict=True)]
-    frontier = _frontier_records(preset, specs, results)
-    # The gallery shows a model-based method when there is one: masks alone are no news.
-    gallery = next(iter(study.values()), weak)
-    return write_report(out, preset, records, data, gallery, frontier, _concurrency(config))
+    plan = _GridPlan(preset, out, seeds, frontier_seeds)
+    with grid_progress(f"reproduce {preset.name}", plan.total) as bar:
+        with plan.step(bar, "data"):
+            data = build_data(preset, out, config.data_root)
+        stores, sources = _build_stores(preset, out, data, config.device, plan, bar)
+        # Model-free stores (masks, random) are judged by the standard source when there is one.
+        judge = sources.get("std") or next(iter(sources.values()), None)
+        for store in stores:
+            with plan.step(bar, f"score {store.label}"):
+                store.quality = build_quality(
+                    store.uri, data, sources.get(store.source, judge), preset, config.device
+                )
+        weak = next((s.uri for s in stores if s.row == "sat" and s.source is None), None)
+        study = {(s.source, s.method): s.uri for s in stores if s.row != "sat"}
+        specs = plan_runs(preset, out, seeds, weak, study, frontier_seeds)
+        results = _run_all(specs, preset, data, config, on_done=plan.run_done(bar))
+        records = [_record(spec, res, out) for spec, res in zip(specs, results, strict=True)]
+        frontier = _frontier_records(preset, specs, results)
+        with plan.step(bar, "report"):
+            write_report(
+                out, preset, records, data, [s.uri for s in stores], frontier,
+                _concurrency(config),
+            )  # fmt: skip
+            write_quality_report(out, preset, records, stores, source_accuracy(sources, data))
+    write_wall_time(out, time.perf_counter() - started)
+    return out
+
+
+@dataclass
+class _Store:
+    """A saliency store of the grid: whose maps (source None: model-free), which SAT row
+    trains on it, and its quality record once scored."""
+
+    label: str
+    source: str | None
+    method: str
+    uri: str
+    row: str
+    quality: dict[str, Any] | None = None
+
+
+def _planned_stores(preset: Preset, out: Path) -> list[_Store]:
+    """Every saliency store of the grid, in build order: weak maps, the study's, controls."""
+    stores = []
+    if preset.weak_method:
+        uri = out / "saliency" / f"{preset.weak_method}.zarr"
+        stores.append(_Store(preset.weak_method, None, preset.weak_method, str(uri), "sat"))
+    for source in preset.study_sources if preset.study_methods else ():
+        for method in preset.study_methods:
+            uri = out / "saliency" / f"{source}-{_slug(method)}.zarr"
+            row = study_row(preset, source, method)
+            stores.append(_Store(f"{source} {method}", source, method, str(uri), row))
+    for control in preset.study_controls:
+        uri = out / "saliency" / f"{_slug(control)}.zarr"
+        stores.append(_Store(control, None, control, str(uri), study_row(preset, None, control)))
+    return stores
 
 
 def _frontier_records(
@@ -350,20 +420,90 @@ def _concurrency(config: ReproduceConfig) -> str:
     return "One run trained at a time."
 
 
+def _build_stores(preset, out, data, device, plan, bar) -> tuple[list[_Store], dict[str, str]]:
+    """Steps 2-4: every store of the grid, and the source checkpoints {kind: path}."""
+    stores = _planned_stores(preset, out)
+    sources: dict[str, str] = {}
+    for store in stores:
+        if store.source is not None and store.source not in sources:
+            with plan.step(bar, f"source {store.source}"):
+                sources[store.source] = build_source(
+                    preset, data, out / "sources" / store.source, store.source, device
+                )
+        params = preset.method_params.get(store.method, {})
+        with plan.step(bar, store.label):
+            build_saliency(
+                data, Path(store.uri), store.method, params, sources.get(store.source), device
+            )
+    return stores, sources
+
+
+class _GridPlan:
+    """The grid's steps and their estimated work (satpipe.grid), for the one bar."""
+
+    def __init__(
+        self, preset: Preset, out: Path, seeds: Sequence[int], frontier_seeds: Sequence[int] | None
+    ) -> None:
+        from satpipe import grid
+
+        self.name = preset.name
+        work: dict[str, float] = {"data": grid.data_work(preset)}
+        for store in _planned_stores(preset, out):
+            if store.source is not None:
+                variant = SOURCES[store.source][0]
+                work[f"source {store.source}"] = grid.train_work(
+                    preset, variant, preset.source_epochs
+                )
+            work[store.label] = grid.saliency_work(preset, store.method)
+            work[f"score {store.label}"] = grid.score_work(preset, store.method, preset.score_n)
+        stores = _planned_stores(preset, out)
+        weak = next((s.uri for s in stores if s.row == "sat" and s.source is None), None)
+        study = {(s.source, s.method): s.uri for s in stores if s.row != "sat"}
+        self.runs = {
+            spec.out: grid.run_work(preset, spec.variant)
+            for spec in plan_runs(preset, out, seeds, weak, study, frontier_seeds)
+        }
+        work["report"] = 0.01 * sum(work.values())
+        self.work = work
+        self.total = sum(work.values()) + sum(self.runs.values())
+
+    @contextlib.contextmanager
+    def step(self, bar, name: str) -> Iterator[None]:
+        """Say that step `name` runs; advance the bar by its work when it is done."""
+        bar.describe(f"reproduce {self.name}: {name}")
+        yield
+        bar.advance(self.work.get(name, 0.0))
+
+    def run_done(self, bar) -> Callable[[RunSpec], None]:
+        def done(spec: RunSpec) -> None:
+            bar.describe(f"reproduce {self.name}: runs (done: {spec.row}, seed {spec.seed})")
+            bar.advance(self.runs.get(spec.out, 0.0))
+
+        return done
+
+
 def _run_all(
-    specs: list[RunSpec], preset: Preset, data: str, config: ReproduceConfig
+    specs: list[RunSpec],
+    preset: Preset,
+    data: str,
+    config: ReproduceConfig,
+    on_done: Callable[[RunSpec], None] | None = None,
 ) -> list[dict[str, Any]]:
     run = functools.partial(run_student, preset=preset, data=data, device=config.device)
+    on_done = on_done or (lambda spec: None)
     with progress(f"reproduce {preset.name}: runs", len(specs)) as advance:
         if config.jobs <= 1 and not config.scheduler:
             results = []
             for spec in specs:
                 results.append(run(spec))
                 advance()
+                on_done(spec)
             return results
         # One torch thread per worker process: jobs share the cores instead of fighting.
         with dask_client(config.jobs, config.scheduler, env=ONE_THREAD_ENV) as client:
-            return run_tasks(client, run, specs, on_done=lambda *_: advance())
+            return run_tasks(
+                client, run, specs, on_done=lambda i, _: (advance(), on_done(specs[i]))
+            )
 
 
 def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -397,13 +537,13 @@ def write_report(
     preset: Preset,
     records: list[dict[str, Any]],
     data: str,
-    gallery_store: str | None,
+    gallery_store: str | Sequence[str] | None,
     frontier: list[dict[str, Any]] | None = None,
     concurrency: str = "",
 ) -> Path:
-    """Step 6: table.md, time.md, claims.md, robustness.png, saliency.png, results.json, and
-    with `frontier` records frontier.png and frontier.md; one function per file, so a new
-    section of the report is a new function here."""
+    """Step 7: table.md, time.md, claims.md, robustness.png, saliency.png (one column per store
+    in `gallery_store`), results.json, and with `frontier` records frontier.png and frontier.md;
+    one function per file, so a new section of the report is a new function here."""
     from satpipe.train import report
 
     summary = report.summarize(records)
@@ -491,3 +631,78 @@ def write_claims(out: Path, summary, records) -> list[dict[str, Any]]:
     claims += tests.time_claims(records, "weak")
     (out / "claims.md").write_text(tests.claims_markdown(claims))
     return claims
+
+
+def source_accuracy(sources: dict[str, str], data: str) -> list[dict[str, Any]]:
+    """Each source model's clean test accuracy (%) after its last epoch, with its Wilson 95%
+    interval over the test split: [{kind, variant, arch, epochs, n, accuracy: Interval}]."""
+    from satpipe.data.store import open_dataset
+    from satpipe.stats import wilson
+
+    n = len(open_dataset(data).split("test"))
+    out = []
+    for kind, ckpt in sources.items():
+        lines = (Path(ckpt).parent / "metrics.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1])
+        acc = wilson(round(float(last["test_acc"]) * n), n).scaled(100)
+        out.append(
+            {
+                "kind": kind,
+                "variant": SOURCES[kind][0],
+                "epochs": last["epoch"] + 1,
+                "n": n,
+                "accuracy": acc,
+            }
+        )
+    return out
+
+
+def write_quality_report(
+    out: Path,
+    preset: Preset,
+    records: list[dict[str, Any]],
+    stores: Sequence[_Store],
+    sources: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Step 7, the saliency part: saliency-quality.md (with the source models' accuracy),
+    saliency-quality.json, quality-vs-robustness.png, and the claim's section of claims.md."""
+    from satpipe.train import quality_report as qr
+
+    points = [
+        {
+            "label": s.label,
+            "store": Path(s.uri).relative_to(out).as_posix(),
+            "row": s.row,
+            "quality": s.quality,
+        }
+        for s in stores
+    ]
+    cpoints = qr.claim_points(points, records, preset.claim_score, root=out)
+    claims = qr.quality_claims(cpoints, preset.claim_score)
+    (out / "saliency-quality.md").write_text(
+        qr.saliency_quality_markdown(points, cpoints, preset.claim_score, sources)
+    )
+    title = f"{preset.name}: saliency quality vs SAT's robustness gain"
+    png = out / "quality-vs-robustness.png"
+    qr.quality_robustness_plot(cpoints, png, preset.claim_score, title)
+    with (out / "claims.md").open("a") as f:
+        f.write("\n" + qr.quality_claims_markdown(claims))
+    payload = {"sources": sources, "points": points, "claim_points": cpoints, "claims": claims}
+    (out / "saliency-quality.json").write_text(
+        json.dumps(payload, indent=2, default=_jsonable) + "\n"
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    as_dict = getattr(value, "as_dict", None)
+    return as_dict() if callable(as_dict) else str(value)
+
+
+def write_wall_time(out: Path, seconds: float) -> None:
+    """The run's wall time, appended to time.md (steps resumed from an earlier run took none
+    of it)."""
+    with (out / "time.md").open("a") as f:
+        f.write(
+            f"\nWhole grid, this invocation: {seconds:.0f} s wall time "
+            f"({seconds / 60:.1f} min), data to report.\n"
+        )

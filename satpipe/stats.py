@@ -210,6 +210,11 @@ def mean_interval(values: Sequence[float], n_boot: int = BOOTSTRAP, seed: int = 
     if v.size == 1:
         return Interval(float(v[0]), float(v[0]), float(v[0]))
     rng = _rng(seed)
-    boots = v[rng.integers(0, v.size, (n_boot, v.size))].mean(axis=1)
+    # In chunks of resamples (the same draws as all at once): (chunk, K) indices stay small
+    # when K is every image of a store (50,000 scores).
+    boots = np.concatenate([
+        v[rng.integers(0, v.size, (min(_CHUNK, n_boot - a), v.size))].mean(axis=1)
+        for a in range(0, n_boot, _CHUNK)
+    ])  # fmt: skip
     lo, hi = np.quantile(boots, [0.025, 0.975])
     return Interval(float(v.mean()), float(lo), float(hi))

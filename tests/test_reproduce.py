@@ -46,10 +46,12 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     assert str(out / "sources" / "std") not in trained
     report = json.loads((out / "results.json").read_text())
     runs = report["runs"]
-    # 3 weak-grid variants + 2 sources' SAT + the frontier's 2 baselines not in the grid
-    assert len(runs) == len(trained) + 2 == 3 + 2 + 2
+    # 4 weak-grid variants + SAT on 2 sources' maps + SAT on the random control + the
+    # frontier's 2 baselines not in the grid
+    assert len(runs) == len(trained) + 2 == 4 + 2 + 1 + 2
     names = ("table.md", "time.md", "claims.md", "robustness.png", "saliency.png")
-    for name in (*names, "frontier.png", "frontier.md"):
+    quality_files = ("saliency-quality.md", "quality-vs-robustness.png", "saliency-quality.json")
+    for name in (*names, *quality_files, "frontier.png", "frontier.md"):
         assert (out / name).stat().st_size > 0
     # The frontier: one point per listed variant, grid runs reused, the guard's run recorded.
     points = {p["variant"]: p for p in report["frontier"]}
@@ -57,6 +59,23 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     assert points["fgsm-rs"]["options"] == {"guard_rows": 16, "lr_schedule": "cyclic"}
     assert any(p["pareto"] for p in points.values())
     assert "| FGSM-RS |" in (out / "frontier.md").read_text().replace("**", "")
+    quality = json.loads((out / "saliency-quality.json").read_text())
+    # Every store scored: weak masks, the random control, smoothgrad from both sources.
+    assert [p["label"] for p in quality["points"]] == [
+        "mask",
+        "std smoothgrad",
+        "adv smoothgrad",
+        "random",
+    ]
+    assert all(
+        p["quality"]["scores"]["sign-agreement"]["value"] is not None for p in quality["points"]
+    )
+    assert len(quality["claim_points"]) == 4  # each with its SAT row and the noise baseline
+    claims = (out / "claims.md").read_text()
+    assert "better saliency (sign-agreement), more robustness" in claims
+    assert "Spearman" in claims
+    assert "wall time" in (out / "time.md").read_text()
+    assert "| SAT Random |" in (out / "table.md").read_text()
     table = (out / "table.md").read_text()
     assert "| pgd-sat |" in table and "SAT smallcnn-Adv.-S.Grad" in table
     assert "ε=8/255" in table and "AA ε=8/255" in table and " [" in table  # intervals
@@ -65,7 +84,7 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
         assert (out / run["run"] / "robustbench.json").is_file()
         assert run["n"]["autoattack"]["8"] == 12 and run["robust"]["8"] <= run["pgd"]["8"]
     claims = (out / "claims.md").read_text()
-    assert "## SAT > Original:" in claims and "| AA | 8 |" in claims
+    assert "## SAT > Original + Uniform-Noise > Original:" in claims and "| AA | 8 |" in claims
 
     before = {
         p: (out / p).read_bytes() for p in ("table.md", "results.json", "claims.md", "frontier.md")

@@ -161,3 +161,31 @@ def test_cli_make_shapes(tmp_path):
     assert again.exit_code == 1 and "output exists" in again.output
     bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "t.zarr"), "--classes", "12"])
     assert bad.exit_code == 1 and "--classes must be in 2..8" in bad.output
+
+
+def test_light_contrast_puts_every_object_above_its_background():
+    labels = np.arange(120) % 6
+    images, masks, _ = render_block(
+        np.random.default_rng(4), labels, 24, contrast="light", clutter=0, texture=0.5
+    )
+    m = masks[..., None].astype(np.float64)
+    inside = (images * m).sum((1, 2, 3)) / (3 * m.sum((1, 2, 3)))
+    outside = (images * (1 - m)).sum((1, 2, 3)) / (3 * (1 - m).sum((1, 2, 3)))
+    assert (inside > outside + 60).all()  # one sign of contrast in every image
+    colour = (images * m).sum((1, 2)) / m.sum((1, 2))
+    for c in range(6):  # and colour still says nothing about the class
+        assert np.abs(colour[labels == c].mean(0) - colour.mean(0)).max() < 25
+
+
+def test_styles_are_recorded_and_deterministic(tmp_path):
+    a = _small(tmp_path / "a.zarr", contrast="light", clutter=0, texture=0.5)
+    b = _small(tmp_path / "b.zarr", contrast="light", clutter=0, texture=0.5)
+    c = _small(tmp_path / "c.zarr")
+    fa, fb, fc = (open_dataset(p).fingerprint for p in (a, b, c))
+    assert fa == fb != fc
+    source = open_dataset(a).attrs["source"]
+    assert (source["contrast"], source["clutter"], source["texture"]) == ("light", 0, 0.5)
+    with pytest.raises(SatpipeError, match="unknown contrast"):
+        _small(tmp_path / "d.zarr", contrast="dark")
+    with pytest.raises(SatpipeError, match="--clutter"):
+        _small(tmp_path / "e.zarr", clutter=-1)

@@ -68,6 +68,14 @@ def _pair_test(bits: _Bits, better, worse, attack: str, eps: str) -> dict[str, A
             "_test": test}  # fmt: skip
 
 
+def paired_gain(root, better, worse, attack: str, eps: str):
+    """`better` minus `worse` accuracy (points) at (attack, eps) from their runs' per-image
+    correctness under `root`, as a paired-bootstrap Interval; None when the two rows share
+    no seed that measured it."""
+    test = _pair_test(_Bits(root), better, worse, attack, eps)
+    return None if test is None else test["_test"].difference
+
+
 def _finish(claim: dict[str, Any]) -> dict[str, Any]:
     """Holm over every pair of the claim; verdicts per pair and per (attack, eps) row."""
     pairs = [p for row in claim["rows"] for p in row["pairs"]]

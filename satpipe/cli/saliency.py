@@ -69,15 +69,23 @@ config_command(
 @show_app.command("saliency")
 @friendly_errors
 def show_saliency_cmd(
-    saliency: str = typer.Argument(..., help="Saliency store (path or URL)."),
-    data: str = typer.Option(..., "--data", help="The dataset store it was made from."),
+    saliency: list[str] = typer.Argument(..., help="Saliency stores to compare (paths or URLs)."),
+    data: str | None = typer.Option(
+        None, "--data", help="The dataset store they were made from (default: the recorded one)."
+    ),
     out: str = typer.Option("gallery.png", "--out", help="PNG to write."),
-    n: int = typer.Option(16, "--n", help="Number of images."),
+    n: int = typer.Option(8, "--n", help="Number of images (rows)."),
     split: str = typer.Option("train", "--split", help="train or test."),
+    percentile: float = typer.Option(
+        99.0, "--percentile", help="Clip each map at this percentile of |s| (per image)."
+    ),
     storage_option: list[str] | None = StorageOption,
 ) -> None:
-    """Grid of images with their saliency maps (diverging colour map), for a person to look at."""
+    """Images | masks | one column per store, diverging colour map centred at 0."""
     from satpipe.pipeline.gallery import saliency_gallery
 
     options = storage_options(storage_option)
-    typer.echo(saliency_gallery(saliency, data, out, n=n, split=split, storage_options=options))
+    path = saliency_gallery(
+        saliency, data, out, n=n, split=split, storage_options=options, percentile=percentile
+    )
+    typer.echo(path)

@@ -6,9 +6,16 @@ import json
 
 import typer
 
-from satpipe.cli._common import StorageOption, friendly_errors, storage_options, sub_app
+from satpipe.cli._common import (
+    StorageOption,
+    config_command,
+    friendly_errors,
+    storage_options,
+    sub_app,
+)
+from satpipe.pipeline.config import ScoreConfig
 
-store_app = sub_app("store", "Inspect, verify and publish stores.")
+store_app = sub_app("store", "Inspect, verify, score and publish stores.")
 
 
 @store_app.command("info")
@@ -64,3 +71,22 @@ def store_publish_cmd(
     src_options = storage_options(storage_option)
     dst_options = storage_options(dst_storage_option) if dst_storage_option else src_options
     typer.echo(publish_store(src, dst, src_options, dst_options, overwrite=overwrite))
+
+
+def _score(given):
+    from satpipe.data.quality_text import quality_lines
+    from satpipe.pipeline.quality import score_store
+
+    config = ScoreConfig(**given)
+    quality = score_store(config)
+    if config.as_json:
+        return json.dumps(quality, indent=2)
+    where = "recorded in its provenance" if config.write else "not recorded (--no-write)"
+    return "\n".join([f"{config.saliency}: {where}", *quality_lines(quality, indent="")])
+
+
+config_command(
+    store_app, "score", ScoreConfig, _score,
+    help="Quality scores of a saliency store (localisation, faithfulness, sanity), each with "
+    "its chance value; recorded in the store's provenance (`quality`), maps untouched.",
+)  # fmt: skip
