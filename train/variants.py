@@ -151,15 +151,7 @@ class Variant(TrainingVariant):
         generator: torch.Generator | None = None,
         attack_model: nn.Module | None = None,
     ) -> StepOutput:
-        """One batch: build the training input(s) and return the loss (not yet backpropagated).
-
-        Args:
-            model: the model being trained, in train mode (possibly DDP-wrapped).
-            x: (B, C, H, W) in [0, 1]; s: (B, Cs, H, W) saliency or None; y: (B,) labels.
-            epoch: 0-based epoch (sets alpha_t). generator: all randomness of this step.
-            attack_model: the unwrapped module the attacks differentiate (defaults to
-                `model`); attacks need no gradient synchronisation across DDP ranks.
-        """
+        """The paper's nine: see `TrainingVariant.step` (variant_base.py) for the arguments."""
         self.require_saliency(s)
         attack_model = model if attack_model is None else attack_model
         # One coin per batch: heads (probability p_mix) trains on the cheap perturbation.
