@@ -194,11 +194,11 @@ def test_target_classes_and_few_class_data():
 
 
 def test_bench_eval_counts_the_passes_each_attack_makes():
-    from satpipe.bench_eval import bench_eval
+    from satpipe.bench import run_benchmark
 
     # At 64/255 APGD-CE fools every image, so the later stages have nothing left: seconds.
-    report = bench_eval(model="smallcnn", n=8, batch_size=8, size=8, classes=4, device="cpu",
-                        square_queries=20, eps=64)  # fmt: skip
+    report = run_benchmark("eval", model="smallcnn", n=8, batch_size=8, size=8, classes=4,
+                           device="cpu", square_queries=20, eps=64)  # fmt: skip
     pgd5 = report["pgd"]
     # One batch: 5 gradient steps, then one prediction on the adversarial images.
     assert pgd5["image_forwards"] == {"with_grad": 40, "no_grad": 8} and pgd5["model_calls"] == 6

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 
-from satpipe.bench_integrity import TARGET, bench_integrity
+from satpipe.bench import BENCHMARKS, run_benchmark
+from satpipe.bench.integrity import TARGET
 
 
 def test_bench_integrity_reports_the_cost_of_the_check_as_ratios(tmp_path):
     out = tmp_path / "bench-integrity.json"
-    report = bench_integrity(n_train=64, size=8, rows_per_shard=16, model="smallcnn",
-                             batch_size=32, rounds=1, device="cpu", out=str(out))  # fmt: skip
+    report = run_benchmark("integrity", out, n_train=64, size=8, rows_per_shard=16,
+                           model="smallcnn", batch_size=32, rounds=1, device="cpu")  # fmt: skip
     assert json.loads(out.read_text()) == report
     assert report["sizes"]["rows"] == 64 and report["sizes"]["rows_per_shard"] == 16
     for key in ("hash_ratio", "first_epoch_ratio", "resident_load_ratio"):
         assert report[key] > 0, key
     assert report["hash_ratio"] == report["hash_seconds"] / report["epoch_seconds"]
     assert report["target"] == TARGET and report["meets_target"] == (report["hash_ratio"] <= TARGET)
+    rows = BENCHMARKS.get("integrity").headline(report)
+    assert rows[0]["value"] == round(report["hash_ratio"], 3)
+    assert rows[0]["passed"] == report["meets_target"]

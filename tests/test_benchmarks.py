@@ -134,6 +134,63 @@ def test_alternate_adds_rounds_until_the_time_floor(monkeypatch):
     assert t.rounds == 4
 
 
+def test_alternate_mirrors_odd_rounds_and_reads_the_clock_it_is_given():
+    from satpipe.bench import timing
+
+    clock = _Clock()
+    sides = {"a": clock.side("a", [1, 2, 3, 4]), "b": clock.side("b", [5, 6, 7, 8])}
+    t = timing.alternate(sides, rounds=4, mirror=True, clock=lambda: clock.now)
+    # ABBA pairs: a, b | b, a | a, b | b, a
+    assert [c[0] for c in clock.calls] == list("abbaabba")
+    assert t.seconds == {"a": [1, 2, 3, 4], "b": [5, 6, 7, 8]}
+
+    from satpipe.bench.models import abba_ratios
+
+    assert abba_ratios(t, "a", "b") == [11 / 3, 15 / 7]
+
+
+def test_torch_threads_sets_and_restores_the_thread_count():
+    import torch
+
+    from satpipe.bench.timing import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before
+
+
+def test_bench_all_leaves_out_parts_not_in_all_unless_named(monkeypatch, tmp_path):
+    from satpipe.bench import Benchmark, bench_all
+    from satpipe.bench.config import BenchAllConfig
+
+    ran = []
+    monkeypatch.setattr(Benchmark, "run", lambda self, config: ran.append(config) or {})
+    bench_all(BenchAllConfig(out=str(tmp_path / "b.json"), device="cpu", quick=True))
+    default = [type(c).__name__ for c in ran]
+    assert "EvalBenchConfig" not in default and "ModelsBenchConfig" in default
+    assert len(default) == sum(e.in_all for _, e in BENCHMARKS.items())
+    ran.clear()
+    bench_all(BenchAllConfig(out=str(tmp_path / "b.json"), parts="eval", device="cpu", quick=True))
+    assert [type(c).__name__ for c in ran] == ["EvalBenchConfig"]
+    assert ran[0].n == BENCHMARKS.get("eval").quick["n"]
+
+
+def test_a_part_command_takes_its_quick_sizes_under_the_flags_given(monkeypatch):
+    import satpipe.bench as bench
+
+    seen = {}
+    monkeypatch.setattr(bench, "run_benchmark", lambda name, out, **s: seen.update(s) or {})
+    monkeypatch.setattr(bench.Benchmark, "format_report", lambda self, report: "figures")
+    result = CliRunner().invoke(
+        app, ["bench", "eval", "--quick", "--device", "cpu", "--n-images", "4", "--out", "x"]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen == {**BENCHMARKS.get("eval").quick, "device": "cpu", "n": 4}
+
+
 def test_peak_rss_probe_reads_the_child_peak_and_its_result():
     from satpipe.bench.timing import peak_rss
     from satpipe.errors import SatpipeError
@@ -170,6 +227,34 @@ def test_every_part_is_a_command_and_its_module_answers_the_protocol():
         assert result.exit_code == 0 and "--out" in result.output
     bad = runner.invoke(app, ["bench", "loader", "--rss-rows", "1,2,3", "--out", "x"])
     assert bad.exit_code == 1 and "--rss-rows expects two integers" in bad.output
+
+
+def test_the_moved_parts_report_headline_rows_and_text():
+    from satpipe.bench import eval as eval_part
+    from satpipe.bench import integrity, models
+
+    m = {"model": "torchvision:resnet18", "worst_ratio": 0.9, "target": ">= 0.95",
+         "methods": {"gradient": {"ratio": 0.9, "ratio_quartiles": [0.85, 0.95],
+                                  "wrapped_img_s": 90.0, "bare_img_s": 100.0,
+                                  "efficiency_wrapped": 0.9}}}  # fmt: skip
+    assert [r["passed"] for r in models.headline(m)] == [False]
+    assert models.format_report(m).splitlines()[-1] == "worst ratio 0.900 (target >= 0.95)"
+    attack = {"images_per_s": 10.0, "robust_accuracy": 0.5, "share_in_passes": 0.95,
+              "image_forwards": {"with_grad": 40, "no_grad": 8}}  # fmt: skip
+    e = {"pgd": attack, "autoattack": {**attack, "share_in_passes": 0.5},
+         "autoattack_over_pgd_time": 30.0, "host_syncs_per_pgd_step": 0.0}  # fmt: skip
+    rows = eval_part.headline(e)
+    assert [r["passed"] for r in rows] == [True, None, None, True]
+    assert len(eval_part.headline({**e, "host_syncs_per_pgd_step": None})) == 3
+    assert "AutoAttack / PGD-5 time 30.0x" in eval_part.format_report(e)
+    i = {"hash_ratio": 0.01, "meets_target": True, "first_epoch_ratio": 1.01,
+         "resident_load_ratio": 1.5, "hash_seconds": 0.05, "hash_gb_per_s": 1.0,
+         "epoch_seconds": 5.0, "target": 0.02,
+         "sizes": {"rows": 64, "image": [8, 8, 3], "model": "smallcnn", "variant": "original"},
+         "first_epoch_seconds": {"checked": 5.05, "unchecked": 5.0},
+         "resident_load_seconds": {"checked": 0.3, "unchecked": 0.2}}  # fmt: skip
+    assert [r["passed"] for r in integrity.headline(i)] == [True, None, None]
+    assert integrity.format_report(i).splitlines()[0].endswith("= 0.0100 (target <= 0.02)")
 
 
 def test_format_report_prints_each_parts_figures():

@@ -6,14 +6,18 @@
     satpipe/bench/dask.py      saliency img/s on 1 vs 2 dask workers
     satpipe/bench/loader.py    resident vs streaming loader
     satpipe/bench/train.py     epoch time per variant, precomputed vs on-the-fly SAT
+    satpipe/bench/models.py    a library model wrapped by satpipe vs bare, per saliency method
+    satpipe/bench/eval.py      PGD-5 vs AutoAttack img/s, model passes and their floor, syncs
+    satpipe/bench/integrity.py cost of the in-flight data check (shard sha256), as ratios
 
 Each part is a `BENCHMARKS` entry: its config class, its sizes for `--quick` (and on a CPU,
 where the full size is too slow), and its module, which provides `run(config) -> report`
 (a JSON-ready dict), `headline(report) -> rows` (the figures with targets) and
 `format_report(report) -> str` (what `satpipe bench PART` prints). `bench_all` runs parts in
-registry order into one JSON and a markdown summary. The figures that matter are ratios
-measured within one run (machines here are noisy), collected as headline rows, each with its
-target and what limits it. This module imports no torch until a benchmark runs.
+registry order into one JSON and a markdown summary; a part registered with `in_all=False`
+(minutes even at quick sizes) runs there only when `--parts` names it. The figures that
+matter are ratios measured within one run (machines here are noisy), collected as headline
+rows, each with its target and what limits it. This module imports no torch until a benchmark runs.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from satpipe import __version__
 from satpipe.bench.config import (
     BenchAllConfig,
     DaskBenchConfig,
+    EvalBenchConfig,
+    IntegrityBenchConfig,
     LoaderBenchConfig,
+    ModelsBenchConfig,
     SaliencyBenchConfig,
     TrainBenchConfig,
 )
@@ -44,7 +51,8 @@ class Benchmark:
 
     module: provides run(config), headline(report) and format_report(report). quick: config
     overrides for `--quick` (every code path in about a minute on a CPU, rough figures). cpu:
-    overrides for a full-size run on a CPU. summary: the line `satpipe list` shows.
+    overrides for a full-size run on a CPU. summary: the line `satpipe list` shows. in_all:
+    whether `bench all` runs it when no --parts are given.
     """
 
     summary: str
@@ -52,6 +60,7 @@ class Benchmark:
     module: str
     quick: Mapping[str, Any] = field(default_factory=dict)
     cpu: Mapping[str, Any] = field(default_factory=dict)
+    in_all: bool = True
 
     def _module(self):
         return importlib.import_module(self.module)
@@ -104,6 +113,29 @@ BENCHMARKS.register("train", Benchmark(
     # timed like PGD).
     cpu={"n_train": 512, "batch_size": 32, "epochs": 2},
 ))  # fmt: skip
+BENCHMARKS.register("models", Benchmark(
+    "img/s of a library model wrapped by satpipe (normalisation hook) / bare, per method",
+    ModelsBenchConfig, "satpipe.bench.models",
+    quick={"batch_size": 8, "n_batches": 1, "rounds": 2, "floor_seconds": 1.0, "threads": 1},
+))  # fmt: skip
+BENCHMARKS.register("eval", Benchmark(
+    "PGD-5 vs AutoAttack img/s, time share in model passes, syncs/step (`all`: only by name)",
+    EvalBenchConfig, "satpipe.bench.eval",
+    # 10 classes: at 8/255 the untrained model's own labels survive APGD-CE, so every stage
+    # runs on every point (~2900 small model calls, ~30 s on one CPU thread even at quick
+    # sizes, far more at full size), hence not part of the default `all`. One thread: on 2
+    # loaded cores, 2 threads made the same quick run take 10 minutes.
+    quick={"n": 16, "batch_size": 16, "size": 16, "square_queries": 50, "threads": 1},
+    in_all=False,
+))  # fmt: skip
+BENCHMARKS.register("integrity", Benchmark(
+    "cost of the in-flight data check: shard sha256 / epoch, first epoch checked / unchecked",
+    IntegrityBenchConfig, "satpipe.bench.integrity",
+    quick={"n_train": 512, "rows_per_shard": 128, "model": "smallcnn", "rounds": 1},
+    # 7 resnet10 epochs of 4096 rows are minutes on 2 cores; the figures are ratios to an
+    # epoch, and hashing and an epoch both scale with the rows.
+    cpu={"n_train": 1024, "rows_per_shard": 256},
+))  # fmt: skip
 
 
 def headline_row(figure: str, value: float, target: str, passed: bool | None, limit: str) -> dict:
@@ -140,8 +172,11 @@ def run_benchmark(name: str, out: str | Path | None = None, **settings: Any) -> 
     return report
 
 
-def bench_command(name: str, out: str | Path, **settings: Any) -> str:
-    """What `satpipe bench NAME` does: run, write `out`, return the text summary and path."""
+def bench_command(name: str, out: str | Path, quick: bool = False, **settings: Any) -> str:
+    """What `satpipe bench NAME` does: run (`quick`: the part's quick sizes under the given
+    settings), write `out`, return the text summary and path."""
+    if quick:
+        settings = {**BENCHMARKS.get(name).quick, **settings}
     report = run_benchmark(name, out, **settings)
     return f"{BENCHMARKS.get(name).format_report(report)}\n{out}"
 
@@ -153,7 +188,7 @@ def bench_all(config: BenchAllConfig) -> dict[str, Any]:
 
     from satpipe.device import resolve_device
 
-    parts = list(config.parts or BENCHMARKS.names())
+    parts = list(config.parts or [name for name, e in BENCHMARKS.items() if e.in_all])
     report: dict[str, Any] = {
         "benchmark": "all",
         "satpipe_version": __version__,

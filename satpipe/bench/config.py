@@ -24,6 +24,17 @@ def _at_least(value: int, low: int, flag: str) -> None:
         raise SatpipeError(f"{flag} must be >= {low}, got {value}")
 
 
+def _method_params(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{method: {key: value}} from the command line's "method.key=value" pairs (kept as strings:
+    the method converts them to its parameters' types) and/or nested mappings."""
+    flat = {k: v for k, v in params.items() if not isinstance(v, Mapping)}
+    nested = parse_pairs([f"{k}={v}" for k, v in flat.items()], "--param", str, key_sep=".")
+    for method, values in params.items():
+        if isinstance(values, Mapping):
+            nested.setdefault(method, {}).update(values)
+    return nested
+
+
 @dataclass
 class SaliencyBenchConfig:
     """Saliency methods against forward+backward on random images, and the runner's peak RSS.
@@ -59,12 +70,7 @@ class SaliencyBenchConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        flat = {k: v for k, v in self.params.items() if not isinstance(v, Mapping)}
-        nested = parse_pairs([f"{k}={v}" for k, v in flat.items()], "--param", str, key_sep=".")
-        for method, values in self.params.items():
-            if isinstance(values, Mapping):
-                nested.setdefault(method, {}).update(values)
-        self.params = nested
+        self.params = _method_params(self.params)
         check_model_options(self.model, None, None)
         _at_least(self.n_images, 1, "--n-images")
         if self.batch_size is not None:
@@ -166,12 +172,120 @@ class TrainBenchConfig:
 
 
 @dataclass
+class ModelsBenchConfig:
+    """A library model wrapped by satpipe (input normalisation hook) against the same network
+    called bare, per saliency method. params: as in `bench saliency`; a method not named gets
+    few samples/steps (SmoothGrad 2, IG 2), the figure being a ratio of two equal workloads."""
+
+    model: str = option(
+        "torchvision:resnet18", f"A library model (one satpipe wraps). {MODEL_HELP}"
+    )
+    methods: tuple[str, ...] = option(
+        ("gradient", "smoothgrad", "ig", "gbp", "gradcam++"), "Comma-separated methods to time.",
+        choices="satpipe.pipeline.methods:model_methods",
+    )  # fmt: skip
+    size: int = option(32, "Image side in pixels.")
+    batch_size: int = option(16, "Images per method call.")
+    n_batches: int = option(2, "Distinct batches, cycled through the rounds.")
+    device: str = option("auto", DEVICE_HELP)
+    params: dict[str, Any] = option(
+        {}, "method.key=value (repeatable), e.g. smoothgrad.samples=50.", flag="--param",
+        short="-p",
+    )  # fmt: skip
+    rounds: int = option(5, "ABBA rounds at least (wrapped, bare, bare, wrapped).")
+    # ... and rounds are added until this much wall time has passed (or 200 ABBA rounds)
+    floor_seconds: float = option(5.0, "Seconds each method is timed for at least.")
+    threads: int | None = option(
+        None, "torch threads for the run (default: torch's; 1 makes the CPU clock exact)."
+    )
+    num_classes: int = option(10, cli=False)
+    seed: int = option(0, cli=False)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        self.params = _method_params(self.params)
+        check_model_options(self.model, None, None)
+        for value, flag in (
+            (self.size, "--size"),
+            (self.batch_size, "--batch-size"),
+            (self.n_batches, "--n-batches"),
+            (self.rounds, "--rounds"),
+        ):
+            _at_least(value, 1, flag)  # fmt: skip
+        if self.threads is not None:
+            _at_least(self.threads, 1, "--threads")
+
+
+@dataclass
+class EvalBenchConfig:
+    """PGD-5 against standard AutoAttack: images/s, model passes and their floor, host syncs.
+
+    Without a checkpoint the model is untrained and the labels are its own predictions (no
+    data needed); with one, `data` (default: the checkpoint's) gives the test images."""
+
+    model: str = option("smallcnn", f"Architecture (untrained weights). {MODEL_HELP}")
+    n: int = option(256, "Images attacked.", flag="--n-images")
+    batch_size: int = option(256, "Images per attack batch.")
+    size: int = option(32, "Image side of the random images.")
+    classes: int = option(10, "Classes of the untrained model.")
+    eps: float = option(8.0, "eps of both attacks, /255 units.")
+    device: str = option("auto", DEVICE_HELP)
+    checkpoint: str | None = option(None, "A trained checkpoint to attack instead.")
+    data: str | None = option(None, "Dataset store for --checkpoint (default: its own).")
+    square_queries: int = option(5000, "Square's queries (AutoAttack's standard: 5000).")
+    rounds: int = option(1, "Timed runs of each attack, alternated (min is kept).")
+    threads: int | None = option(None, "torch threads for the run (default: torch's).")
+    seed: int = option(0, cli=False)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.checkpoint is None:
+            check_model_options(self.model, None, None)
+        _at_least(self.n, 1, "--n-images")
+        _at_least(self.batch_size, 1, "--batch-size")
+        _at_least(self.classes, 2, "--classes")
+        _at_least(self.square_queries, 1, "--square-queries")
+        _at_least(self.rounds, 1, "--rounds")
+        if not self.eps > 0:
+            raise SatpipeError(f"--eps must be > 0, got {self.eps}")
+        if self.threads is not None:
+            _at_least(self.threads, 1, "--threads")
+
+
+@dataclass
+class IntegrityBenchConfig:
+    """The in-flight data check (shard sha256 in the first epoch) as ratios within one run."""
+
+    data: str | None = option(None, "Dataset store (default: random pixels in a temp dir).")
+    n_train: int = option(4096, "Rows of the random dataset.", flag="--rows")
+    size: int = option(32, "Image side of the random dataset.")
+    rows_per_shard: int | None = option(512, "Shard rows of the random dataset.")
+    model: str = option("resnet10", f"Architecture (untrained weights). {MODEL_HELP}")
+    variant: str = option("original", "Variant of the timed epochs.", choices=_VARIANTS)
+    batch_size: int = option(128, "Images per batch.")
+    rounds: int = option(3, "Timed rounds, with and without the check alternated.")
+    device: str = option("auto", DEVICE_HELP)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        self.variant = check_choice(self.variant, _VARIANTS, "variant")
+        check_model_options(self.model, None, None)
+        for value, flag in (
+            (self.n_train, "--rows"),
+            (self.rounds, "--rounds"),
+            (self.batch_size, "--batch-size"),
+        ):
+            _at_least(value, 1, flag)  # fmt: skip
+
+
+@dataclass
 class BenchAllConfig:
     """`satpipe bench all`: the parts to run, in registry order, on one device."""
 
     out: str = option("bench.json", "JSON report; a .md summary beside it.")
     parts: tuple[str, ...] | None = option(
-        None, "Comma-separated benchmarks to run (default: every one).",
+        None, "Comma-separated benchmarks to run (default: every one but eval, which is "
+        "slow).",
         choices=_BENCHMARKS,
     )  # fmt: skip
     device: str = option("auto", DEVICE_HELP)

@@ -6,7 +6,8 @@ minutes apart, and a ratio of two such figures measures the drift). Each side mu
 amount of work on every call; the caller says what that work is when it turns the seconds into
 a rate. Every call ends with a device synchronisation, so queued CUDA kernels are timed where
 they ran. Min (the quiet moment, what the ratios use) and median (what a typical call costs)
-are kept per side with the raw times.
+are kept per side with the raw times. `mirror=True` reverses the order on odd rounds (ABBA
+pairs); `clock=time.process_time` reads CPU time instead of wall time (on a CPU).
 
 `peak_rss` runs a snippet in a fresh Python process and reads its VmHWM: the peak RSS of that
 process image alone.
@@ -19,7 +20,8 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -27,6 +29,21 @@ from typing import Any
 import torch
 
 from satpipe.errors import SatpipeError
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside the block (None: left as they are), restored
+    after. On a CPU shared with other jobs, small ops on 2 threads can run tens of times slower
+    than on 1 (a thread waits for its descheduled partner); one thread keeps a quick run quick
+    and a CPU clock exact."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def synchronize(device: torch.device | str | None) -> None:
@@ -76,6 +93,8 @@ def alternate(
     floor_seconds: float = 0.0,
     max_rounds: int = 50,
     prepare: Mapping[str, Callable[[int], Any]] | None = None,
+    mirror: bool = False,
+    clock: Callable[[], float] | None = None,
 ) -> Timings:
     """Time `sides` (name -> fn(call_index)) in alternation and return their Timings.
 
@@ -84,9 +103,14 @@ def alternate(
     floor_seconds: keep adding rounds until this much time has passed (or `max_rounds`), so
     fast sides are timed over more calls, which gives a min over short calls more chances to
     catch a quiet moment. prepare: name -> fn(call_index), untimed set-up run before each of
-    that side's calls (a fresh data pipeline, say).
+    that side's calls (a fresh data pipeline, say). mirror: odd rounds call the sides in
+    reverse order, so rounds 2k and 2k+1 are an ABBA pair (a load that drifts linearly weighs
+    on both sides alike). clock: what a call's seconds are read from (default perf_counter,
+    wall time; e.g. time.process_time, the process's CPU time, which other processes' load
+    barely moves on a CPU). The time floor is always wall time.
     """
     prepare = prepare or {}
+    clock = clock or perf_counter
     for i in range(warmup):
         for name, fn in sides.items():
             if name in prepare:
@@ -97,14 +121,15 @@ def alternate(
     start, done = perf_counter(), 0
     while done < max(1, rounds) or (perf_counter() - start < floor_seconds and done < max_rounds):
         index = warmup + done
-        for name, fn in sides.items():
+        order = list(sides.items())
+        for name, fn in reversed(order) if mirror and done % 2 else order:
             if name in prepare:
                 prepare[name](index)
                 synchronize(device)
-            t0 = perf_counter()
+            t0 = clock()
             result = fn(index)
             synchronize(device)
-            out.seconds[name].append(perf_counter() - t0)
+            out.seconds[name].append(clock() - t0)
             out.results[name].append(result)
         done += 1
     return out

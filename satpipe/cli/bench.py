@@ -25,6 +25,13 @@ def _out_option(name: str) -> inspect.Parameter:
     )  # fmt: skip
 
 
+def _quick_option() -> inspect.Parameter:
+    return inspect.Parameter(
+        "quick", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(False, "--quick", help="The part's small sizes (flags given win)."),
+    )  # fmt: skip
+
+
 def _run_part(given: dict, name: str) -> str:
     return bench_command(name, **given)
 
@@ -37,7 +44,7 @@ for _entry in BENCHMARKS.entries():
     config_command(
         bench_app, _entry.name, _entry.value.config,
         functools.partial(_run_part, name=_entry.name), help=_entry.summary,
-        extra=(_out_option(_entry.name),),
+        extra=(_out_option(_entry.name), _quick_option()),
     )  # fmt: skip
 
 config_command(
