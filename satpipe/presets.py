@@ -141,20 +141,24 @@ _add(Preset(
     study_baselines=(),
     study_controls=("random",),
     method_params={"smoothgrad": {"samples": 10}, "ig": {"steps": 16}},
-    score_n=64,
+    score_n=32,
     student="smallcnn",
     source_arch="smallcnn",
     source_epochs=8,
     seeds=(0,),
-    epochs=4,
+    epochs=3,
     batch_size=32,
     lr=3e-3,
     lr_schedule="cosine",
     attack_steps=3,
     attack_step_size=3.0,
-    eval_eps=(2, 4, 8),
+    # PGD-5 with the paper's 2/255 steps was weaker than FGSM at 8/255 on 4 of 16 robust
+    # students here (the sanity check pgd_le_fgsm failed): 5 steps of 2/255 barely reach the
+    # ball's edge. Madry's rule, 2.5 eps / steps = 4/255, is used instead; two eps keep the
+    # evaluation of 1000 images within the budget.
+    eval_eps=(2, 8),
     eval_steps=5,
-    eval_step_size=2.0,
+    eval_step_size=4.0,
     # AutoAttack within the demo's budget. Measured on a quick student (smallcnn, 6 classes,
     # 8/255): standard AutoAttack costs ~10 s per run as soon as one image survives APGD-CE,
     # nearly independent of the subset size (Square's 5000 sequential queries ~6 s, FAB-T

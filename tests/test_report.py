@@ -195,3 +195,14 @@ def test_time_table_and_plot(tmp_path):
     assert "| pgd-sat | 35.0 ± 0.0 | 3.50 | 0.58 | – |" in times
     png = robustness_plot(s, tmp_path / "r.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_row_whose_run_failed_a_sanity_check_is_marked():
+    runs = _grid()
+    runs[0]["checks_passed"] = False  # one seed of the first row
+    summary = summarize(runs)
+    flagged = [row for row, entry in summary.items() if entry["checks_failed"]]
+    assert flagged == [runs[0]["row"]] and summary[flagged[0]]["checks_failed"] == [runs[0]["seed"]]
+    names = [line.split("|")[1].strip() for line in markdown_table(summary).splitlines()[2:]]
+    assert f"{runs[0]['row']} †" in names
+    assert sum("†" in name for name in names) == 1

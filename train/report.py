@@ -72,6 +72,10 @@ def summarize(runs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 [m["clean"] for m in members], [(m.get("n") or {}).get("clean") for m in members]
             ),  # fmt: skip
             "train_time_s": _stats([m.get("train_time_s", math.nan) for m in members]),
+            # seeds whose evaluation failed a gradient-masking sanity check (see results.md)
+            "checks_failed": sorted(
+                int(m["seed"]) for m in members if m.get("checks_passed") is False
+            ),
         }
         for attack in ATTACK_KEYS:
             have = [m for m in members if m.get(attack)]
@@ -105,16 +109,21 @@ def ordered_rows(summary: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def cell_text(v: dict[str, float]) -> str:
-    """`mean ± std [low, high]` (the interval only when known)."""
-    text = f"{v['mean']:.2f} ± {v['std']:.2f}"
+    """`mean ± std [low, high]`: the std over seeds only when there are several (one seed has
+    no spread to show), the interval only when known."""
+    text = f"{v['mean']:.2f}" + (f" ± {v['std']:.2f}" if v.get("n", 2) > 1 else "")
     return text + (f" [{v['low']:.1f}, {v['high']:.1f}]" if "low" in v else "")
+
+
+FAILED_MARK = "†"
 
 
 def markdown_table(
     summary: dict[str, dict[str, Any]], group: str | None = None, extra: Sequence[str] = ()
 ) -> str:
     """Rows x (clean, PGD eps..., then each `extra` attack's eps), cells `mean ± std [95% CI]`
-    in %, best mean per column in bold."""
+    in %, best mean per column in bold; a row marked † has a run whose evaluation failed a
+    gradient-masking sanity check."""
     rows = [r for r in ordered_rows(summary) if group is None or summary[r]["group"] == group]
     if not rows:
         return ""
@@ -134,7 +143,7 @@ def markdown_table(
     header = ["Method"] + [_column_name(c) for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row]
+        cells = [f"{row} {FAILED_MARK}" if summary[row].get("checks_failed") else row]
         for col in columns:
             v = value(row, col)
             if v is None:
