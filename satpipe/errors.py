@@ -27,6 +27,12 @@ def note(message: str) -> None:
     print(f"satpipe: note: {message}", file=sys.stderr, flush=True)
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of a library's error message (at most `limit` characters), or the
+    exception's type name when it has none: what a one-line error quotes of it."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 def os_error_line(exc: BaseException) -> str:
     """`[Errno 28] No space left on device` style text of an OS error, without the path
     (the caller names the path)."""

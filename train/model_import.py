@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from satpipe.errors import SatpipeError
+from satpipe.errors import SatpipeError, first_line
 from satpipe.train.checkpoint import file_sha256, model_record, save_checkpoint
 from satpipe.train.config import ModelImportConfig
 from satpipe.train.models import create_model, input_norm
@@ -55,7 +55,7 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> tuple[di
         try:
             return dict(load_file(str(path), device="cpu")), None
         except Exception as exc:  # safetensors raises its own SafetensorError
-            raise SatpipeError(f"{path}: not a safetensors file ({_first(exc)})") from None
+            raise SatpipeError(f"{path}: not a safetensors file ({first_line(exc)})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -68,7 +68,7 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> tuple[di
             "refuses to run; save model.state_dict() instead of the model"
         ) from None
     except (RuntimeError, EOFError, ValueError, AttributeError) as exc:
-        raise SatpipeError(f"{path}: not a torch weights file ({_first(exc)})") from None
+        raise SatpipeError(f"{path}: not a torch weights file ({first_line(exc)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("satpipe"), dict):
         raise SatpipeError(f"{path}: is a satpipe checkpoint already; use it as it is")
     if key is not None:
@@ -87,10 +87,6 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> tuple[di
         found = ", ".join(map(str, list(obj)[:8]))
         raise SatpipeError(f"{path}: no state_dict found (entries: {found}); name one with --key")
     raise SatpipeError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
-
-
-def _first(exc: BaseException) -> str:
-    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
