@@ -30,7 +30,7 @@ from satpipe.train.variants import VARIANTS
 LEVEL = 0.05
 
 
-class _Bits:
+class CorrectBits:
     """Loads each run's correct.npz once and stacks a row's seeds for one (attack, eps)."""
 
     def __init__(self, root: Path) -> None:
@@ -52,7 +52,7 @@ class _Bits:
         return out
 
 
-def _pair_test(bits: _Bits, better, worse, attack: str, eps: str) -> dict[str, Any] | None:
+def _pair_test(bits: CorrectBits, better, worse, attack: str, eps: str) -> dict[str, Any] | None:
     a, b = bits.row(better, attack, eps), bits.row(worse, attack, eps)
     seeds = sorted(set(a) & set(b))
     if not seeds:
@@ -68,11 +68,11 @@ def _pair_test(bits: _Bits, better, worse, attack: str, eps: str) -> dict[str, A
             "_test": test}  # fmt: skip
 
 
-def paired_gain(root, better, worse, attack: str, eps: str):
+def paired_gain(bits: CorrectBits, better, worse, attack: str, eps: str):
     """`better` minus `worse` accuracy (points) at (attack, eps) from their runs' per-image
-    correctness under `root`, as a paired-bootstrap Interval; None when the two rows share
-    no seed that measured it."""
-    test = _pair_test(_Bits(root), better, worse, attack, eps)
+    correctness (read through `bits`, which loads each file once), as a paired-bootstrap
+    Interval; None when the two rows share no seed that measured it."""
+    test = _pair_test(bits, better, worse, attack, eps)
     return None if test is None else test["_test"].difference
 
 
@@ -104,7 +104,7 @@ def _rows_of(records, group: str) -> dict[str, list[dict[str, Any]]]:
 
 def _chain_claim(name, chain, root, attacks, labels) -> dict[str, Any]:
     """One claim over a chain of rows (best first): every adjacent pair at every eps."""
-    bits = _Bits(root)
+    bits = CorrectBits(root)
     claim: dict[str, Any] = {"claim": name, "kind": "ordering", "columns": labels, "rows": []}
     for attack in attacks:
         keys = set.intersection(

@@ -36,23 +36,24 @@ def gain_interval(
     sat: Sequence[dict[str, Any]],
     base: Sequence[dict[str, Any]],
     eps: str,
-    root: str | Path | None = None,
+    bits=None,
 ):
     """SAT minus baseline PGD accuracy at `eps`, in points (%), with a 95% interval.
 
     sat, base: the run records of each (one per seed; accuracy % and `n` test images per
-    attack and eps). With `root` (the directory the records' `correct` paths are relative to)
-    and per-image correctness for both, the interval is the paired bootstrap over the same test
-    images and seeds (satpipe.train.claims.paired_gain), the one the paper's claims use.
+    attack and eps). With `bits` (a satpipe.train.claims.CorrectBits over the directory the
+    records' `correct` paths are relative to) and per-image correctness for both, the
+    interval is the paired bootstrap over the same test images and seeds
+    (satpipe.train.claims.paired_gain), the one the paper's claims use.
     Without it each side is pooled over its seeds as one proportion (successes over n x seeds
     trials) and the difference gets Newcombe's hybrid score interval from the two Wilson
     intervals (Newcombe 1998, method 10), which treats the two as independent samples: wider,
     as both were measured on the same images.
     """
-    if root is not None and all(r.get("correct") for r in (*sat, *base)):
+    if bits is not None and all(r.get("correct") for r in (*sat, *base)):
         from satpipe.train.claims import paired_gain
 
-        paired = paired_gain(root, sat, base, "pgd", eps)
+        paired = paired_gain(bits, sat, base, "pgd", eps)
         if paired is not None:
             return paired
     a, b = _pooled(sat, eps), _pooled(base, eps)
@@ -90,6 +91,9 @@ def claim_points(
     (the study's own noise rows), else anywhere (the weak grid's: the same training, as noise
     needs no map). Points whose store has no such score, or whose row did not run, are left
     out."""
+    from satpipe.train.claims import CorrectBits
+
+    bits = CorrectBits(root) if root is not None else None  # each correct.npz read once
     by_row: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_row.setdefault(r["row"], []).append(r)
@@ -103,7 +107,7 @@ def claim_points(
         base = [r for r in records if r["variant"] == baseline and r.get("group") == group]
         base = base or [r for r in records if r["variant"] == baseline]
         eps_keys = sorted({k for r in runs for k in r.get("pgd", {})}, key=float)
-        gains = {k: g for k in eps_keys if (g := gain_interval(runs, base, k, root)) is not None}
+        gains = {k: g for k in eps_keys if (g := gain_interval(runs, base, k, bits)) is not None}
         if not gains:
             continue
         out.append(
