@@ -333,6 +333,9 @@ def _complete(opener: Callable, uri: Path) -> bool:
 
 def reproduce(config: ReproduceConfig) -> Path:
     """Run the preset's whole grid into `config.out` and write the report; returns the folder."""
+    from satpipe.bench.yardstick import yardstick_rate
+
+    rate_before = yardstick_rate(config.device)
     started = time.perf_counter()
     preset = PRESETS.get(config.preset)
     if config.epochs is not None:
@@ -366,7 +369,8 @@ def reproduce(config: ReproduceConfig) -> Path:
                 _concurrency(config),
             )  # fmt: skip
             write_quality_report(out, preset, records, stores, source_accuracy(sources, data))
-    write_wall_time(out, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    write_wall_time(out, seconds, (rate_before, yardstick_rate(config.device)), config.device)
     return out
 
 
@@ -711,11 +715,29 @@ def _jsonable(value: Any) -> Any:
     return as_dict() if callable(as_dict) else str(value)
 
 
-def write_wall_time(out: Path, seconds: float) -> None:
+def write_wall_time(
+    out: Path, seconds: float, rates: tuple[float, float], device: str = "cpu"
+) -> None:
     """The run's wall time, appended to time.md (steps resumed from an earlier run took none
-    of it)."""
-    with (out / "time.md").open("a") as f:
-        f.write(
-            f"\nWhole grid, this invocation: {seconds:.0f} s wall time "
-            f"({seconds / 60:.1f} min), data to report.\n"
+    of it), with the machine's yardstick measured before and after the grid (img/s, see
+    satpipe.bench.yardstick) and, on a CPU, the time scaled to the reference machine the
+    budgets are written for."""
+    from satpipe.bench.yardstick import REFERENCE_IMG_S, YARDSTICK, scaled_minutes
+    from satpipe.device import resolve_device
+
+    lo, hi = sorted(rates)
+    text = (
+        f"\nWhole grid, this invocation: {seconds:.0f} s wall time "
+        f"({seconds / 60:.1f} min), data to report.\n\n"
+        f"Machine yardstick ({YARDSTICK}, {resolve_device(device).type}): "
+        f"{rates[0]:.0f} img/s before the grid, {rates[1]:.0f} after.\n"
+    )
+    if resolve_device(device).type == "cpu":
+        text += (
+            f"On a CPU at {REFERENCE_IMG_S:.0f} img/s (the machine the time budgets are "
+            f"written for) this invocation would take about "
+            f"{scaled_minutes(seconds, lo):.1f}-{scaled_minutes(seconds, hi):.1f} min "
+            "(wall time x yardstick / reference).\n"
         )
+    with (out / "time.md").open("a") as f:
+        f.write(text)

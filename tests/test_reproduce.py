@@ -1,6 +1,7 @@
 """The whole reproduce path on the `tiny` preset: data, sources, saliency, runs, eval, report."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -74,7 +75,9 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     claims = (out / "claims.md").read_text()
     assert "better saliency (sign-agreement), more robustness" in claims
     assert "Spearman" in claims
-    assert "wall time" in (out / "time.md").read_text()
+    timing = (out / "time.md").read_text()
+    assert "wall time" in timing and "Machine yardstick (smallcnn input-gradient" in timing
+    assert re.search(r"at 500 img/s .* about \d+\.\d-\d+\.\d min", timing)
     assert "| SAT Random |" in (out / "table.md").read_text()
     table = (out / "table.md").read_text()
     assert "| pgd-sat |" in table and "SAT smallcnn-Adv.-S.Grad" in table

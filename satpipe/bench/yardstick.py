@@ -1,0 +1,55 @@
+"""The machine yardstick that time budgets are written against.
+
+The project's budgets (e.g. `make demo` within 15 minutes) are stated for a 2-core machine whose
+CPU runs `smallcnn`'s input-gradient forward+backward on 32x32 images in batches of 64 at about
+500 img/s; machines differ, and the same machine drifts (this one measured 600 to 1,230 img/s
+on different days). `yardstick_rate` measures that figure where a job runs, in about a second,
+so a report can state its wall time next to the speed of the machine it ran on and scale it to
+the reference machine (`scaled_minutes`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from satpipe.bench.timing import alternate, torch_threads
+from satpipe.device import resolve_device
+from satpipe.pipeline.methods.base import frozen, input_leaf, target_logit_sum
+from satpipe.train.models import create_model
+
+YARDSTICK = "smallcnn input-gradient forward+backward, 32x32, batch 64"
+REFERENCE_IMG_S = 500.0  # the slow 2-core machine the budgets are written for
+_BATCH, _SIZE, _CLASSES = 64, 32, 10
+
+
+def yardstick_rate(
+    device: str = "cpu", floor_seconds: float = 0.6, threads: int | None = None
+) -> float:
+    """img/s of the yardstick on `device` (`auto`: CUDA when present): the fastest of repeated
+    forward+backward calls over at least `floor_seconds` (the quiet moment, as `alternate`
+    reports it), on an untrained smallcnn (speed does not depend on the weights), with
+    `threads` torch threads (None: as they are)."""
+    dev = resolve_device(device)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(_BATCH, 3, _SIZE, _SIZE, generator=generator).to(dev)
+    y = torch.randint(0, _CLASSES, (_BATCH,), generator=generator).to(dev)
+    with torch_threads(threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = create_model("smallcnn", _CLASSES).to(dev).eval()
+
+        def forward_backward(_i: int) -> None:
+            with frozen(net):
+                leaf = input_leaf(x)
+                torch.autograd.grad(target_logit_sum(net(leaf), y), leaf)
+
+        timings = alternate(
+            {"yardstick": forward_backward}, device=dev, warmup=2, rounds=3,
+            floor_seconds=floor_seconds,
+        )  # fmt: skip
+    return _BATCH / timings.min("yardstick")
+
+
+def scaled_minutes(seconds: float, rate: float) -> float:
+    """Minutes `seconds` of work at yardstick `rate` would take on the reference machine
+    (REFERENCE_IMG_S): the time scaled by the speed ratio, as the budgets are meant."""
+    return seconds * rate / REFERENCE_IMG_S / 60
