@@ -517,6 +517,8 @@ def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]
     """A report record (train/report.py) from one run's results.json: accuracies and image
     counts per attack and eps (eps > 0), the worst case, and the path of its correctness bits
     (relative to `out`) for the paired tests."""
+    from satpipe.train.results import epoch_times
+
     run = Path(spec.out).relative_to(out)
     record: dict[str, Any] = {
         "row": spec.row,
@@ -526,6 +528,8 @@ def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]
         "clean": results["clean"],
         "n": {"clean": results["n"]},
         "train_time_s": results.get("train_time_s") or float("nan"),
+        # Results written before epoch times were recorded: read them from the run's metrics.
+        "epoch_time_s": results.get("epoch_time_s") or epoch_times(Path(spec.out)) or [],
         "checks_passed": results.get("checks_passed"),
         "run": run.as_posix(),
         "correct": (run / results["correct"]["file"]).as_posix(),

@@ -207,6 +207,7 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
         "checks": checks,
         "checks_passed": all(c["passed"] for c in checks),
         "train_time_s": res.train_time(ckpt.parent),
+        "epoch_time_s": res.epoch_times(ckpt.parent),
         # The overfitting guard, when the run had one: did it fire, which epoch's weights.
         "guard": state.get("guard"),
         "stopped": state.get("stopped"),

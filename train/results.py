@@ -124,18 +124,25 @@ def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(np.asarray(labels), minlength=num_classes).astype(int).tolist()
 
 
-def train_time(run_dir: Path) -> float | None:
-    """Training wall seconds in RUN/metrics.jsonl: the epochs' loops plus the overfitting
-    guard's checks (part of what the method costs); evaluation on the test split excluded."""
+def epoch_times(run_dir: Path) -> list[float] | None:
+    """Training wall seconds of each epoch in RUN/metrics.jsonl, in order: the epoch's loop
+    plus the overfitting guard's check (part of what the method costs); evaluation on the test
+    split excluded. None without a metrics file."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    total = 0.0
+    out = []
     for line in path.read_text().splitlines():
         with contextlib.suppress(json.JSONDecodeError):
             record = json.loads(line)
-            total += float(record.get("seconds", 0.0)) + float(record.get("guard_seconds", 0.0))
-    return total
+            out.append(float(record.get("seconds", 0.0)) + float(record.get("guard_seconds", 0.0)))
+    return out
+
+
+def train_time(run_dir: Path) -> float | None:
+    """Training wall seconds of the whole run (the sum of `epoch_times`)."""
+    times = epoch_times(run_dir)
+    return None if times is None else sum(times)
 
 
 def robustbench_record(results: dict[str, Any], measured: Measured) -> dict[str, Any] | None:
