@@ -232,6 +232,8 @@ def eval_options(preset: Preset, seed: int) -> dict[str, Any]:
         attacks=("fgsm", "pgd"), eps=preset.eval_eps, steps=preset.eval_steps,
         step_size=preset.eval_step_size, seeds=(seed,),
     )  # fmt: skip
+    if preset.check_examples is not None:
+        options["check_examples"] = preset.check_examples
     seeds = preset.autoattack_seeds
     if preset.autoattack_eps is None or (seeds is not None and seed not in seeds):
         return options

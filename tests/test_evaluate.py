@@ -118,6 +118,30 @@ def test_sanity_checks_flag_each_violation():
     assert all(c["passed"] for c in sanity_checks(fine, num_classes=10))
 
 
+def test_the_two_steps_check_compares_on_the_images_it_ran():
+    # The 2x-steps run on the first 50 images: compared with PGD on those 50, not the grid's
+    # mean over all 1000 (here 0.2 overall but 0.4 on the first 50, where 2x steps gave 0.38).
+    raw = {"n": 1000, "clean": 0.9, "fgsm": {0.0: 0.9, 8.0: 0.5}, "pgd": {0.0: [0.9], 8.0: [0.2]},
+           "pgd_large": 0.0, "pgd_double_steps": 0.38, "pgd_double_steps_base": 0.4,
+           "check_n": 50}  # fmt: skip
+    (check,) = [c for c in sanity_checks(raw, 10) if c["name"] == "more_steps_never_help"]
+    assert check["passed"] and "first 50 images" in check["detail"]
+    # 2x steps weaker than PGD by more than 2/50 on those images: flagged.
+    raw["pgd_double_steps"] = 0.46
+    (check,) = [c for c in sanity_checks(raw, 10) if c["name"] == "more_steps_never_help"]
+    assert not check["passed"]
+
+
+def test_check_examples_runs_the_checks_on_the_first_images(trained_run):
+    run, _ = trained_run
+    kw = dict(eps=(16,), steps=2, step_size=10, batch_size=16, device="cpu", strict=False)
+    results = evaluate(run, check_examples=10, out=run / "checks10", **kw)
+    assert results["check_examples"] == 10 and results["n"] > 10
+    assert any("first 10 images" in c["detail"] for c in results["checks"])
+    with pytest.raises(SatpipeError, match="--check-examples must be >= 1"):
+        evaluate(run, check_examples=0, **kw)
+
+
 def test_cli_eval_fails_loudly_on_masking_unless_no_strict(trained_run, monkeypatch, tmp_path):
     run, _ = trained_run
     real = load_model

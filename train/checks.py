@@ -6,7 +6,8 @@ A model that fails one is probably masking gradients, not robust:
   non_increasing_in_eps  no attack's accuracy rises with eps (up to `tolerance`)
   pgd_le_fgsm            PGD is at least as strong as FGSM at every eps
   large_eps_near_zero    PGD at a very large eps (64/255, step 2.5*eps/steps, no random start)
-                         drives accuracy below chance + `large_eps_margin`
+                         drives accuracy below chance + `large_eps_margin` (on the first
+                         `check_n` images, default all: EvalConfig.check_examples)
   more_steps_never_help  PGD with 2x the steps is not weaker at the largest eps of the grid
   autoattack_le_pgd      AutoAttack is not weaker than PGD on the same images, at every eps
                          where both ran (it contains 100-step APGD: if PGD-5 beats it, the
@@ -15,9 +16,10 @@ A model that fails one is probably masking gradients, not robust:
 Input `raw` (fractions, eps as floats in /255 units)::
 
     {"n", "clean", "fgsm": {eps: acc}, "pgd": {eps: [acc per seed]}, "pgd_large",
-     "pgd_double_steps", optional "autoattack": {eps: {"acc", "pgd", "n"}} (AutoAttack's
-     accuracy, mean over seeds, and PGD's on the same first n images), optional
-     "others": {attack: {eps: mean acc}}}
+     "pgd_double_steps", optional "pgd_double_steps_base" and "check_n" (PGD's accuracy on the
+     images of the two check runs, and how many), optional "autoattack": {eps: {"acc", "pgd",
+     "n"}} (AutoAttack's accuracy, mean over seeds, and PGD's on the same first n images),
+     optional "others": {attack: {eps: mean acc}}}
 """
 
 from __future__ import annotations
@@ -75,10 +77,15 @@ def sanity_checks(
         f"(limit: chance + margin = {_pct(limit)})",
     )
     top = max(raw["pgd"])
+    # PGD's accuracy on the images the 2x-steps run used (all of them unless --check-examples)
+    base = raw.get("pgd_double_steps_base", raw["pgd"][top][0])
+    check_n = raw.get("check_n", n)
+    check_tol = max(0.01, 2.0 / check_n) if tolerance is None else tolerance
+    on = "" if check_n == n else f" (first {check_n} images)"
     add(
         "more_steps_never_help",
-        raw["pgd_double_steps"] <= raw["pgd"][top][0] + tol,
-        f"at {_key(top)}/255: {_pct(raw['pgd'][top][0])} with the grid's steps, "
+        raw["pgd_double_steps"] <= base + check_tol,
+        f"at {_key(top)}/255{on}: {_pct(base)} with the grid's steps, "
         f"{_pct(raw['pgd_double_steps'])} with twice as many",
     )
     if raw.get("autoattack"):

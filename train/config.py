@@ -269,6 +269,10 @@ class EvalConfig:
         {}, "Fewer images for one attack: NAME=N (the first N of the subset; repeatable), "
         "e.g. autoattack=1000.", flag="--attack-examples",
     )  # fmt: skip
+    check_examples: int | None = option(
+        None, "Images of the sanity checks' two extra PGD runs (large eps, 2x steps): the "
+        "first N of the subset (default: all).",
+    )  # fmt: skip
     subset_seed: int = option(0, "Seed of the stratified subset (keep it for paired runs).")
     steps: int = option(5, "PGD / PGD-CW steps.")
     step_size: float = option(2.0, "PGD / PGD-CW step size, /255 units.")
@@ -308,6 +312,8 @@ class EvalConfig:
         }
         if self.n_examples is not None and self.n_examples < 1:
             raise SatpipeError(f"--n-examples must be >= 1, got {self.n_examples}")
+        if self.check_examples is not None and self.check_examples < 1:
+            raise SatpipeError(f"--check-examples must be >= 1, got {self.check_examples}")
         if self.autoattack_components is not None:
             self.autoattack_components = _components(self.autoattack_components)
         if self.batch_size < 1:

@@ -168,19 +168,24 @@ _LARGE = Attack("pgd-large-eps", "the large-eps check's PGD", _large_pgd, random
 
 
 def _check_runs(model, data, clean, cfg, num_classes, result) -> dict[str, np.ndarray]:
-    """The large-eps PGD and the 2x-steps PGD at the top of the PGD grid (first seed)."""
+    """The large-eps PGD and the 2x-steps PGD at the top of the PGD grid (first seed), on the
+    first `cfg.check_examples` images (all by default), and PGD's own bits at the top on the
+    same images (`pgd_double_steps_base`: what the 2x-steps run is compared with)."""
     top = max(float(k) for (a, k, _) in result.bits if a == "pgd")
-    n_top = len(result.bits[("pgd", eps_key(top), cfg.seeds[0])])  # the same images as PGD's
+    top_bits = result.bits[("pgd", eps_key(top), cfg.seeds[0])]
+    limit = cfg.check_examples or len(clean)
+    n_top = min(limit, len(top_bits))  # the first images of PGD's, so the same ones
     steps = max(cfg.steps, 1)
     large_step = 2.5 * cfg.large_eps / steps / 255  # Madry's rule: can reach the ball's edge
     runs = {
-        "pgd_large": (_LARGE, Measurement("pgd", cfg.large_eps, None, len(clean)),
+        "pgd_large": (_LARGE, Measurement("pgd", cfg.large_eps, None, min(limit, len(clean))),
                       {"step_size": large_step}),
         "pgd_double_steps": (ATTACKS.get("pgd"), Measurement("pgd", top, cfg.seeds[0], n_top),
                              {"steps": 2 * cfg.steps}),
     }  # fmt: skip
-    out = {}
-    with progress("sanity checks (large eps, 2x steps)", len(clean) + n_top) as advance:
+    out = {"pgd_double_steps_base": top_bits[:n_top]}
+    total = sum(m.n for _, m, _ in runs.values())
+    with progress("sanity checks (large eps, 2x steps)", total) as advance:
         for name, (entry, m, changes) in runs.items():
             ctx = _context(cfg, m, num_classes, **changes)
             sl = slice(0, m.n)
@@ -203,6 +208,8 @@ def raw_accuracies(result: Measured) -> dict[str, Any]:
         "pgd": dict(sorted(acc.get("pgd", {}).items())),
         "pgd_large": float(result.extras["pgd_large"].mean()),
         "pgd_double_steps": float(result.extras["pgd_double_steps"].mean()),
+        "pgd_double_steps_base": float(result.extras["pgd_double_steps_base"].mean()),
+        "check_n": len(result.extras["pgd_double_steps"]),
         "others": {
             a: {e: float(np.mean(v)) for e, v in sorted(per.items())}
             for a, per in acc.items()
