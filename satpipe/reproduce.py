@@ -722,28 +722,30 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_wall_time(
-    out: Path, seconds: float, rates: tuple[float, float], device: str = "cpu"
+    out: Path, seconds: float, rates: tuple[tuple[float, float], ...], device: str = "cpu"
 ) -> None:
     """The run's wall time, appended to time.md (steps resumed from an earlier run took none
-    of it), with the machine's yardstick measured before and after the grid (img/s, see
-    satpipe.bench.yardstick) and, on a CPU, the time scaled to the reference machine the
-    budgets are written for."""
+    of it), with the machine's yardstick (typical, best img/s; satpipe.bench.yardstick)
+    measured before and after the grid and, on a CPU, the time scaled to the reference machine
+    the budgets are written for, by the typical rates."""
     from satpipe.bench.yardstick import REFERENCE_IMG_S, YARDSTICK, scaled_minutes
     from satpipe.device import resolve_device
 
-    lo, hi = sorted(rates)
+    (before, best_before), (after, best_after) = rates
+    lo, hi = sorted((before, after))
     text = (
         f"\nWhole grid, this invocation: {seconds:.0f} s wall time "
         f"({seconds / 60:.1f} min), data to report.\n\n"
-        f"Machine yardstick ({YARDSTICK}, {resolve_device(device).type}): "
-        f"{rates[0]:.0f} img/s before the grid, {rates[1]:.0f} after.\n"
+        f"Machine yardstick ({YARDSTICK}, {resolve_device(device).type}), typical (fastest) "
+        f"call: {before:.0f} ({best_before:.0f}) img/s before the grid, {after:.0f} "
+        f"({best_after:.0f}) after.\n"
     )
     if resolve_device(device).type == "cpu":
         text += (
             f"On a CPU at {REFERENCE_IMG_S:.0f} img/s (the machine the time budgets are "
             f"written for) this invocation would take about "
             f"{scaled_minutes(seconds, lo):.1f}-{scaled_minutes(seconds, hi):.1f} min "
-            "(wall time x yardstick / reference).\n"
+            "(wall time x typical yardstick / reference).\n"
         )
     with (out / "time.md").open("a") as f:
         f.write(text)
