@@ -31,11 +31,10 @@ import torch
 from satpipe import __version__
 from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import ModelsBenchConfig
-from satpipe.bench.timing import Timings, alternate, torch_threads
+from satpipe.bench.timing import Timings, alternate, forward_backward, torch_threads
 from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods import get_method
-from satpipe.pipeline.methods.base import frozen, input_leaf, target_logit_sum
 from satpipe.train.models import create_model, input_norm
 
 SMALL_PARAMS = {"smoothgrad": {"samples": 2}, "ig": {"steps": 2}}
@@ -99,9 +98,7 @@ def _run(config: ModelsBenchConfig) -> dict[str, Any]:
 
     def floor(i: int) -> None:  # one forward+backward of the bare model, called directly
         _, xn, y = batches[i % len(batches)]
-        with frozen(bare):
-            leaf = input_leaf(xn)
-            torch.autograd.grad(target_logit_sum(bare(leaf), y), leaf)
+        forward_backward(bare, xn, y)
 
     # CPU time on a CPU (other processes' load barely moves it); wall time on a GPU, where
     # the work runs outside the process's CPU time.

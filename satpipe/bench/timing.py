@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from satpipe.errors import SatpipeError
+from satpipe.pipeline.methods.base import frozen, input_leaf, target_logit_sum
 
 
 @contextmanager
@@ -44,6 +45,15 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d sum_b logit[b, y[b]] / d x (same shape as x) from one forward and one backward pass of
+    `model` in eval mode with no parameter gradients: the floor the benchmarks time saliency
+    methods against, and the machine yardstick's unit of work."""
+    with frozen(model):
+        leaf = input_leaf(x)
+        return torch.autograd.grad(target_logit_sum(model(leaf), y), leaf)[0]
 
 
 def synchronize(device: torch.device | str | None) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from satpipe.bench.timing import alternate, torch_threads
+from satpipe.bench.timing import alternate, forward_backward, torch_threads
 from satpipe.device import resolve_device
-from satpipe.pipeline.methods.base import frozen, input_leaf, target_logit_sum
 from satpipe.train.models import create_model
 
 YARDSTICK = "smallcnn input-gradient forward+backward, 32x32, batch 64"
@@ -39,13 +38,8 @@ def yardstick_rate(
         torch.manual_seed(0)
         net = create_model("smallcnn", _CLASSES).to(dev).eval()
 
-        def forward_backward(_i: int) -> None:
-            with frozen(net):
-                leaf = input_leaf(x)
-                torch.autograd.grad(target_logit_sum(net(leaf), y), leaf)
-
         timings = alternate(
-            {"yardstick": forward_backward}, device=dev, warmup=2, rounds=3,
+            {"yardstick": lambda _i: forward_backward(net, x, y)}, device=dev, warmup=2, rounds=3,
             floor_seconds=floor_seconds,
         )  # fmt: skip
     return _BATCH / timings.median("yardstick"), _BATCH / timings.min("yardstick")
