@@ -29,16 +29,14 @@ def progress_enabled() -> bool:
 
 
 @contextmanager
-def progress(description: str, total: int | None) -> Iterator[callable]:
-    """Yield `advance(n=1)`; draws a bar on stderr when it is a terminal (a bar opened inside
-    another one disappears when it finishes)."""
+def _bar(*columns) -> Iterator[Progress]:
+    """A started Progress on stderr: description, bar, then `columns`; drawn only where a person
+    is watching, and transient when opened inside another bar."""
     global _open
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        *columns,
         console=_console,
         disable=not progress_enabled(),
         transient=_open > 0,
@@ -46,10 +44,18 @@ def progress(description: str, total: int | None) -> Iterator[callable]:
     _open += 1
     try:
         with bar:
-            task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
+            yield bar
     finally:
         _open -= 1
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[callable]:
+    """Yield `advance(n=1)`; draws a bar on stderr when it is a terminal (a bar opened inside
+    another one disappears when it finishes)."""
+    with _bar(MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
 
 
 class GridBar:
@@ -71,21 +77,6 @@ def grid_progress(description: str, total_work: float) -> Iterator[GridBar]:
     """One bar over many steps of unequal cost (a whole `satpipe reproduce` grid): the bar
     fills by estimated work, not by step count, so its time remaining is an ETA for the grid.
     Bars the steps open themselves show below it while they run."""
-    global _open
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=_console,
-        disable=not progress_enabled(),
-        transient=_open > 0,
-    )
-    _open += 1
-    try:
-        with bar:
-            yield GridBar(bar, bar.add_task(description, total=max(total_work, 1e-9)))
-    finally:
-        _open -= 1
+    columns = (TaskProgressColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with _bar(*columns) as bar:
+        yield GridBar(bar, bar.add_task(description, total=max(total_work, 1e-9)))
