@@ -45,9 +45,10 @@ def sanity_checks(
 ) -> list[dict[str, Any]]:
     """The gradient-masking checks on `raw`; each {name, passed, detail}.
 
-    `tolerance` (fraction) absorbs the randomness of random starts; default max(1%, 2/n)."""
+    `tolerance` (fraction) absorbs the randomness of random starts; default max(1%, 2/n) for
+    a comparison over n images."""
     n = raw["n"]
-    tol = max(0.01, 2.0 / n) if tolerance is None else tolerance
+    tol = _tolerance(n, tolerance)
     pgd_mean = {e: float(np.mean(v)) for e, v in raw["pgd"].items()}
     checks: list[dict[str, Any]] = []
 
@@ -80,7 +81,7 @@ def sanity_checks(
     # PGD's accuracy on the images the 2x-steps run used (all of them unless --check-examples)
     base = raw.get("pgd_double_steps_base", raw["pgd"][top][0])
     check_n = raw.get("check_n", n)
-    check_tol = max(0.01, 2.0 / check_n) if tolerance is None else tolerance
+    check_tol = _tolerance(check_n, tolerance)
     on = "" if check_n == n else f" (first {check_n} images)"
     add(
         "more_steps_never_help",
@@ -91,6 +92,10 @@ def sanity_checks(
     if raw.get("autoattack"):
         add(*_autoattack_vs_pgd(raw["autoattack"], tolerance))
     return checks
+
+
+def _tolerance(n: int, given: float | None) -> float:
+    return max(0.01, 2.0 / n) if given is None else given
 
 
 def _eps0(raw, pgd_mean, n) -> tuple[str, bool, str]:
@@ -121,7 +126,7 @@ def _autoattack_vs_pgd(autoattack, tolerance) -> tuple[str, bool, str]:
     # Compared on AutoAttack's own images (often fewer): the default tolerance is 2 of them.
     weaker = [
         e for e, v in sorted(autoattack.items())
-        if v["acc"] > v["pgd"] + (max(0.01, 2.0 / v["n"]) if tolerance is None else tolerance)
+        if v["acc"] > v["pgd"] + _tolerance(v["n"], tolerance)
     ]  # fmt: skip
     shown = weaker or sorted(autoattack)
     detail = "; ".join(
