@@ -168,6 +168,7 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
     attacks = res.attack_table(measured, cfg, num_classes)
     labels = evalset.y.cpu().numpy()
     targeted = [a["n_target_classes"] for a in attacks.values() if "n_target_classes" in a]
+    epoch_times = res.epoch_times(ckpt.parent)
     return {
         "satpipe": {"kind": "results", "format": res.FORMAT},
         "checkpoint": str(ckpt),
@@ -207,8 +208,8 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
         "check_examples": len(measured.extras["pgd_double_steps"]),
         "checks": checks,
         "checks_passed": all(c["passed"] for c in checks),
-        "train_time_s": res.train_time(ckpt.parent),
-        "epoch_time_s": res.epoch_times(ckpt.parent),
+        "train_time_s": None if epoch_times is None else sum(epoch_times),
+        "epoch_time_s": epoch_times,
         # The overfitting guard, when the run had one: did it fire, which epoch's weights.
         "guard": state.get("guard"),
         "stopped": state.get("stopped"),

@@ -139,12 +139,6 @@ def epoch_times(run_dir: Path) -> list[float] | None:
     return out
 
 
-def train_time(run_dir: Path) -> float | None:
-    """Training wall seconds of the whole run (the sum of `epoch_times`)."""
-    times = epoch_times(run_dir)
-    return None if times is None else sum(times)
-
-
 def robustbench_record(results: dict[str, Any], measured: Measured) -> dict[str, Any] | None:
     """A RobustBench-style model record (their model-info JSON's fields, accuracies as "xx.xx"
     strings) for the largest eps AutoAttack ran at; None when it did not run. clean_acc is on
