@@ -733,14 +733,15 @@ def write_wall_time(
 
     (before, best_before), (after, best_after) = rates
     lo, hi = sorted((before, after))
+    kind = resolve_device(device).type
     text = (
         f"\nWhole grid, this invocation: {seconds:.0f} s wall time "
         f"({seconds / 60:.1f} min), data to report.\n\n"
-        f"Machine yardstick ({YARDSTICK}, {resolve_device(device).type}), typical (fastest) "
+        f"Machine yardstick ({YARDSTICK}, {kind}), typical (fastest) "
         f"call: {before:.0f} ({best_before:.0f}) img/s before the grid, {after:.0f} "
         f"({best_after:.0f}) after.\n"
     )
-    if resolve_device(device).type == "cpu":
+    if kind == "cpu":
         text += (
             f"On a CPU at {REFERENCE_IMG_S:.0f} img/s (the machine the time budgets are "
             f"written for) this invocation would take about "

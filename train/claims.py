@@ -232,11 +232,11 @@ def claims_markdown(claims: Sequence[dict[str, Any]]) -> str:
 
 
 def _time_lines(c: dict[str, Any]) -> list[str]:
-    r, n = c["ratio"], c.get("replicates", len(c["seeds"]))
+    r, n = c["ratio"], c["replicates"]
     return [
         f"- **{c['claim']}**: {c['verdict']} (time ratio {r['value']:.2f} "
         f"[{r['low']:.2f}, {r['high']:.2f}] over {n} replicate{'' if n == 1 else 's'}: "
-        f"{c.get('unit', 'seeds')} {c['seeds']})",
+        f"{c['unit']} {c['seeds']})",
         "",
     ]
 
