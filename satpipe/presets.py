@@ -103,9 +103,10 @@ _add(Preset(
     study_baselines=(),
     study_controls=("random",),
     method_params={"smoothgrad": {"samples": 2}},
-    # Two grid runs reused, one fast-AT run with Wong et al.'s cyclic lr and guard, and one
-    # explanation-guided run on the weak store: every path of the frontier, in seconds.
-    frontier=("original", "pgd-sat", "fgsm-rs", "rrr"),
+    # Two grid runs reused, fast-AT runs (FGSM-RS with Wong et al.'s cyclic lr and guard,
+    # N-FGSM, GradAlign) and explanation-guided runs on the weak store (RRR, the energy
+    # loss): every path of the frontier, in seconds.
+    frontier=("original", "pgd-sat", "fgsm-rs", "rrr", "n-fgsm", "gradalign", "energy"),
     frontier_options={"fgsm-rs": {"lr_schedule": "cyclic", "guard_rows": 16}},
     score_n=16,
     student="smallcnn",

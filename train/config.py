@@ -114,6 +114,15 @@ class TrainConfig:
         0.1, "sgt: share k of pixels masked (Ismail et al. 2021, CIFAR-10: 0.1)."
     )
     sgt_lambda: float = option(1.0, "sgt: KL weight (Ismail et al.'s code: 1).")
+    nfgsm_noise: float = option(
+        2.0, "n-fgsm: noise U(-k eps, k eps), k as a multiple of eps (de Jorge et al. 2022: 2)."
+    )
+    gradalign_lambda: float = option(
+        0.2, "gradalign: weight of 1 - cos (Andriushchenko & Flammarion 2020, eps 8/255: 0.2)."
+    )
+    energy_lambda: float = option(
+        1e-3, "energy: energy-loss weight, summed over images (Rao, Böhle et al. 2023: 1e-3)."
+    )
     guard_rows: int = option(
         0,
         "Catastrophic-overfitting guard: hold out this many seeded training rows (never "
@@ -171,6 +180,9 @@ class TrainConfig:
             igr_lambda=self.igr_lambda,
             sgt_fraction=self.sgt_fraction,
             sgt_lambda=self.sgt_lambda,
+            nfgsm_noise=self.nfgsm_noise,
+            gradalign_lambda=self.gradalign_lambda,
+            energy_lambda=self.energy_lambda,
         )
 
     def to_dict(self) -> dict[str, Any]:
