@@ -252,7 +252,8 @@ class EvalConfig:
     """`satpipe eval`: robustness of a trained model on the test split (satpipe.train.evaluate).
 
     eps and step sizes in /255 units. Every attack in `attacks` runs at every eps of `eps`
-    (`attack_eps` overrides that per attack, e.g. {"autoattack": (8,)}) and, when it is
+    (`attack_eps` overrides that per attack, e.g. {"autoattack": (8,)}; an L2 attack runs at
+    its own radii, e.g. cw-l2 at 32,64,127.5,255, unless `attack_eps` names it) and, when it is
     randomized, once per seed; fgsm and pgd always also run at eps 0. `n_examples` evaluates a
     seeded class-stratified subset of that size (`subset_seed`; the same for every run, so runs
     stay paired image for image); `attack_examples` gives an attack fewer images (the first n of
@@ -269,7 +270,9 @@ class EvalConfig:
         ("fgsm", "pgd"), "Attacks to run (`satpipe list attacks`), e.g. fgsm,pgd,autoattack.",
         flag="--attack", short="-a", choices=_ATTACKS,
     )  # fmt: skip
-    eps: tuple[float, ...] = option((0, 1, 2, 3, 4, 8), "Eps grid, /255 units.")
+    eps: tuple[float, ...] = option(
+        (0, 1, 2, 3, 4, 8), "L-inf eps grid, /255 units (L2 attacks: their radii, or -E)."
+    )
     attack_eps: dict[str, Any] = option(
         {}, "Eps of one attack instead of the grid: NAME=EPS[,EPS] (repeatable), "
         "e.g. autoattack=8.", flag="--attack-eps", short="-E",
@@ -339,10 +342,17 @@ class EvalConfig:
 
     def grid(self, attack: str) -> tuple[float, ...]:
         """The eps (/255) `attack` runs at, ascending."""
-        grid = set(self.attack_eps.get(attack, self.eps))
+        grid = set(self.attack_eps.get(attack, self._default_grid(attack)))
         if attack in ZERO_EPS_ATTACKS:
             grid.add(0.0)
         return tuple(sorted(float(e) for e in grid))
+
+    def _default_grid(self, attack: str) -> tuple[float, ...]:
+        """--eps, or the attack's own grid when it has one (an L2 attack: its radii)."""
+        from satpipe.train.attacks import ATTACKS
+
+        own = ATTACKS.get(attack).default_eps
+        return self.eps if own is None else own
 
     def to_dict(self) -> dict[str, Any]:
         """What the numbers depend on (for results.json: a reproduce step compares it)."""
