@@ -243,6 +243,7 @@ def train_config(given: dict[str, Any]) -> TrainConfig:
 
 
 _ATTACKS = "satpipe.train.attacks:ATTACKS"
+_DISTORTIONS = "satpipe.train.distortions:DISTORTIONS"
 # Attacks whose eps grid always includes 0: the "eps = 0 gives the clean accuracy" check.
 ZERO_EPS_ATTACKS = ("fgsm", "pgd")
 
@@ -297,6 +298,14 @@ class EvalConfig:
         None, "AutoAttack's attacks (default: the standard apgd-ce,apgd-t,fab-t,square).",
         choices=_ATTACKS,
     )  # fmt: skip
+    distortions: tuple[str, ...] = option(
+        (), "Also the accuracy under these distortions per level, e.g. contrast,low-pass,"
+        "high-pass (`satpipe list distortions`; the SAT code's tests).", choices=_DISTORTIONS,
+    )  # fmt: skip
+    distortion_levels: dict[str, Any] = option(
+        {}, "Levels of one distortion instead of the SAT code's grid: NAME=L[,L] "
+        "(repeatable), e.g. low-pass=1,4,16.", flag="--distortion-levels",
+    )  # fmt: skip
     batch_size: int = option(256, "Images per attack batch.")
     device: str = option("auto", DEVICE_HELP)
     large_eps: float = option(LARGE_EPS, "Eps (/255) of the 'drives accuracy near 0' check.")
@@ -333,6 +342,26 @@ class EvalConfig:
             self.autoattack_components = _components(self.autoattack_components)
         if self.batch_size < 1:
             raise SatpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.distortions = tuple(
+            dict.fromkeys(check_choice(d, _DISTORTIONS, "distortion") for d in self.distortions)
+        )
+        self.distortion_levels = {
+            self._distortion_key(k): _levels(k, v) for k, v in self.distortion_levels.items()
+        }
+
+    def _distortion_key(self, name: str) -> str:
+        name = check_choice(name, _DISTORTIONS, "distortion")
+        if name not in self.distortions:
+            raise SatpipeError(
+                f"--distortion-levels names '{name}', which --distortions does not run"
+            )
+        return name
+
+    def levels(self, distortion: str) -> tuple[float, ...]:
+        """The levels `distortion` is evaluated at: --distortion-levels, else the SAT code's."""
+        from satpipe.train.distortions import DISTORTIONS
+
+        return self.distortion_levels.get(distortion, DISTORTIONS.get(distortion).levels)
 
     def _attack_key(self, name: str, flag: str) -> str:
         name = check_choice(name, _ATTACKS, "attack")
@@ -375,6 +404,22 @@ def _eps_tuple(value: Any) -> tuple[float, ...]:
     else:
         values = parse_list(list(value), float, "--attack-eps")
     _check_eps(values, "--attack-eps")
+    return tuple(float(v) for v in values)
+
+
+def _levels(name: str, value: Any) -> tuple[float, ...]:
+    from satpipe.train.distortions import check_level
+
+    if isinstance(value, str):
+        values = parse_list(value, float, "--distortion-levels")
+    elif isinstance(value, int | float):
+        values = (float(value),)
+    else:
+        values = parse_list(list(value), float, "--distortion-levels")
+    if not values:
+        raise SatpipeError(f"--distortion-levels {name}: needs at least one level")
+    for v in values:
+        check_level(name, float(v))
     return tuple(float(v) for v in values)
 
 

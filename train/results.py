@@ -16,6 +16,7 @@ seeds beside it. results.json (format 2)::
     fgsm, pgd, pgd_std, pgd_per_seed           the paper's protocol, as in format 1
     subset = {n_examples, seed, split_size, class_counts}, n_target_classes, eval (the options)
     correct = {file: "correct.npz", format, sha256}   (satpipe.train.correctness)
+    distortions.NAME = {level, levels: {KEY: {n, accuracy, interval}}}   with --distortions
 """
 
 from __future__ import annotations
@@ -244,6 +245,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines += _accuracy_table(results)
     lines += _stages_lines(results)
     lines += _l2_lines(results)
+    lines += _distortion_lines(results)
     stopped = results.get("stopped")
     if stopped:
         lines += [
@@ -333,4 +335,19 @@ def _l2_lines(results: dict[str, Any]) -> list[str]:
             + f"): median L2 of its {a['successful']} successful perturbations {median}; "
             f"accuracy with no radius {u['accuracy']:.2f}% {_interval_text(u)}.",
         ]
+    return lines
+
+
+def _distortion_lines(results: dict[str, Any]) -> list[str]:
+    """Accuracy per level of each distortion (the SAT code's contrast / low-pass / high-pass)."""
+    table = results.get("distortions")
+    if not table:
+        return []
+    lines = ["", "## Distortions", "", "Accuracy (%) on the distorted test images [95% Wilson "
+             "interval]; distortions.png plots them.", ""]  # fmt: skip
+    for name, d in table.items():
+        lines += [f"| {name}: {d['level']} | " + " | ".join(d["levels"]) + " |",
+                  "|---" + "|---:" * len(d["levels"]) + "|"]  # fmt: skip
+        cells = [f"{c['accuracy']:.2f} {_interval_text(c)}" for c in d["levels"].values()]
+        lines += ["| accuracy | " + " | ".join(cells) + " |", ""]
     return lines
