@@ -52,7 +52,7 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     assert len(runs) == len(trained) + 2 == 4 + 2 + 1 + 5
     names = ("table.md", "time.md", "claims.md", "robustness.png", "saliency.png")
     quality_files = ("saliency-quality.md", "quality-vs-robustness.png", "saliency-quality.json")
-    for name in (*names, *quality_files, "frontier.png", "frontier.md"):
+    for name in (*names, *quality_files, "frontier.png", "frontier.md", "distortions.png"):
         assert (out / name).stat().st_size > 0
     # The frontier: one point per listed variant, grid runs reused, the guard's run recorded.
     points = {p["variant"]: p for p in report["frontier"]}
@@ -90,6 +90,7 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     table = (out / "table.md").read_text()
     assert "| pgd-sat |" in table and "SAT smallcnn-Adv.-S.Grad" in table
     assert "ε=8/255" in table and "AA ε=8/255" in table and " [" in table  # intervals
+    assert all(set(run["distortions"]) == {"contrast", "low-pass", "high-pass"} for run in runs)
     for run in runs:  # each record names its per-image bits, and the run has its record
         assert (out / run["correct"]).is_file() and run["autoattack"]["8"] >= 0
         assert (out / run["run"] / "robustbench.json").is_file()

@@ -315,3 +315,28 @@ def distortions_plot(curves: dict[str, dict[str, Any]], out: str | Path, title: 
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def pooled_distortions(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{row: a results.json-shaped `distortions`} with each level's accuracy pooled over the
+    row's seeds (hits over seed x image trials) and its 95% Wilson interval, for
+    `distortions_plot`; rows without distortions are left out."""
+    hits: dict[str, dict[str, dict[str, list[int]]]] = {}
+    names: dict[str, str] = {}
+    for r in records:
+        for name, table in (r.get("distortions") or {}).items():
+            names[name] = table["level"]
+            for k, c in table["levels"].items():
+                cell = hits.setdefault(r["row"], {}).setdefault(name, {}).setdefault(k, [0, 0])
+                cell[0] += round(c["accuracy"] * c["n"] / 100)
+                cell[1] += c["n"]
+    out: dict[str, dict[str, Any]] = {}
+    for row, per in hits.items():
+        out[row] = {}
+        for name, levels in per.items():
+            cells = {}
+            for k, (h, n) in levels.items():
+                interval = wilson(h, n).scaled(100.0).as_dict()
+                cells[k] = {"n": n, "accuracy": interval["value"], "interval": interval}
+            out[row][name] = {"level": names[name], "levels": cells}
+    return out
