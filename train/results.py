@@ -319,8 +319,8 @@ def _l2_lines(results: dict[str, Any]) -> list[str]:
     table = _accuracy_table(results, "L2")
     if not table:
         return []
-    lines = ["", "## L2 attacks", "", "Accuracy (%) per L2 radius (/255 units; pixel units in "
-             "brackets); the worst case joins only L2 attacks.", "", *table]  # fmt: skip
+    lines = ["", "## L2 attacks", "", "Accuracy (%) per L2 radius (/255 units, = the radius in "
+             "pixel units); the worst case joins only L2 attacks.", "", *table]  # fmt: skip
     for name, a in results["attacks"].items():
         if a.get("norm") != "L2" or "unbounded" not in a:
             continue
