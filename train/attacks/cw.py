@@ -114,11 +114,11 @@ def cw_l2(
     lower = torch.zeros(n, device=x.device, dtype=torch.float64)
     upper = torch.full((n,), _UPPER, device=x.device, dtype=torch.float64)
     const = torch.full((n,), initial_const, device=x.device, dtype=torch.float64)
-    wrong = _predict(model, x) != y
-    best_norm[wrong] = 0.0
     was = model.training
     model.eval()
     try:
+        wrong = _predict(model, x) != y
+        best_norm[wrong] = 0.0
         with frozen_parameters(model), torch.enable_grad():
             for _ in range(search_steps):
                 success = torch.zeros(n, dtype=torch.bool, device=x.device)
