@@ -93,8 +93,17 @@ def test_energy_step_is_ce_plus_lambda_sum_of_the_energy_of_input_x_gradient():
     assert model[1].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("method", ["gradient", "smoothgrad"])
-def test_energy_refuses_a_store_that_is_not_weak_saliency(method):
-    with pytest.raises(SatpipeError, match="weak-saliency store"):
-        VARIANTS.get("energy").check_saliency("maps.zarr", method)
+def test_energy_refuses_a_missing_or_model_made_store_before_any_run(tmp_path):
+    from satpipe.train.config import TrainConfig
+    from satpipe.train.trainer import train
+    from tests.conftest import write_colour_dataset, write_tiny_saliency
+
+    data = write_colour_dataset(tmp_path / "colour.zarr", n_train=32, n_test=16)
+    maps = write_tiny_saliency(tmp_path / "maps.zarr", data, source="random")
+    for saliency, message in ((None, "needs --saliency"), (maps, "holds 'random' maps")):
+        cfg = TrainConfig(variant="energy", data=data, saliency=saliency, model="smallcnn",
+                          out=str(tmp_path / "run"), epochs=1, device="cpu")  # fmt: skip
+        with pytest.raises(SatpipeError, match=message):
+            train(cfg)
+        assert not (tmp_path / "run").exists()
     VARIANTS.get("energy").check_saliency("maps.zarr", "bbox")  # boxes and masks are fine
