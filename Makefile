@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and pinned, so the resolver never swaps in another build later.
 	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	# the test oracle for AutoAttack, without its stale requests pin (pyproject: `oracles`)
+	# the test oracle for AutoAttack and cw-l2's optimiser, without its stale requests pin
+	# (pyproject: `oracles`)
 	$(PY) -m pip install -q --no-deps 'torchattacks>=3.5'
 	touch $(STAMP)
 

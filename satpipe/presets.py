@@ -29,6 +29,8 @@ METHOD_LABELS = {
     "gradcam++": "G.CAM++",
     "random": "Random",
 }
+# The SAT code's three distortion tests (its io_utils.py `test_dict`), run by the paper presets.
+PAPER_DISTORTIONS = ("contrast", "low-pass", "high-pass")
 # Source models of the method study: key -> (training variant, label in row names).
 SOURCES = {"std": ("original", "Std."), "adv": ("pgd", "Adv.")}
 
@@ -81,6 +83,9 @@ class Preset:
     # others run at `frontier_seeds` (None: `seeds`) with `frontier_options` (per variant,
     # TrainConfig fields, e.g. the overfitting guard) on top of the preset's settings.
     frontier: tuple[str, ...] = ()
+    # Accuracy under the SAT code's distortion tests (train/distortions.py) for every run of
+    # the grid, at the code's levels: distortions.png beside robustness.png. () : none.
+    distortions: tuple[str, ...] = ()
     frontier_seeds: tuple[int, ...] | None = None
     frontier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -103,10 +108,12 @@ _add(Preset(
     study_baselines=(),
     study_controls=("random",),
     method_params={"smoothgrad": {"samples": 2}},
-    # Two grid runs reused, one fast-AT run with Wong et al.'s cyclic lr and guard, and one
-    # explanation-guided run on the weak store: every path of the frontier, in seconds.
-    frontier=("original", "pgd-sat", "fgsm-rs", "rrr"),
+    # Two grid runs reused, fast-AT runs (FGSM-RS with Wong et al.'s cyclic lr and guard,
+    # N-FGSM, GradAlign) and explanation-guided runs on the weak store (RRR, the energy
+    # loss): every path of the frontier, in seconds.
+    frontier=("original", "pgd-sat", "fgsm-rs", "rrr", "n-fgsm", "gradalign", "energy"),
     frontier_options={"fgsm-rs": {"lr_schedule": "cyclic", "guard_rows": 16}},
+    distortions=PAPER_DISTORTIONS,  # as the paper presets: the path they take, in seconds
     score_n=16,
     student="smallcnn",
     source_arch="smallcnn",
@@ -200,6 +207,7 @@ _add(Preset(
     eval_eps=(1, 2, 3),
     needs_data_root=True,
     gpu=True,
+    distortions=PAPER_DISTORTIONS,
 ))  # fmt: skip
 _add(Preset(
     name="tinyimagenet",
@@ -210,6 +218,7 @@ _add(Preset(
     eval_eps=(1, 2, 3),
     needs_data_root=True,
     gpu=True,
+    distortions=PAPER_DISTORTIONS,
 ))  # fmt: skip
 _add(Preset(
     name="cifar100",
@@ -221,4 +230,5 @@ _add(Preset(
     eval_eps=(1, 2, 3, 4),
     needs_data_root=True,
     gpu=True,
+    distortions=PAPER_DISTORTIONS,
 ))  # fmt: skip

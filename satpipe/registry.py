@@ -43,6 +43,7 @@ REGISTRY_MODULES: dict[str, str] = {
     "variants": "satpipe.train.variants",
     "schedules": "satpipe.train.schedules",
     "attacks": "satpipe.train.attacks",
+    "distortions": "satpipe.train.distortions",
     "importers": "satpipe.data.importers",
     "presets": "satpipe.presets",
     "benchmarks": "satpipe.bench",

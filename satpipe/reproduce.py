@@ -10,7 +10,7 @@ Steps, each skipped when its output exists and is complete, so a killed run resu
 6. runs          out/runs/ROW/seedK/          students: train, then evaluate (results.json)
 7. report        table.md, results.json, robustness.png, saliency.png, time.md, claims.md,
                  saliency-quality.md, quality-vs-robustness.png, and for presets with a
-                 `frontier`: frontier.png, frontier.md
+                 `frontier`: frontier.png, frontier.md; with `distortions`: distortions.png
 
 One bar follows the whole grid with an ETA (each step weighted by its estimated work,
 satpipe.grid); time.md records the wall time of the run.
@@ -234,6 +234,8 @@ def eval_options(preset: Preset, seed: int) -> dict[str, Any]:
     )  # fmt: skip
     if preset.check_examples is not None:
         options["check_examples"] = preset.check_examples
+    if preset.distortions:
+        options["distortions"] = preset.distortions
     seeds = preset.autoattack_seeds
     if preset.autoattack_eps is None or (seeds is not None and seed not in seeds):
         return options
@@ -536,6 +538,8 @@ def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]
         "run": run.as_posix(),
         "correct": (run / results["correct"]["file"]).as_posix(),
     }
+    if results.get("distortions"):
+        record["distortions"] = results["distortions"]
     cells = {a: entry["eps"] for a, entry in results["attacks"].items()}
     cells["robust"] = results["robust"]
     for attack, per_eps in cells.items():
@@ -564,6 +568,10 @@ def write_report(
     (out / "time.md").write_text("# Training wall time\n\n" + report.time_table(summary))
     claims = write_claims(out, summary, records)
     report.robustness_plot(summary, out / "robustness.png", _plot_title(preset))
+    if preset.distortions:
+        curves = report.pooled_distortions(records)
+        title = f"{preset.name}: accuracy under the SAT code's distortions (pooled over seeds)"
+        report.distortions_plot(curves, out / "distortions.png", title)
     if gallery_store:
         from satpipe.pipeline.gallery import saliency_gallery
 

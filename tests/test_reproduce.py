@@ -48,15 +48,23 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     report = json.loads((out / "results.json").read_text())
     runs = report["runs"]
     # 4 weak-grid variants + SAT on 2 sources' maps + SAT on the random control + the
-    # frontier's 2 baselines not in the grid
-    assert len(runs) == len(trained) + 2 == 4 + 2 + 1 + 2
+    # frontier's 5 baselines not in the grid
+    assert len(runs) == len(trained) + 2 == 4 + 2 + 1 + 5
     names = ("table.md", "time.md", "claims.md", "robustness.png", "saliency.png")
     quality_files = ("saliency-quality.md", "quality-vs-robustness.png", "saliency-quality.json")
-    for name in (*names, *quality_files, "frontier.png", "frontier.md"):
+    for name in (*names, *quality_files, "frontier.png", "frontier.md", "distortions.png"):
         assert (out / name).stat().st_size > 0
     # The frontier: one point per listed variant, grid runs reused, the guard's run recorded.
     points = {p["variant"]: p for p in report["frontier"]}
-    assert list(points) == ["original", "pgd-sat", "fgsm-rs", "rrr"]
+    assert list(points) == [
+        "original",
+        "pgd-sat",
+        "fgsm-rs",
+        "rrr",
+        "n-fgsm",
+        "gradalign",
+        "energy",
+    ]
     assert points["fgsm-rs"]["options"] == {"guard_rows": 16, "lr_schedule": "cyclic"}
     assert any(p["pareto"] for p in points.values())
     assert "| FGSM-RS |" in (out / "frontier.md").read_text().replace("**", "")
@@ -82,6 +90,7 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     table = (out / "table.md").read_text()
     assert "| pgd-sat |" in table and "SAT smallcnn-Adv.-S.Grad" in table
     assert "ε=8/255" in table and "AA ε=8/255" in table and " [" in table  # intervals
+    assert all(set(run["distortions"]) == {"contrast", "low-pass", "high-pass"} for run in runs)
     for run in runs:  # each record names its per-image bits, and the run has its record
         assert (out / run["correct"]).is_file() and run["autoattack"]["8"] >= 0
         assert (out / run["run"] / "robustbench.json").is_file()

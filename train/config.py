@@ -114,6 +114,15 @@ class TrainConfig:
         0.1, "sgt: share k of pixels masked (Ismail et al. 2021, CIFAR-10: 0.1)."
     )
     sgt_lambda: float = option(1.0, "sgt: KL weight (Ismail et al.'s code: 1).")
+    nfgsm_noise: float = option(
+        2.0, "n-fgsm: noise U(-k eps, k eps), k as a multiple of eps (de Jorge et al. 2022: 2)."
+    )
+    gradalign_lambda: float = option(
+        0.2, "gradalign: weight of 1 - cos (Andriushchenko & Flammarion 2020, eps 8/255: 0.2)."
+    )
+    energy_lambda: float = option(
+        1e-3, "energy: energy-loss weight, summed over images (Rao, Böhle et al. 2023: 1e-3)."
+    )
     guard_rows: int = option(
         0,
         "Catastrophic-overfitting guard: hold out this many seeded training rows (never "
@@ -171,6 +180,9 @@ class TrainConfig:
             igr_lambda=self.igr_lambda,
             sgt_fraction=self.sgt_fraction,
             sgt_lambda=self.sgt_lambda,
+            nfgsm_noise=self.nfgsm_noise,
+            gradalign_lambda=self.gradalign_lambda,
+            energy_lambda=self.energy_lambda,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,6 +243,7 @@ def train_config(given: dict[str, Any]) -> TrainConfig:
 
 
 _ATTACKS = "satpipe.train.attacks:ATTACKS"
+_DISTORTIONS = "satpipe.train.distortions:DISTORTIONS"
 # Attacks whose eps grid always includes 0: the "eps = 0 gives the clean accuracy" check.
 ZERO_EPS_ATTACKS = ("fgsm", "pgd")
 
@@ -240,7 +253,8 @@ class EvalConfig:
     """`satpipe eval`: robustness of a trained model on the test split (satpipe.train.evaluate).
 
     eps and step sizes in /255 units. Every attack in `attacks` runs at every eps of `eps`
-    (`attack_eps` overrides that per attack, e.g. {"autoattack": (8,)}) and, when it is
+    (`attack_eps` overrides that per attack, e.g. {"autoattack": (8,)}; an L2 attack runs at
+    its own radii, e.g. cw-l2 at 32,64,127.5,255, unless `attack_eps` names it) and, when it is
     randomized, once per seed; fgsm and pgd always also run at eps 0. `n_examples` evaluates a
     seeded class-stratified subset of that size (`subset_seed`; the same for every run, so runs
     stay paired image for image); `attack_examples` gives an attack fewer images (the first n of
@@ -257,7 +271,9 @@ class EvalConfig:
         ("fgsm", "pgd"), "Attacks to run (`satpipe list attacks`), e.g. fgsm,pgd,autoattack.",
         flag="--attack", short="-a", choices=_ATTACKS,
     )  # fmt: skip
-    eps: tuple[float, ...] = option((0, 1, 2, 3, 4, 8), "Eps grid, /255 units.")
+    eps: tuple[float, ...] = option(
+        (0, 1, 2, 3, 4, 8), "L-inf eps grid, /255 units (L2 attacks: their radii, or -E)."
+    )
     attack_eps: dict[str, Any] = option(
         {}, "Eps of one attack instead of the grid: NAME=EPS[,EPS] (repeatable), "
         "e.g. autoattack=8.", flag="--attack-eps", short="-E",
@@ -281,6 +297,14 @@ class EvalConfig:
     autoattack_components: tuple[str, ...] | None = option(
         None, "AutoAttack's attacks (default: the standard apgd-ce,apgd-t,fab-t,square).",
         choices=_ATTACKS,
+    )  # fmt: skip
+    distortions: tuple[str, ...] = option(
+        (), "Also the accuracy under these distortions per level, e.g. contrast,low-pass,"
+        "high-pass (`satpipe list distortions`; the SAT code's tests).", choices=_DISTORTIONS,
+    )  # fmt: skip
+    distortion_levels: dict[str, Any] = option(
+        {}, "Levels of one distortion instead of the SAT code's grid: NAME=L[,L] "
+        "(repeatable), e.g. low-pass=1,4,16.", flag="--distortion-levels",
     )  # fmt: skip
     batch_size: int = option(256, "Images per attack batch.")
     device: str = option("auto", DEVICE_HELP)
@@ -318,6 +342,26 @@ class EvalConfig:
             self.autoattack_components = _components(self.autoattack_components)
         if self.batch_size < 1:
             raise SatpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.distortions = tuple(
+            dict.fromkeys(check_choice(d, _DISTORTIONS, "distortion") for d in self.distortions)
+        )
+        self.distortion_levels = {
+            self._distortion_key(k): _levels(k, v) for k, v in self.distortion_levels.items()
+        }
+
+    def _distortion_key(self, name: str) -> str:
+        name = check_choice(name, _DISTORTIONS, "distortion")
+        if name not in self.distortions:
+            raise SatpipeError(
+                f"--distortion-levels names '{name}', which --distortions does not run"
+            )
+        return name
+
+    def levels(self, distortion: str) -> tuple[float, ...]:
+        """The levels `distortion` is evaluated at: --distortion-levels, else the SAT code's."""
+        from satpipe.train.distortions import DISTORTIONS
+
+        return self.distortion_levels.get(distortion, DISTORTIONS.get(distortion).levels)
 
     def _attack_key(self, name: str, flag: str) -> str:
         name = check_choice(name, _ATTACKS, "attack")
@@ -327,10 +371,17 @@ class EvalConfig:
 
     def grid(self, attack: str) -> tuple[float, ...]:
         """The eps (/255) `attack` runs at, ascending."""
-        grid = set(self.attack_eps.get(attack, self.eps))
+        grid = set(self.attack_eps.get(attack, self._default_grid(attack)))
         if attack in ZERO_EPS_ATTACKS:
             grid.add(0.0)
         return tuple(sorted(float(e) for e in grid))
+
+    def _default_grid(self, attack: str) -> tuple[float, ...]:
+        """--eps, or the attack's own grid when it has one (an L2 attack: its radii)."""
+        from satpipe.train.attacks import ATTACKS
+
+        own = ATTACKS.get(attack).default_eps
+        return self.eps if own is None else own
 
     def to_dict(self) -> dict[str, Any]:
         """What the numbers depend on (for results.json: a reproduce step compares it)."""
@@ -353,6 +404,22 @@ def _eps_tuple(value: Any) -> tuple[float, ...]:
     else:
         values = parse_list(list(value), float, "--attack-eps")
     _check_eps(values, "--attack-eps")
+    return tuple(float(v) for v in values)
+
+
+def _levels(name: str, value: Any) -> tuple[float, ...]:
+    from satpipe.train.distortions import check_level
+
+    if isinstance(value, str):
+        values = parse_list(value, float, "--distortion-levels")
+    elif isinstance(value, int | float):
+        values = (float(value),)
+    else:
+        values = parse_list(list(value), float, "--distortion-levels")
+    if not values:
+        raise SatpipeError(f"--distortion-levels {name}: needs at least one level")
+    for v in values:
+        check_level(name, float(v))
     return tuple(float(v) for v in values)
 
 

@@ -25,7 +25,8 @@ File format 1 (numpy .npz, no pickles; `np.load(path)` reads it without satpipe)
   labels   (N,)    int64
   keys     (M,)    str     "attack|eps|seed": eps as in results.json ("8", "0.5"); seed "-" for a
                            deterministic attack and for the worst case ("robust|8|-"); ensemble
-                           stages as "autoattack/apgd-ce|8|0" (robust after that stage)
+                           stages as "autoattack/apgd-ce|8|0" (robust after that stage);
+                           the L2 attacks' worst case as "robust-l2|127.5|-" (radius /255)
   lengths  (M,)    int64   n of each measurement (a prefix of the N images)
   bits     (M, ceil(N/8)) uint8  np.packbits(correct, bitorder="little"), zero-padded to N
   clean    (ceil(N/8),)   uint8  packed clean correctness, same order
@@ -45,7 +46,8 @@ from satpipe.errors import SatpipeError
 
 FORMAT = 1
 FILENAME = "correct.npz"
-ROBUST = "robust"  # the attack name of the per-image worst case over all attacks
+ROBUST = "robust"  # the attack name of the per-image worst case over all L-inf attacks
+ROBUST_L2 = "robust-l2"  # ... and over all L2 attacks (an L2 radius is another threat model)
 _BITORDER = "little"
 
 Key = tuple[str, str, "int | None"]

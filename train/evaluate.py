@@ -6,6 +6,7 @@ grid, the per-image worst case, intervals, and the gradient-masking sanity check
     correct.npz       per-image correctness bits per (attack, eps, seed)  (train/correctness.py)
     robustbench.json  a RobustBench-style record, when AutoAttack ran        (train/results.py)
     results.md        the tables and the checks, for a person
+    distortions.png   accuracy per distortion level, when --distortions asked for them
     results.json      everything, last: its presence means the evaluation completed
 
 Each file is written to a temporary name and renamed, so a killed evaluation never leaves a
@@ -100,6 +101,8 @@ def evaluate(run: str | os.PathLike, **options: Any) -> dict[str, Any]:
     raw = raw_accuracies(measured)
     checks = sanity_checks(raw, num_classes, cfg.tolerance, cfg.large_eps, cfg.large_eps_margin)
     results = _results(ckpt, state, loader.dataset, cfg, data, measured, checks)
+    if cfg.distortions:
+        results["distortions"] = distortion_table(model, data, cfg)
     out_dir = Path(cfg.out) if cfg.out is not None else ckpt.parent
     write_outputs(out_dir, results, data, measured)
     warning = masking_warning(results)
@@ -201,6 +204,7 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
         "clean_interval": accuracy_interval(measured.clean).as_dict(),
         "attacks": attacks,
         "robust": res.robust_table(measured),
+        **({"robust_l2": res.robust_table(measured, "L2")} if measured.norms else {}),
         "n_target_classes": targeted[0] if targeted else None,
         **res.paper_protocol(attacks),
         "pgd_large": 100 * float(measured.extras["pgd_large"].mean()),
@@ -214,6 +218,33 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
         "guard": state.get("guard"),
         "stopped": state.get("stopped"),
     }
+
+
+def distortion_table(model: nn.Module, data: EvalSet, cfg: EvalConfig) -> dict[str, Any]:
+    """results.json's `distortions`: per distortion its levels' accuracy cells (on every
+    evaluated image, with the 95% Wilson interval) and what the level means."""
+    from satpipe.progress import progress
+    from satpipe.train.distortions import DISTORTIONS, distortion_correct
+
+    out: dict[str, Any] = {}
+    total = sum(len(cfg.levels(d)) for d in cfg.distortions) * len(data)
+    with progress("distortions " + ",".join(cfg.distortions), total) as advance:
+        for name in cfg.distortions:
+            bits = distortion_correct(model, data.x, data.y, name, cfg.levels(name),
+                                      cfg.batch_size)  # fmt: skip
+            advance(len(bits) * len(data))
+            out[name] = {
+                "level": DISTORTIONS.get(name).level_name,
+                "levels": {
+                    k: {
+                        "n": int(len(b)),
+                        "accuracy": 100 * float(b.mean()),
+                        "interval": accuracy_interval(b).as_dict(),
+                    }
+                    for k, b in bits.items()
+                },  # fmt: skip
+            }
+    return out
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -238,6 +269,11 @@ def write_outputs(out_dir: Path, results: dict[str, Any], data: EvalSet, measure
         _write_text(stale, json.dumps(record, indent=2, allow_nan=False) + "\n")
     elif stale.exists():
         stale.unlink()  # from an earlier evaluation with AutoAttack: not this one's
+    if results.get("distortions"):
+        from satpipe.train.report import distortions_plot
+
+        title = f"{results.get('variant') or 'model'} ({results['arch']}): distortions"
+        distortions_plot({title: results["distortions"]}, out_dir / "distortions.png")
     _write_text(out_dir / "results.md", results_markdown(results))
     _write_text(out_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
 

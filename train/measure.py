@@ -19,10 +19,18 @@ from torch import nn
 
 from satpipe.errors import SatpipeError
 from satpipe.progress import progress
-from satpipe.train.attacks import ATTACKS, Attack, AttackContext, attack_set, clean_correct, pgd
+from satpipe.train.attacks import (
+    ATTACKS,
+    Attack,
+    AttackContext,
+    attack_set,
+    clean_correct,
+    min_norm_set,
+    pgd,
+)
 from satpipe.train.attacks.reference import ensemble_components, library_warnings
 from satpipe.train.config import EvalConfig
-from satpipe.train.correctness import ROBUST, eps_key
+from satpipe.train.correctness import ROBUST, ROBUST_L2, eps_key
 from satpipe.train.evalset import EvalSet
 
 
@@ -50,17 +58,22 @@ class Measured:
     seconds: dict[str, float] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     library_warnings: dict[str, list[str]] = field(default_factory=dict)  # per attack
+    # Minimum-norm attacks: per attack, (n,) float32, the norm (pixel units) of the smallest
+    # adversarial found per image (0: wrong when clean, inf: none found).
+    norms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return len(self.clean)
 
-    def robust(self) -> dict[str, np.ndarray]:
-        """Per eps key: right under every attack and seed run at that eps (on the images all
-        of them covered: the shortest prefix)."""
+    def robust(self, norm: str = "Linf") -> dict[str, np.ndarray]:
+        """Per eps key: right under every attack of threat model `norm` ("Linf", "L2") and
+        seed run at that eps (on the images all of them covered: the shortest prefix); an
+        L2 radius and an L-inf eps of the same number are different threats."""
         by_eps: dict[str, list[np.ndarray]] = {}
-        for (_, k, _), bits in self.bits.items():
-            by_eps.setdefault(k, []).append(bits)
+        for (attack, k, _), bits in self.bits.items():
+            if ATTACKS.get(attack).norm == norm:
+                by_eps.setdefault(k, []).append(bits)
         out = {}
         for k, runs in by_eps.items():
             n = min(len(b) for b in runs)
@@ -73,6 +86,7 @@ class Measured:
         for (attack, k, seed), stages in self.stages.items():
             out.update({(f"{attack}/{name}", k, seed): bits for name, bits in stages.items()})
         out.update({(ROBUST, k, None): bits for k, bits in self.robust().items()})
+        out.update({(ROBUST_L2, k, None): bits for k, bits in self.robust("L2").items()})
         return out
 
 
@@ -124,8 +138,14 @@ def measure(
         entry = ATTACKS.get(name)
         stages = len(parts) if entry.components else 1
         total = sum(m.n for m in group) * stages
+        if entry.min_norm is not None:  # one run; every radius is read off its norms
+            total = max(m.n for m in group)
         start = time.perf_counter()
         with progress(_bar(name, group), total) as advance, library_warnings() as caught:
+            if entry.min_norm is not None:
+                _min_norm_group(model, data, clean, cfg, num_classes, entry, group, result,
+                                advance)  # fmt: skip
+                group = []
             for m in group:
                 ctx = _context(cfg, m, num_classes)
                 sl = slice(0, m.n)
@@ -140,6 +160,19 @@ def measure(
         result.library_warnings[name] = list(caught.messages)
     result.extras = _check_runs(model, data, clean, cfg, num_classes, result)
     return result
+
+
+def _min_norm_group(model, data, clean, cfg, num_classes, entry, group, result, advance):
+    """A minimum-norm attack: run once on the most images any radius asks for; correct at
+    radius r (/255) = clean and no adversarial of norm <= r found."""
+    n = max(m.n for m in group)
+    ctx = _context(cfg, max(group, key=lambda m: m.eps), num_classes)
+    sl = slice(0, n)
+    norms = min_norm_set(model, entry, data.x[sl], data.y[sl], clean[sl], ctx, cfg.batch_size,
+                         advance)  # fmt: skip
+    for m in group:
+        result.bits[m.key] = (clean[: m.n] & (norms[: m.n] > m.eps / 255)).cpu().numpy()
+    result.norms[entry.name] = norms.float().cpu().numpy()
 
 
 def _bar(name: str, group: list[Measurement]) -> str:

@@ -9,10 +9,14 @@ seeds beside it. results.json (format 2)::
     attacks.NAME.eps.KEY = {n, accuracy, interval, per_seed, std, seeds, [stages]}
     attacks.NAME.{implementation, randomized, params, seconds, [components, skipped,
                   version, n_target_classes, library_warnings]}
-    robust.KEY = {n, accuracy, interval, attacks}   per-image worst case over every attack run
+    attacks.NAME.norm ("Linf" or "L2"), [settings]; minimum-norm attacks (cw-l2) also
+                  {successful, median_norm (/255), median_norm_pixels, unbounded: a cell}
+    robust.KEY = {n, accuracy, interval, attacks}   per-image worst case over every L-inf attack
+    robust_l2.KEY (when an L2 attack ran)       the same over the L2 attacks, KEY = radius /255
     fgsm, pgd, pgd_std, pgd_per_seed           the paper's protocol, as in format 1
     subset = {n_examples, seed, split_size, class_counts}, n_target_classes, eval (the options)
     correct = {file: "correct.npz", format, sha256}   (satpipe.train.correctness)
+    distortions.NAME = {level, levels: {KEY: {n, accuracy, interval}}}   with --distortions
 """
 
 from __future__ import annotations
@@ -78,13 +82,22 @@ def attack_table(measured: Measured, cfg: EvalConfig, num_classes: int) -> dict[
 
 def _attack_info(attack: str, cfg: EvalConfig, num_classes: int, measured: Measured):
     entry = ATTACKS.get(attack)
+    if entry.version is not None:
+        implementation = entry.version()
+    else:
+        implementation = library_version() if entry.implementation != "satpipe" else "satpipe"
     info: dict[str, Any] = {
-        "implementation": library_version() if entry.implementation != "satpipe" else "satpipe",
+        "implementation": implementation,
+        "norm": entry.norm,
         "randomized": entry.randomized,
         "params": {p: getattr(cfg, p) for p in entry.params},
         "seconds": measured.seconds.get(attack),
         "eps": {},
     }
+    if entry.settings:
+        info["settings"] = dict(entry.settings)
+    if attack in measured.norms:
+        info.update(min_norm_summary(measured.clean, measured.norms[attack]))
     if attack in TARGETED:
         info["n_target_classes"] = n_target_classes(num_classes)
     if entry.implementation != "satpipe":
@@ -92,11 +105,35 @@ def _attack_info(attack: str, cfg: EvalConfig, num_classes: int, measured: Measu
     return info
 
 
-def robust_table(measured: Measured) -> dict[str, Any]:
-    """results.json's `robust`: the per-image worst case over every attack run, per eps."""
+def min_norm_summary(clean: np.ndarray, norms: np.ndarray) -> dict[str, Any]:
+    """A minimum-norm attack's radius-free numbers: the median norm of its successful
+    perturbations (images right when clean that it fooled; /255 units like the eps keys, and
+    in pixel units), how many, and the accuracy with no radius at all (right when clean and
+    never fooled: what the SAT code's CW-L2 test reports)."""
+    n = len(norms)
+    clean = np.asarray(clean[:n], bool)
+    fooled = clean & np.isfinite(norms)
+    unbounded = clean & ~np.isfinite(norms)
+    median = float(np.median(norms[fooled])) if fooled.any() else None
+    return {
+        "successful": int(fooled.sum()),
+        "median_norm": None if median is None else 255 * median,
+        "median_norm_pixels": median,
+        "unbounded": {
+            "n": int(n),
+            "accuracy": 100 * float(unbounded.mean()),
+            "interval": accuracy_interval(unbounded).as_dict(),
+        },
+    }
+
+
+def robust_table(measured: Measured, norm: str = "Linf") -> dict[str, Any]:
+    """results.json's `robust` (L-inf) / `robust_l2`: the per-image worst case over every
+    attack of that threat model, per eps."""
     names: dict[str, set[str]] = {}
     for attack, k, _ in measured.bits:
-        names.setdefault(k, set()).add(attack)
+        if ATTACKS.get(attack).norm == norm:
+            names.setdefault(k, set()).add(attack)
     return {
         k: {
             "n": int(len(bits)),
@@ -104,7 +141,7 @@ def robust_table(measured: Measured) -> dict[str, Any]:
             "interval": accuracy_interval(bits).as_dict(),
             "attacks": sorted(names[k]),
         }
-        for k, bits in measured.robust().items()
+        for k, bits in measured.robust(norm).items()
     }
 
 
@@ -207,6 +244,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     ]
     lines += _accuracy_table(results)
     lines += _stages_lines(results)
+    lines += _l2_lines(results)
+    lines += _distortion_lines(results)
     stopped = results.get("stopped")
     if stopped:
         lines += [
@@ -230,17 +269,21 @@ def _subset_text(results: dict[str, Any]) -> str:
     return f" (class-stratified subset, seed {sub['seed']})"
 
 
-def _accuracy_table(results: dict[str, Any]) -> list[str]:
-    attacks = results["attacks"]
-    keys = sorted({k for a in attacks.values() for k in a["eps"]} | set(results["robust"]),
-                  key=float)  # fmt: skip
+def _accuracy_table(results: dict[str, Any], norm: str = "Linf") -> list[str]:
+    """The accuracy table of one threat model (L-inf: eps; L2: radius) with its worst case."""
+    robust = results["robust"] if norm == "Linf" else results.get("robust_l2", {})
+    attacks = {n: a for n, a in results["attacks"].items() if a.get("norm", "Linf") == norm}
+    if not attacks:
+        return []
+    keys = sorted({k for a in attacks.values() for k in a["eps"]} | set(robust), key=float)
     names = list(attacks) + [ROBUST]
-    header = ["eps (/255)"] + [n if n != ROBUST else "**worst case**" for n in names]
+    first = "eps (/255)" if norm == "Linf" else "L2 radius (/255)"
+    header = [first] + [n if n != ROBUST else "**worst case**" for n in names]
     lines = ["| " + " | ".join(header) + " |", "|---:" * len(header) + "|"]
     for k in keys:
-        cells = [k]
+        cells = [k if norm == "Linf" else f"{k} (= {float(k) / 255:.3g})"]
         for name in names:
-            cell = results["robust"].get(k) if name == ROBUST else attacks[name]["eps"].get(k)
+            cell = robust.get(k) if name == ROBUST else attacks[name]["eps"].get(k)
             if cell is None:
                 cells.append("–")
                 continue
@@ -268,4 +311,43 @@ def _stages_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"- {k}/255: {stages}")
     for w in aa.get("library_warnings", []):
         lines.append(f"- the reference code warned: {w}")
+    return lines
+
+
+def _l2_lines(results: dict[str, Any]) -> list[str]:
+    """The L2 attacks (their own threat model): accuracy per radius, the minimum-norm numbers."""
+    table = _accuracy_table(results, "L2")
+    if not table:
+        return []
+    lines = ["", "## L2 attacks", "", "Accuracy (%) per L2 radius (/255 units, = the radius in "
+             "pixel units); the worst case joins only L2 attacks.", "", *table]  # fmt: skip
+    for name, a in results["attacks"].items():
+        if a.get("norm") != "L2" or "unbounded" not in a:
+            continue
+        median = "–" if a["median_norm"] is None else (
+            f"{a['median_norm']:.2f}/255 ({a['median_norm_pixels']:.4f})"
+        )  # fmt: skip
+        u = a["unbounded"]
+        lines += [
+            "",
+            f"- {name} ({a['implementation']}; "
+            + ", ".join(f"{k} {v}" for k, v in a.get("settings", {}).items())
+            + f"): median L2 of its {a['successful']} successful perturbations {median}; "
+            f"accuracy with no radius {u['accuracy']:.2f}% {_interval_text(u)}.",
+        ]
+    return lines
+
+
+def _distortion_lines(results: dict[str, Any]) -> list[str]:
+    """Accuracy per level of each distortion (the SAT code's contrast / low-pass / high-pass)."""
+    table = results.get("distortions")
+    if not table:
+        return []
+    lines = ["", "## Distortions", "", "Accuracy (%) on the distorted test images [95% Wilson "
+             "interval]; distortions.png plots them.", ""]  # fmt: skip
+    for name, d in table.items():
+        lines += [f"| {name}: {d['level']} | " + " | ".join(d["levels"]) + " |",
+                  "|---" + "|---:" * len(d["levels"]) + "|"]  # fmt: skip
+        cells = [f"{c['accuracy']:.2f} {_interval_text(c)}" for c in d["levels"].values()]
+        lines += ["| accuracy | " + " | ".join(cells) + " |", ""]
     return lines

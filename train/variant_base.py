@@ -53,6 +53,13 @@ class VariantConfig:
     sgt_fraction: k, share of pixels SGT masks (lowest saliency first), 0.1 (Ismail et al. 2021,
         the CIFAR-10 setting of their code: train_CIFAR.py --featuresDroped 0.1).
     sgt_lambda: weight of SGT's KL term, 1 (their code adds the KL unweighted).
+    nfgsm_noise: k, N-FGSM's noise U(-k eps, k eps) as a multiple of eps, 2 (de Jorge et al.
+        2022: --unif 2, the paper's default); its step is 1 eps (--alpha 8 at --epsilon 8).
+    gradalign_lambda: weight of GradAlign's 1 - cos term, 0.2 (Andriushchenko & Flammarion
+        2020: --grad_align_cos_lambda 0.2 at eps 8/255 on CIFAR-10, sh/exps_diff_eps_cifar10.sh).
+    energy_lambda: weight of the energy loss, summed over the batch's images, 1e-3 (Rao, Böhle
+        et al. 2023: the --localization_loss_lambda of their README's Energy-loss example;
+        the paper sweeps it for its Pareto fronts).
     """
 
     eps: float = 8 / 255
@@ -67,6 +74,9 @@ class VariantConfig:
     igr_lambda: float = 10.0
     sgt_fraction: float = 0.1
     sgt_lambda: float = 1.0
+    nfgsm_noise: float = 2.0
+    gradalign_lambda: float = 0.2
+    energy_lambda: float = 1e-3
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eps <= 1.0:
@@ -83,7 +93,9 @@ class VariantConfig:
             raise SatpipeError(f"FGSM-RS step ratio must be > 0, got {self.fgsm_step_ratio}")
         if self.free_replays < 1:
             raise SatpipeError(f"free: --free-replays (m) must be >= 1, got {self.free_replays}")
-        for name in ("rrr_lambda", "igr_lambda", "sgt_lambda"):
+        if self.nfgsm_noise < 0:
+            raise SatpipeError(f"--nfgsm-noise must be >= 0, got {self.nfgsm_noise}")
+        for name in ("rrr_lambda", "igr_lambda", "sgt_lambda", "gradalign_lambda", "energy_lambda"):
             if getattr(self, name) < 0:
                 flag = "--" + name.replace("_", "-")
                 raise SatpipeError(f"{flag} must be >= 0, got {getattr(self, name)}")

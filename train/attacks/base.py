@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,6 +74,10 @@ class AttackContext:
 
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, AttackContext], torch.Tensor]
+MinNormFn = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, AttackContext], tuple[torch.Tensor, torch.Tensor]
+]
+NORMS = ("Linf", "L2")
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,14 @@ class Attack:
         stopping rules and its restarts do); refused on a model that is not.
     min_classes: the fewest classes it is defined for (the targeted DLR loss needs 4 logits).
     implementation: whose code runs it, for the results and the docs.
+    norm: the threat model, "Linf" or "L2"; eps is the radius in that norm (/255 units on the
+        command line). The per-image worst case joins only attacks of one norm.
+    min_norm: a minimum-norm attack's (model, x, y, ctx) -> (x_adv, norms (B,), pixel units;
+        0 where the clean prediction is wrong, inf where nothing was found). Evaluation runs it
+        once and reads every radius off the norms; `run` is then the attack at ctx.eps.
+    default_eps: the grid (/255) it runs at when --attack-eps does not name it (None: --eps).
+    settings: fixed hyper-parameters, recorded in results.json.
+    version: () -> a line naming the library and its version (None: the reference code's).
     """
 
     name: str
@@ -98,6 +111,11 @@ class Attack:
     min_classes: int = 2
     implementation: str = "satpipe"
     params: tuple[str, ...] = field(default=())  # the AttackContext fields it reads
+    norm: str = "Linf"
+    min_norm: MinNormFn | None = None
+    default_eps: tuple[float, ...] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    version: Callable[[], str] | None = None
 
     def check_classes(self, num_classes: int) -> None:
         if num_classes < self.min_classes:

@@ -103,6 +103,40 @@ def fgsm_rs(
     return project(start.detach() + step_size * g.sign(), x, eps).detach()
 
 
+def nfgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    noise_ratio: float = 2.0,
+    step_ratio: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """N-FGSM (de Jorge et al., "Make some noise", NeurIPS 2022): from x + eta,
+    eta ~ U(-k eps, k eps) (k = `noise_ratio`, 2), one sign step of `step_ratio` * eps (1) on
+    CE(model(x + eta), y); no projection back to the eps-ball (the perturbation reaches
+    (k + 1) eps), only the clamp to the image range [0, 1], of x + eta and of the result, as
+    in the authors' code (github.com/pdejorge/N-FGSM, --unif 2 --alpha 8 --clip -1 at eps 8).
+    Model used in its current mode.
+
+    Args:
+        x: (B, C, H, W) in [0, 1]; y: (B,) int64 labels; eps in pixel units.
+        generator: optional generator on x's device for eta.
+
+    Returns:
+        (B, C, H, W) detached, |x_adv - x| <= (k + step_ratio) eps, values in [0, 1].
+    """
+    x = x.detach()
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    # eta is kept inside the image range, as the authors' code clamps it
+    start = (x + (2.0 * noise - 1.0) * noise_ratio * eps).clamp(0.0, 1.0)
+    with torch.enable_grad():
+        start.requires_grad_(True)
+        loss = F.cross_entropy(model(start).float(), y)
+        g = input_grad(loss, start)
+    return (start.detach() + step_ratio * eps * g.sign()).clamp(0.0, 1.0).detach()
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,

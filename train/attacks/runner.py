@@ -3,6 +3,7 @@
     outcome = attack_set(model, "autoattack", x, y, clean, ctx, batch_size=500)
     outcome.correct            # (N,) bool on x's device: right on the clean AND the attacked image
     outcome.components         # ensembles: {"apgd-ce": (N,) robust after it, "apgd-t": ..., ...}
+    norms = min_norm_set(model, "cw-l2", x, y, clean, ctx, 500)   # (N,) smallest L2 found
 
 A point counts as correct under an attack only when it is classified correctly both clean and
 on its adversarial example (RobustBench's robust accuracy), so accuracy under any attack is at
@@ -72,6 +73,32 @@ def attack_set(
         correct[sl] = clean[sl] & (_predict(model, x_adv) == y[sl])
         advance(len(y[sl]))
     return Outcome(correct)
+
+
+def min_norm_set(
+    model: nn.Module,
+    attack: str | Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean: torch.Tensor,
+    ctx: AttackContext,
+    batch_size: int,
+    advance: Callable[[int], None] = lambda n=1: None,
+) -> torch.Tensor:
+    """A minimum-norm attack over (x, y): (N,) float on the device, the norm (pixel units) of
+    the smallest adversarial found per point; 0 where the clean prediction is wrong (`clean`
+    False), inf where none was found. Correct at radius r = clean & (norm > r)."""
+    entry = ATTACKS.get(attack) if isinstance(attack, str) else attack
+    norms = torch.empty(len(y), device=clean.device)
+    for b, start in enumerate(range(0, len(y), batch_size)):
+        sl = slice(start, start + batch_size)
+        x_adv, norm = entry.min_norm(model, x[sl], y[sl], replace(ctx, batch=b))
+        # An adversarial counts only if the model really misclassifies it (and was right).
+        fooled = _predict(model, x_adv) != y[sl]
+        norm = torch.where(fooled, norm.to(norms.dtype), torch.full_like(norms[sl], float("inf")))
+        norms[sl] = torch.where(clean[sl], norm, torch.zeros_like(norm))
+        advance(len(y[sl]))
+    return norms
 
 
 def _ensemble(model, entry, x, y, clean, ctx, batch_size, advance, components) -> Outcome:
