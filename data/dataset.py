@@ -156,7 +156,9 @@ class SaliencyDataset(torch.utils.data.Dataset):
         if i < 0:
             i += self._len
         if not 0 <= i < self._len:
-            raise IndexError(f"{self.data}: row {index} outside split '{self.split}' of {self._len}")
+            raise IndexError(
+                f"{self.data}: row {index} outside split '{self.split}' of {self._len}"
+            )
         x, s, y = self._shard(i // self._rows)
         row = i % self._rows
         self.stats.rows_served += 1

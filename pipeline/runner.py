@@ -288,8 +288,7 @@ def _check_inputs(
         n_out = probe_model(model, (c, h, w), what)
         if n_out < dataset.num_classes:
             raise SatpipeError(
-                f"{what} has {n_out} classes, {config.data} has "
-                f"{dataset.num_classes}"
+                f"{what} has {n_out} classes, {config.data} has {dataset.num_classes}"
             )
 
 
