@@ -173,6 +173,38 @@ class SaliencyDataset(torch.utils.data.Dataset):
             image, smap = _joint(self.transform, image, smap)
         return image, smap, label
 
+    def __getitems__(self, indices: list[int]) -> list[tuple]:
+        """The items of `indices`, as `[self[i] for i in indices]`; what a DataLoader asks for
+        per batch. Without a transform the rows of each shard are gathered and converted in
+        one go (a transform is per item, so then it is item by item)."""
+        if self.transform is not None:
+            return [self[i] for i in indices]
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = np.where(idx < 0, idx + self._len, idx)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self._len):
+            bad = int(idx[(idx < 0) | (idx >= self._len)][0])
+            raise IndexError(f"{self.data}: row {bad} outside split '{self.split}' of {self._len}")
+        h, w, c = self.image_shape
+        x = np.empty((len(idx), h, w, c), np.uint8)
+        y = np.empty(len(idx), np.int64)
+        s = None if self.saliency is None else np.empty((len(idx), h, w, self.saliency_channels),
+                                                        np.float16)  # fmt: skip
+        shards = idx // self._rows
+        for k in np.unique(shards).tolist():
+            at = np.flatnonzero(shards == k)
+            xs, ss, ys = self._shard(k)
+            rows = idx[at] - k * self._rows
+            x[at], y[at] = xs[rows], ys[rows]
+            if s is not None:
+                s[at] = ss[rows]
+        self.stats.rows_served += len(idx)
+        images = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255).unbind(0)
+        labels = torch.from_numpy(y).unbind(0)
+        if s is None:
+            return list(zip(images, labels, strict=True))
+        maps = torch.from_numpy(s).permute(0, 3, 1, 2).float().unbind(0)
+        return list(zip(images, maps, labels, strict=True))
+
     def __repr__(self) -> str:
         maps = f", saliency={self.saliency!r}" if self.saliency else ""
         return f"SaliencyDataset({self.data!r}{maps}, split={self.split!r}, rows={self._len})"

@@ -7,11 +7,22 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"```python\n(.*?)```", re.S)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny tensor ops (the attacks' especially) crawl with 2 intra-op threads on a loaded
+    # 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _blocks(path: Path, heading: str | None = None) -> list[str]:

@@ -17,6 +17,16 @@ from satpipe.train.checkpoint import model_record, save_checkpoint
 from tests.conftest import write_tiny_dataset, write_tiny_saliency
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny tensor ops (the attacks' especially) crawl with 2 intra-op threads on a loaded
+    # 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
@@ -196,3 +206,18 @@ def test_robust_accuracy_refuses_bad_input():
         sp.robust_accuracy(model, x, y, eps=8)
     with pytest.raises(SatpipeError, match=r"must return \(N, classes\) logits"):
         sp.robust_accuracy(nn.Conv2d(3, 4, 1), x, y)
+
+
+def test_dataset_bench_part_runs_and_reports(tmp_path):
+    from satpipe.bench import BENCHMARKS, run_benchmark
+
+    report = run_benchmark("dataset", rows=256, rows_per_shard=64, batch_size=32, rounds=1,
+                           workdir=str(tmp_path))  # fmt: skip
+    assert set(report["img_per_s"]) == {"dataset_workers", "dataset_persistent", "dataset_inline",
+                                        "pairloader", "tensordataset"}  # fmt: skip
+    assert all(v > 0 for v in report["img_per_s"].values())
+    rows = BENCHMARKS.get("dataset").headline(report)
+    assert len(rows) == 2 and rows[0]["value"] == round(
+        report["ratios"]["dataset_workers_over_tensordataset"], 3
+    )
+    assert "img/s" in BENCHMARKS.get("dataset").format_report(report)
