@@ -57,6 +57,9 @@ def test_item_i_is_row_i_of_the_stores(pair):
         assert torch.equal(image, torch.from_numpy(images[i]).permute(2, 0, 1).float() / 255)
         assert torch.equal(smap, torch.from_numpy(maps[i].astype(np.float32)).permute(2, 0, 1))
         assert label.dtype == torch.int64 and int(label) == labels[i]
+    batch = ds.__getitems__([3, 17, 9, -1])  # what a DataLoader asks for: a batch at once
+    for got, i in zip(batch, [3, 17, 9, 31], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(got, ds[i], strict=True))
     image, label = sp.SaliencyDataset(data, split="test")[3]  # no maps: (image, label)
     assert (
         image.shape == (3, 16, 16) and int(label) == sp.open_dataset(data).split("test").labels[3]
@@ -221,3 +224,27 @@ def test_dataset_bench_part_runs_and_reports(tmp_path):
         report["ratios"]["dataset_workers_over_tensordataset"], 3
     )
     assert "img/s" in BENCHMARKS.get("dataset").format_report(report)
+
+
+def test_workers_open_s3_stores_themselves(pair, s3, tmp_path):
+    from satpipe.data.publish import publish_store
+
+    data, _ = pair
+    sal = write_tiny_saliency(tmp_path / "m.zarr", data)  # +-1 masks: passes publish's verify
+    so = s3.storage_options
+    remote = [publish_store(u, s3.url(name), dst_options=so) for u, name in
+              ((data, "d.zarr"), (sal, "s.zarr"))]  # fmt: skip
+    ds = sp.SaliencyDataset(*remote, storage_options=so)
+    ds[0]  # the parent has its own s3fs session open before the workers fork
+    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=2)
+    got = sorted(
+        (x.flatten()[:8].tolist(), s.sum().item())
+        for b in loader
+        for x, s, _ in zip(*b, strict=True)
+    )
+    local = sp.SaliencyDataset(data, sal)
+    want = [
+        (x.flatten()[:8].tolist(), s.sum().item())
+        for x, s, _ in map(local.__getitem__, range(len(local)))
+    ]
+    assert got == sorted(want)
