@@ -65,8 +65,9 @@ class SaliencyDataset(torch.utils.data.Dataset):
 
     Items: image float32 (C, H, W) in [0, 1]; smap float32 (Cs, H, W) as stored (Cs = 1 or
     C; [-1, 1], or [0, 1] for `minmax` stores); label int64 scalar tensor.
-    Attributes: classes, num_classes, image_shape (H, W, C), saliency_channels, dataset
-    (DatasetView attrs via `.attrs`), saliency_attrs.
+    Attributes: classes, num_classes, image_shape (H, W, C), saliency_channels (None without
+    maps), attrs (the dataset store's provenance), saliency_attrs (the saliency store's),
+    stats (this process's shard reads and rows served).
     """
 
     def __init__(
@@ -92,7 +93,8 @@ class SaliencyDataset(torch.utils.data.Dataset):
             self.saliency_channels = int(sal.split(split).shape[3])
         if len(sv) == 0:
             raise SatpipeError(f"{data}: split '{split}' has no rows")
-        self.data, self.saliency, self.split = str(data), saliency and str(saliency), split
+        self.data, self.split = str(data), split
+        self.saliency = None if saliency is None else str(saliency)
         self.transform = transform
         self.storage_options = options
         self.attrs = dict(view.attrs)
