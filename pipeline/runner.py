@@ -25,7 +25,9 @@ Each worker process loads the model once and keeps it in `_MODEL_CACHE` for late
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -57,7 +59,7 @@ from satpipe.progress import progress
 from satpipe.seeding import MASK63, seed_words
 from satpipe.train.models import load_model, probe_model
 
-__all__ = ["SaliencyConfig", "compute_saliency", "run_shard", "shard_seed"]
+__all__ = ["SaliencyConfig", "compute_saliency", "run_shard", "shard_seed", "state_dict_sha256"]
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,12 @@ def shard_seed(seed: int, split: str, shard: int) -> int:
     return ((hi << 32) | lo) & MASK63
 
 
-def cached_model(path: str, sha256: str, device: str) -> nn.Module:
+def cached_model(path: str | None, sha256: str, device: str) -> nn.Module:
     """The checkpoint's model on `device`, loaded once per process (checked against sha256)."""
     key = (sha256, device)
     if key not in _MODEL_CACHE:
+        if path is None:
+            raise SatpipeError("the model in memory is no longer cached; run again")
         model, state = load_model(path, device)
         if state["checkpoint_sha256"] != sha256:
             found = state["checkpoint_sha256"][:12]
@@ -118,6 +122,15 @@ def cached_model(path: str, sha256: str, device: str) -> nn.Module:
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
         _MODEL_CACHE[key] = model
     return _MODEL_CACHE[key]
+
+
+def _module_copy(module: nn.Module, device: str) -> nn.Module:
+    """A copy of a caller's model in eval mode on `device` (the caller's keeps its device,
+    mode and hooks state)."""
+    model = copy.deepcopy(module).to(device).eval()
+    if torch.device(device).type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _worker_device(device: str) -> str:
@@ -209,10 +222,23 @@ def _read_task_rows(task: ShardTask, method: Method):
 # Driver side
 
 
-def _source_model(config: SaliencyConfig, method: Method) -> tuple[dict, nn.Module | None]:
-    """(source_model provenance, the model on CPU for checks) from the checkpoint."""
+def _source_model(
+    config: SaliencyConfig, method: Method, module: nn.Module | None = None
+) -> tuple[dict, nn.Module | None]:
+    """(source_model provenance, the model for checks) from the checkpoint, or from `module`,
+    a model in memory: its class and the sha256 of its weights (`state_dict_sha256`) name it."""
     if not method.needs_model:
         return {"arch": None, "checkpoint_sha256": None, "variant": None}, None
+    if module is not None:
+        cls = type(module)
+        source = {
+            "arch": getattr(module, "arch", None) or f"{cls.__module__}.{cls.__qualname__}",
+            "checkpoint_sha256": None,
+            "variant": None,
+            "module_class": f"{cls.__module__}.{cls.__qualname__}",
+            "state_dict_sha256": state_dict_sha256(module),
+        }
+        return source, module
     if not config.model:
         raise SatpipeError(f"method '{method.name}' needs a source model (pass --model CKPT)")
     model, state = load_model(config.model)
@@ -228,7 +254,22 @@ def _source_model(config: SaliencyConfig, method: Method) -> tuple[dict, nn.Modu
     return source, model
 
 
-def _check_inputs(config: SaliencyConfig, dataset, method: Method, model) -> None:
+def state_dict_sha256(module: nn.Module) -> str:
+    """Hex sha256 of a module's state_dict: every entry's name, dtype, shape and values
+    (little-endian, C order), in key order; equal weights give equal digests on any device."""
+    h = hashlib.sha256(b"satpipe-state-dict-v1\n")
+    for name, value in sorted(module.state_dict().items()):
+        if not isinstance(value, torch.Tensor):
+            continue
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_inputs(
+    config: SaliencyConfig, dataset, method: Method, model, what: str | None = None
+) -> None:
     unknown = [s for s in config.splits if s not in SPLITS]
     if unknown or not config.splits:
         raise SatpipeError(f"--splits must name some of {', '.join(SPLITS)}, got {unknown}")
@@ -243,28 +284,37 @@ def _check_inputs(config: SaliencyConfig, dataset, method: Method, model) -> Non
     if model is not None:
         # One probe forward at the data's size checks channels and classes for any model.
         h, w, c = dataset.image_shape
-        n_out = probe_model(model, (c, h, w), f"{config.model}: the model")
+        what = what or f"{config.model}: the model"
+        n_out = probe_model(model, (c, h, w), what)
         if n_out < dataset.num_classes:
             raise SatpipeError(
-                f"{config.model}: model has {n_out} classes, {config.data} has "
-                f"{dataset.num_classes}"
+                f"{what} has {n_out} classes, {config.data} has {dataset.num_classes}"
             )
 
 
 def compute_saliency(
     config: SaliencyConfig,
     on_shard_done: Callable[[str, int], None] | None = None,
+    *,
+    module: nn.Module | None = None,
 ) -> str:
     """Fill the saliency store `config.out`; returns its URI once it is marked complete.
 
     on_shard_done(split, shard) is called in this process after each shard is written and
-    marked done (tests use it to interrupt a run).
+    marked done (tests use it to interrupt a run). module: a model in memory to use instead
+    of the checkpoint `config.model` (in-process only; a copy runs, the module is untouched).
     """
     so = dict(config.storage_options or {})
     method = get_method(config.method, **dict(config.params or {}))
+    if module is not None and (config.workers or config.scheduler):
+        raise SatpipeError(
+            "a model in memory runs in this process only; save it as a checkpoint to run "
+            "on dask workers"
+        )
     dataset = open_dataset(config.data, so)
-    source, model = _source_model(config, method)
-    _check_inputs(config, dataset, method, model)
+    source, model = _source_model(config, method, module)
+    what = None if module is None else f"model {type(module).__name__}"
+    _check_inputs(config, dataset, method, model, what)
     h, w, c = dataset.image_shape
     method = method.resolve(model, (c, h, w))
     if "layer" in method.params and method.needs_model:
@@ -277,6 +327,14 @@ def compute_saliency(
     # bf16 autocast only on CUDA and only for methods shown to agree with fp32.
     on_cuda = torch.device(device).type == "cuda"
     amp = bool(config.amp and on_cuda and method.amp_safe and method.needs_model)
+    if module is not None and method.needs_model:
+        # Tasks find the model under its weights' digest, as a checkpoint's under its sha256.
+        source_key = source["state_dict_sha256"]
+        _MODEL_CACHE.pop((source_key, device), None)
+        copy = _module_copy(module, device)
+        while len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:
+            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+        _MODEL_CACHE[(source_key, device)] = copy
 
     shapes, rows_per_shard = {}, {}
     for split in config.splits:
@@ -325,7 +383,8 @@ def compute_saliency(
                         normalization=attrs["normalization"],
                         seed=config.seed,
                         checkpoint=str(config.model) if method.needs_model else None,
-                        checkpoint_sha256=source["checkpoint_sha256"],
+                        checkpoint_sha256=source.get("state_dict_sha256")
+                        or source["checkpoint_sha256"],
                         device=device,
                         batch_size=config.batch_size,
                         amp=amp,

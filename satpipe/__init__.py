@@ -2,6 +2,56 @@
 
 Two stages joined only by files: `satpipe.pipeline` writes saliency maps into zarr stores,
 `satpipe.train` streams (image, saliency, label) from them and trains the SAT variants.
+
+The public API, for training loops and notebooks of your own (imported on first use, so
+`import satpipe` and `satpipe --help` load no torch)::
+
+    import satpipe as sp
+    ds = sp.SaliencyDataset("d.zarr", "s.zarr", split="train", transform=None)
+    image, smap, label = ds[i]          # (C,H,W) f32 [0,1], (Cs,H,W) f32 [-1,1], int64
+    sp.compute_saliency(model, "d.zarr", "s.zarr", "smoothgrad", samples=20)
+    x_sat = sp.sat_perturb(x, s, 8 / 255, sp.alpha_schedule(epoch))
+    r = sp.robust_accuracy(model, x, y, attack="pgd", eps=8 / 255)  # .accuracy .interval
+    sp.get_method("ig", steps=32); sp.create_model("resnet10", 10); sp.load_model("m.pt")
+    sp.open_dataset("d.zarr").attrs; sp.open_saliency("s.zarr").attrs
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# name -> module that defines it (imported on first access: PEP 562)
+_API = {
+    "SaliencyDataset": "satpipe.data.dataset",
+    "compute_saliency": "satpipe.pipeline.compute",
+    "sat_perturb": "satpipe.train.perturb",
+    "alpha_schedule": "satpipe.train.perturb",
+    "uniform_noise": "satpipe.train.perturb",
+    "robust_accuracy": "satpipe.train.robust",
+    "RobustAccuracy": "satpipe.train.robust",
+    "get_method": "satpipe.pipeline.methods",
+    "create_model": "satpipe.train.models",
+    "load_model": "satpipe.train.models",
+    "open_dataset": "satpipe.data.store",
+    "open_saliency": "satpipe.data.store",
+    "make_loader": "satpipe.data.loader",
+    "SatpipeError": "satpipe.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'satpipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

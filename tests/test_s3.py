@@ -210,14 +210,18 @@ def test_publish_cli(s3, tmp_path):
     result = runner.invoke(app, ["store", "publish", src, dst, *s3.cli_options])
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith(dst)
-    assert _tree(dst, s3.storage_options) == _tree(src)
+    published = _tree(dst, s3.storage_options)
+    assert b"dataset store" in published.pop("README.md")  # its card, beside the objects
+    assert published == _tree(src)
     again = runner.invoke(app, ["store", "publish", src, dst, *s3.cli_options])
     assert again.exit_code == 1 and "output exists" in again.output
     back = tmp_path / "back.zarr"
     dst_opts = ["--dst-storage-option", "key=unused"]  # local DST: options for SRC only
     result = runner.invoke(app, ["store", "publish", dst, str(back), *s3.cli_options, *dst_opts])
     assert result.exit_code == 0, result.output
-    assert _tree(str(back)) == _tree(src)
+    copied = _tree(str(back))
+    assert str(back).encode() in copied.pop("README.md")  # the card names its own store
+    assert copied == _tree(src)
 
 
 # --------------------------------------------------------------------------------------------

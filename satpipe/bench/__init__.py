@@ -9,6 +9,7 @@
     satpipe/bench/models.py    a library model wrapped by satpipe vs bare, per saliency method
     satpipe/bench/eval.py      PGD-5 vs AutoAttack img/s, model passes and their floor, syncs
     satpipe/bench/integrity.py cost of the in-flight data check (shard sha256), as ratios
+    satpipe/bench/dataset.py   DataLoader(SaliencyDataset) vs PairLoader vs TensorDataset img/s
 
 Each part is a `BENCHMARKS` entry: its config class, its sizes for `--quick` (and on a CPU,
 where the full size is too slow), and its module, which provides `run(config) -> report`
@@ -35,6 +36,7 @@ from satpipe import __version__
 from satpipe.bench.config import (
     BenchAllConfig,
     DaskBenchConfig,
+    DatasetBenchConfig,
     EvalBenchConfig,
     IntegrityBenchConfig,
     LoaderBenchConfig,
@@ -135,6 +137,12 @@ BENCHMARKS.register("integrity", Benchmark(
     # 7 resnet10 epochs of 4096 rows are minutes on 2 cores; the figures are ratios to an
     # epoch, and hashing and an epoch both scale with the rows.
     cpu={"n_train": 1024, "rows_per_shard": 256},
+))  # fmt: skip
+
+BENCHMARKS.register("dataset", Benchmark(
+    "img/s of DataLoader(SaliencyDataset, 2 workers) vs the PairLoader vs a TensorDataset",
+    DatasetBenchConfig, "satpipe.bench.dataset",
+    quick={"rows": 2048, "rows_per_shard": 512, "rounds": 1},
 ))  # fmt: skip
 
 

@@ -279,6 +279,26 @@ class IntegrityBenchConfig:
 
 
 @dataclass
+class DatasetBenchConfig:
+    """img/s of DataLoader(SaliencyDataset) against the PairLoader and a TensorDataset."""
+
+    rows: int = option(8192, "Rows of the random store.")
+    size: int = option(32, "Image side.")
+    rows_per_shard: int = option(1024, "Store shard rows.")
+    batch_size: int = option(128, "Images per batch.")
+    workers: int = option(2, "DataLoader workers of the SaliencyDataset sides.")
+    rounds: int = option(2, "Timed epochs per side (after a warm-up), alternated.")
+    workdir: str | None = option(None, cli=False)  # temporary stores (default: a temp dir)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        for value, flag in ((self.rows, "--rows"), (self.rounds, "--rounds"),
+                            (self.batch_size, "--batch-size"), (self.size, "--size")):  # fmt: skip
+            _at_least(value, 1, flag)
+        _at_least(self.workers, 0, "--workers")
+
+
+@dataclass
 class BenchAllConfig:
     """`satpipe bench all`: the parts to run, in registry order, on one device."""
 

@@ -65,12 +65,37 @@ def store_publish_cmd(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing DST."),
 ) -> None:
-    """Verify SRC, copy it to DST, and mark DST complete last (readers never see half a store)."""
+    """Verify SRC, copy it to DST, and mark DST complete last (readers never see half a store);
+    then write DST's card (README.md, and gallery.png for saliency stores) at its root."""
     from satpipe.data.publish import publish_store
+    from satpipe.pipeline.card import write_card
 
     src_options = storage_options(storage_option)
     dst_options = storage_options(dst_storage_option) if dst_storage_option else src_options
-    typer.echo(publish_store(src, dst, src_options, dst_options, overwrite=overwrite))
+    published = publish_store(src, dst, src_options, dst_options, overwrite=overwrite)
+    write_card(published, dst_options)
+    typer.echo(published)
+
+
+@store_app.command("ls")
+@friendly_errors
+def store_ls_cmd(
+    prefix: str = typer.Argument(..., help="Folder or URL prefix, e.g. s3://bucket/stores."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    storage_option: list[str] | None = StorageOption,
+) -> None:
+    """The stores under PREFIX, one line each: name, kind, method, source model, rows,
+    complete, headline quality (metadata only; `store verify` checks the data)."""
+    from satpipe.data.shelf import format_listing, list_stores
+
+    records = list_stores(prefix, storage_options(storage_option))
+    if as_json:
+        typer.echo(json.dumps([{k: v for k, v in r.items() if k != "attrs"} for r in records],
+                              indent=2))  # fmt: skip
+    elif records:
+        typer.echo(format_listing(records))
+    else:
+        typer.echo(f"{prefix}: no satpipe stores here")
 
 
 def _score(given):
@@ -79,6 +104,10 @@ def _score(given):
 
     config = ScoreConfig(**given)
     quality = score_store(config)
+    if config.write:
+        from satpipe.pipeline.card import write_card
+
+        write_card(config.saliency, config.storage_options)
     if config.as_json:
         return json.dumps(quality, indent=2)
     where = "recorded in its provenance" if config.write else "not recorded (--no-write)"
