@@ -204,6 +204,7 @@ _add(Preset(
     dataset_options={"size": 32, "masks_only": True},
     weak_method="mask",
     eval_eps=(1, 2, 3),
+    study_baselines=(),  # no method study: the grid's own original runs are the baselines
     needs_data_root=True,
     gpu=True,
 ))  # fmt: skip
@@ -214,6 +215,7 @@ _add(Preset(
     dataset_options={"size": 32},
     weak_method="bbox",
     eval_eps=(1, 2, 3),
+    study_baselines=(),  # no method study: the grid's own original runs are the baselines
     needs_data_root=True,
     gpu=True,
 ))  # fmt: skip
