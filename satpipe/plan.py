@@ -49,16 +49,30 @@ ANNOTATION_HINTS = {
 
 @dataclass(frozen=True)
 class Step:
-    """One step of the grid: `passes` forward+backward image passes of `model` (None: no
-    model, priced at 0); `count` identical steps (seeds) behind one line; `bound`: the passes
-    are an upper bound (AutoAttack)."""
+    """One step of the grid: image passes of `model` (None: no model, priced at 0), priced
+    at the model's training rate (`train`: weights updated) or its input-gradient rate
+    (`grad`: saliency, scores, attacks, in eval mode); `count` identical steps (seeds) behind
+    one line; `bound`: input-gradient passes that are only an upper bound (AutoAttack)."""
 
     name: str
     model: str | None
-    passes: float
+    train: float = 0.0
+    grad: float = 0.0
     count: int = 1
-    bound: float = 0.0  # extra passes that are only an upper bound (AutoAttack)
+    bound: float = 0.0
     detail: str = ""
+
+    @property
+    def passes(self) -> float:
+        return self.train + self.grad
+
+    def seconds(self, rates: dict[tuple[str, str], float]) -> tuple[float, float]:
+        """(seconds of one such step, of its AutoAttack bound) at `rates`
+        {(model, "train" | "grad"): passes/s}."""
+        if self.model is None:
+            return 0.0, 0.0
+        grad = rates[(self.model, "grad")]
+        return self.train / rates[(self.model, "train")] + self.grad / grad, self.bound / grad
 
 
 def check_annotations(preset: Preset, data: str) -> None:
@@ -145,12 +159,12 @@ def grid_plan(
             built.add(store.source)
             variant = SOURCES[store.source][0]
             passes = _train_passes(preset, variant, preset.source_epochs, n_train, n_test)
-            steps.append(Step(f"source {store.source}", preset.source_arch, passes,
+            steps.append(Step(f"source {store.source}", preset.source_arch, train=passes,
                               detail=f"{variant}, {_epochs(preset.source_epochs)}"))  # fmt: skip
         method = get_method(store.method, **preset.method_params.get(store.method, {}))
         model = preset.source_arch if method.needs_model else None
         per = method.passes_per_image if method.needs_model else 0
-        steps.append(Step(f"saliency {store.label}", model, n_train * per,
+        steps.append(Step(f"saliency {store.label}", model, grad=n_train * per,
                           detail=f"{per} passes/image" if per else "from the data"))  # fmt: skip
     score_n = min(preset.score_n, n_train)
     for store in stores:
@@ -162,7 +176,7 @@ def grid_plan(
             passes += score_n * (blocks + 1) * method.passes_per_image
             detail += f", cascade over {blocks} blocks"
         steps.append(Step(f"score {store.label}", preset.source_arch if judge else None,
-                          passes, detail=detail))  # fmt: skip
+                          grad=passes, detail=detail))  # fmt: skip
     weak = "weak" if preset.weak_method else None
     study = {(s.source, s.method): s.label for s in stores if s.row != "sat"}
     specs = plan_runs(preset, _NOWHERE, seeds, weak, study, frontier_seeds)
@@ -177,7 +191,8 @@ def grid_plan(
             Step(
                 f"run {row}",
                 preset.student,
-                train + protocol,
+                train=train,
+                grad=protocol,
                 count=len(group),
                 bound=aa,
                 detail=f"{variant}, {_epochs(preset.epochs)} + evaluation",
@@ -196,14 +211,16 @@ def pass_rates(
     num_classes: int,
     device: str = "cpu",
     batch_size: int = 32,
-    floor_seconds: float = 0.3,
-) -> dict[str, float]:
-    """Measured training passes per second (forward, backward to the weights and the input,
-    on a batch of `batch_size` random images of shape (H, W, C)) of each model in `archs` on
-    `device`; an untrained model (speed does not depend on the weights)."""
+    floor_seconds: float = 0.2,
+) -> dict[tuple[str, str], float]:
+    """Measured image passes per second of each model in `archs` on `device`, on a batch of
+    `batch_size` random images of shape (H, W, C), untrained (speed does not depend on the
+    weights): {(arch, "train"): forward and backward to the weights in train mode,
+    (arch, "grad"): forward and backward to the input only in eval mode (bench's
+    forward_backward, what saliency methods and attacks do)}."""
     import torch
 
-    from satpipe.bench.timing import alternate
+    from satpipe.bench.timing import alternate, forward_backward
     from satpipe.device import resolve_device
     from satpipe.train.models import create_model
 
@@ -218,14 +235,18 @@ def pass_rates(
         for arch in dict.fromkeys(archs):
             net = create_model(arch, num_classes, in_channels=c).to(dev).train()
 
-            def step(_i, net=net):
+            def train(_i, net=net):
+                net.train()
                 leaf = x.clone().requires_grad_(True)
                 torch.nn.functional.cross_entropy(net(leaf), y).backward()
                 net.zero_grad(set_to_none=True)
 
-            timings = alternate({arch: step}, device=dev, warmup=1, rounds=2,
+            sides = {"train": train, "grad": lambda _i, net=net: forward_backward(net, x, y)}
+            # One warm-up and one timed call each at least: seconds on a CPU for a ResNet-34.
+            timings = alternate(sides, device=dev, warmup=1, rounds=1,
                                 floor_seconds=floor_seconds)  # fmt: skip
-            rates[arch] = batch_size / timings.median(arch)
+            for kind in sides:
+                rates[(arch, kind)] = batch_size / timings.median(kind)
     return rates
 
 
@@ -246,7 +267,7 @@ def _duration(seconds: float) -> str:
 def plan_markdown(
     preset: Preset,
     steps: Sequence[Step],
-    rates: dict[str, float],
+    rates: dict[tuple[str, str], float],
     rows: dict[str, int],
     device: str,
 ) -> str:
@@ -255,19 +276,21 @@ def plan_markdown(
     lines = [
         f"# {preset.name}: the grid's steps and their estimated cost\n",
         f"{rows.get('train', 0)} train / {rows.get('test', 0)} test rows. Measured on this "
-        f"machine ({device}), forward+backward training passes per second: "
-        + ", ".join(f"{a} {r:,.0f} img/s" for a, r in rates.items())
-        + ". Estimate = passes / rate (a pass: one image forward and backward; forward-only "
-        "passes count 1/3). AutoAttack's column is an upper bound: every image running "
-        "every attack to its end, as on a fully robust model.\n",
+        f"machine ({device}) now, image passes per second (forward + backward; training: "
+        "to the weights, train mode / input gradient: eval mode, as saliency and attacks): "
+        + ", ".join(
+            f"{a} {rates[(a, 'train')]:,.1f} / {rates[(a, 'grad')]:,.1f} img/s"
+            for a in dict.fromkeys(a for a, _ in rates)
+        )
+        + ". Estimate = training passes / training rate + input-gradient passes / its rate "
+        "(forward-only passes count 1/3). AutoAttack's column is an upper bound: every image "
+        "running every attack to its end, as on a fully robust model.\n",
         "| step | model | runs | passes each | est. each | AutoAttack ≤ each | detail |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
     total = bound = 0.0
     for step in steps:
-        rate = rates.get(step.model or "", math.inf)
-        each = step.passes / rate if step.model else 0.0
-        aa = step.bound / rate if step.model else 0.0
+        each, aa = step.seconds(rates)
         total += each * step.count
         bound += aa * step.count
         lines.append(
@@ -301,7 +324,7 @@ def estimate(
     steps = grid_plan(preset, rows, num_classes, seeds, frontier_seeds)
     archs = [s.model for s in steps if s.model]
     # A GPU's rate depends on the batch: measure at the preset's; a CPU's hardly, so a small one.
-    batch = preset.batch_size if kind == "cuda" else 32
+    batch = preset.batch_size if kind == "cuda" else 8
     rates = pass_rates(archs, image_shape, num_classes, device, batch)
     return plan_markdown(preset, steps, rates, rows, kind)
 

@@ -85,8 +85,9 @@ def test_cifar100_plan_counts_each_step_and_prices_it(tmp_path):
     assert blocks >= 5 and score == pytest.approx(256 * (blocks + 1) * 50 + 256 * 17 * 4 / 3)
     # AutoAttack on the whole test split (RobustBench's CIFAR rule), as an upper bound.
     assert runs[0].bound == 10_000 * plan.autoattack_passes(preset, 100)
-    text = plan.plan_markdown(preset, list(steps.values()), {"resnet34": 100.0,
-                              "resnet10": 300.0}, rows, "cpu")  # fmt: skip
+    rates = {("resnet34", "train"): 50.0, ("resnet34", "grad"): 100.0,
+             ("resnet10", "train"): 150.0, ("resnet10", "grad"): 300.0}  # fmt: skip
+    text = plan.plan_markdown(preset, list(steps.values()), rates, rows, "cpu")
     line = next(x for x in text.splitlines() if x.startswith("| score std smoothgrad |"))
     minutes = score / 100.0 / 60
     assert f"{minutes:.0f} min" in line or f"{minutes / 60:.1f} h" in line
@@ -95,7 +96,8 @@ def test_cifar100_plan_counts_each_step_and_prices_it(tmp_path):
     )
     # The rate is measured on this machine, positive and finite.
     rates = plan.pass_rates(["smallcnn"], (16, 16, 3), 4, "cpu", 8, floor_seconds=0.05)
-    assert 0 < rates["smallcnn"] < float("inf")
+    assert set(rates) == {("smallcnn", "train"), ("smallcnn", "grad")}
+    assert all(0 < r < float("inf") for r in rates.values())
 
 
 def test_fast_dev_preset_cuts_every_step_and_folders_do_not_mix(tmp_path):
