@@ -164,8 +164,8 @@ def grid_plan(
         method = get_method(store.method, **preset.method_params.get(store.method, {}))
         model = preset.source_arch if method.needs_model else None
         per = method.passes_per_image if method.needs_model else 0
-        steps.append(Step(f"saliency {store.label}", model, grad=n_train * per,
-                          detail=f"{per} passes/image" if per else "from the data"))  # fmt: skip
+        detail = f"{per} pass{'es' if per > 1 else ''}/image" if per else "from the data"
+        steps.append(Step(f"saliency {store.label}", model, grad=n_train * per, detail=detail))
     score_n = min(preset.score_n, n_train)
     for store in stores:
         method = get_method(store.method, **preset.method_params.get(store.method, {}))
@@ -187,17 +187,12 @@ def grid_plan(
     for (row, variant), group in runs.items():
         train = _train_passes(preset, variant, preset.epochs, n_train, n_test)
         protocol, aa = eval_passes(preset, n_test, num_classes, group[0].seed)
-        steps.append(
-            Step(
-                f"run {row}",
-                preset.student,
-                train=train,
-                grad=protocol,
-                count=len(group),
-                bound=aa,
-                detail=f"{variant}, {_epochs(preset.epochs)} + evaluation",
-            )
-        )
+        steps.append(Step(f"train {row}", preset.student, train=train, count=len(group),
+                          detail=f"{variant}, {_epochs(preset.epochs)}"))  # fmt: skip
+        check_n = min(preset.check_examples or n_test, n_test)
+        steps.append(Step(f"evaluate {row}", preset.student, grad=protocol, count=len(group),
+                          bound=aa, detail=f"{n_test} images x {len(preset.eval_eps)} eps, "
+                          f"checks on {check_n}"))  # fmt: skip
     return steps
 
 

@@ -76,8 +76,9 @@ def test_cifar100_plan_counts_each_step_and_prices_it(tmp_path):
     assert [n for n in steps if n.startswith("source")] == ["source std", "source adv"]
     assert sum(n.startswith("saliency") for n in steps) == 8
     assert sum(n.startswith("score") for n in steps) == 8
-    runs = [s for n, s in steps.items() if n.startswith("run")]
+    runs = [s for n, s in steps.items() if n.startswith("evaluate")]
     assert len(runs) == 2 + 8 and all(r.count == 3 for r in runs)
+    assert sum(n.startswith("train") for n in steps) == 10
     # SmoothGrad-50 over the split, and its score: the cascade re-runs it once per block.
     assert steps["saliency std smoothgrad"].passes == 50_000 * 50
     blocks = len(cascade_blocks(create_model("resnet34", 100)))
