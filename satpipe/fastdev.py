@@ -1,9 +1,10 @@
 """`satpipe reproduce --fast-dev-run`: every step of a preset on a few hundred rows.
 
-FAST_DEV_ROWS: 128 train and 32 test rows. A ResNet-34 source makes ~6 training passes per
-second on one core of the slow 2-core machine (plan.py measures it), and the CIFAR-100 grid
-has two sources, eight method stores and eight scores on them: at 256 rows its smoke run took
-about 26 minutes there, at 128 about half.
+FAST_DEV_ROWS: 64 train and 16 test rows, fewer than the "few hundred" one would like: a
+ResNet-34 makes 4-6 training passes per second on one core of the shared 2-core machine
+(plan.py measures it), and the CIFAR-100 grid has two such sources, eight method stores and
+eight scores on them and ten students each evaluated at four eps; at 256/64 rows its plan
+read 26 minutes there, at 128/32 16 minutes, at 64/16 about half of that.
 
 A smoke run (Lightning's `fast_dev_run`): the same code path as the real grid (import, weak
 saliency, sources, method stores, scores, students, evaluation, report), with the preset cut to
@@ -39,10 +40,10 @@ from satpipe.errors import SatpipeError
 from satpipe.presets import Preset
 
 SUFFIX = "-fast-dev-run"
-FAST_DEV_ROWS = {"train": 128, "test": 32}
-SCORE_N = 8
-AUTOATTACK_EXAMPLES = 8
-CHECK_EXAMPLES = 16
+FAST_DEV_ROWS = {"train": 64, "test": 16}
+SCORE_N = 4
+AUTOATTACK_EXAMPLES = 4
+CHECK_EXAMPLES = 8
 # Method parameters that count samples or steps: a smoke run takes the fewest allowed (> 0).
 COUNT_PARAMS = ("samples", "steps")
 SMOKE_BANNER = (
@@ -72,11 +73,28 @@ def fast_dev_preset(preset: Preset) -> Preset:
     params = {m: fewest_params(m, preset.method_params.get(m, {})) for m in methods}
     options = dict(preset.dataset_options)
     if preset.dataset == "shapes":
-        options["n_train"] = min(int(options.get("n_train", 128)), FAST_DEV_ROWS["train"])
-        options["n_test"] = min(int(options.get("n_test", 32)), FAST_DEV_ROWS["test"])
+        options["n_train"] = min(
+            int(options.get("n_train", FAST_DEV_ROWS["train"])), FAST_DEV_ROWS["train"]
+        )
+        options["n_test"] = min(
+            int(options.get("n_test", FAST_DEV_ROWS["test"])), FAST_DEV_ROWS["test"]
+        )
+    # The overfitting guard holds rows out of training: keep most of the few rows to train on.
+    frontier_options = {
+        variant: {
+            **opts,
+            **(
+                {"guard_rows": min(opts["guard_rows"], FAST_DEV_ROWS["train"] // 4)}
+                if "guard_rows" in opts
+                else {}
+            ),
+        }
+        for variant, opts in preset.frontier_options.items()
+    }
     return replace(
         preset,
         name=fast_dev_name(preset.name),
+        frontier_options=frontier_options,
         dataset_options=options,
         method_params={k: v for k, v in params.items() if v},
         score_n=min(preset.score_n, SCORE_N),
