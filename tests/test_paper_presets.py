@@ -91,9 +91,10 @@ def test_cifar100_plan_counts_each_step_and_prices_it(tmp_path):
     text = plan.plan_markdown(preset, list(steps.values()), rates, rows, "cpu")
     line = next(x for x in text.splitlines() if x.startswith("| score std smoothgrad |"))
     minutes = score / 100.0 / 60
-    assert f"{minutes:.0f} min" in line or f"{minutes / 60:.1f} h" in line
+    assert f"| {minutes:.0f} min |" in line  # 16 min per SmoothGrad-50 score at 100 img/s
     assert re.search(
-        r"Total: about [\d.]+ h without AutoAttack .* AutoAttack adds at most [\d.]+ h", text
+        r"Total: about [\d.,]+ days without AutoAttack .* AutoAttack adds at most [\d.,]+ days",
+        text,
     )
     # The rate is measured on this machine, positive and finite.
     rates = plan.pass_rates(["smallcnn"], (16, 16, 3), 4, "cpu", 8, floor_seconds=0.05)
