@@ -1,10 +1,4 @@
-"""`satpipe reproduce --fast-dev-run`: every step of a preset on a few hundred rows.
-
-FAST_DEV_ROWS: 64 train and 16 test rows, fewer than the "few hundred" one would like: a
-ResNet-34 makes 4-6 training passes per second on one core of the shared 2-core machine
-(plan.py measures it), and the CIFAR-100 grid has two such sources, eight method stores and
-eight scores on them and ten students each evaluated at four eps; at 256/64 rows its plan
-read 26 minutes there, at 128/32 16 minutes, at 64/16 about half of that.
+"""`satpipe reproduce --fast-dev-run`: every step of a preset on a few dozen rows.
 
 A smoke run (Lightning's `fast_dev_run`): the same code path as the real grid (import, weak
 saliency, sources, method stores, scores, students, evaluation, report), with the preset cut to
@@ -24,6 +18,12 @@ The preset is renamed NAME-fast-dev-run, so its data store, its plots' titles an
 preset.json say what it is, and every Markdown page of the report opens with SMOKE_BANNER.
 A folder that holds one kind of run is refused to the other kind (a real run must never
 resume from a smoke run's one-epoch checkpoints).
+
+FAST_DEV_ROWS is 64 train and 16 test rows, fewer than a few hundred: a ResNet-34 makes 4-6
+training passes per second on one core of the shared 2-core machine (plan.py measures it),
+and the CIFAR-100 grid runs two such sources, eight method stores and eight scores on them,
+then ten students each evaluated at four eps; its plan read 26 minutes there at 256/64 rows
+and 16 at 128/32.
 """
 
 from __future__ import annotations
@@ -80,15 +80,9 @@ def fast_dev_preset(preset: Preset) -> Preset:
             int(options.get("n_test", FAST_DEV_ROWS["test"])), FAST_DEV_ROWS["test"]
         )
     # The overfitting guard holds rows out of training: keep most of the few rows to train on.
+    guard = FAST_DEV_ROWS["train"] // 4
     frontier_options = {
-        variant: {
-            **opts,
-            **(
-                {"guard_rows": min(opts["guard_rows"], FAST_DEV_ROWS["train"] // 4)}
-                if "guard_rows" in opts
-                else {}
-            ),
-        }
+        variant: {k: min(v, guard) if k == "guard_rows" else v for k, v in opts.items()}
         for variant, opts in preset.frontier_options.items()
     }
     return replace(
