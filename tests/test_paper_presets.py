@@ -20,6 +20,7 @@ from satpipe.errors import SatpipeError
 from satpipe.pipeline.quality.sanity import cascade_blocks
 from satpipe.presets import PRESETS
 from satpipe.train.models import create_model
+from tests.conftest import write_tiny_dataset
 from tests.formats import write_cifar100, write_flowers17, write_tinyimagenet
 
 # 3 classes x 80 images (the importer's default per class), trimaps for 5 of every 8 images.
@@ -122,6 +123,14 @@ def test_fast_dev_preset_cuts_every_step_and_folders_do_not_mix(tmp_path):
     assert rp.ReproduceConfig(preset="cifar100", fast_dev_run=True).out.endswith(
         "cifar100-fast-dev-run"
     )
+    # Every Markdown page of the report opens with the banner, once however often it runs.
+    data = write_tiny_dataset(tmp_path / "d.zarr", n_train=8, n_test=4)
+    (out / "table.md").write_text("# table\n")
+    for _ in range(2):
+        fastdev.mark_smoke_pages(out, data)
+    text = (out / "table.md").read_text()
+    assert text.startswith("> **Smoke run**") and text.count("Smoke run") == 1
+    assert "8 train / 4 test rows" in text and text.endswith("# table\n")
 
 
 def _cifar(root: Path) -> Path:
