@@ -32,10 +32,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from satpipe import fastdev
 from satpipe.cluster import ONE_THREAD_ENV, dask_client, run_tasks
 from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
 from satpipe.options import coerce_fields, option
+from satpipe.plan import check_annotations, print_plan
 from satpipe.presets import METHOD_LABELS, PRESETS, SOURCES, Preset
 from satpipe.progress import grid_progress, progress
 
@@ -55,12 +57,18 @@ class ReproduceConfig:
     device: str = option("auto", DEVICE_HELP)
     seeds: tuple[int, ...] | None = option(None, "Override the preset's seeds, e.g. 0,1.")
     epochs: int | None = option(None, "Override the preset's epochs.")
+    fast_dev_run: bool = option(
+        False, "Smoke run: every step on a few hundred rows, one epoch, fewest samples/steps "
+        "(default out: results/PRESET-fast-dev-run).",
+    )  # fmt: skip
+    plan: bool = option(True, "Print the grid's steps and their estimated cost first.")
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         self.preset = PRESETS.entry(self.preset).name
         if self.out is None:
-            self.out = f"results/{self.preset}"
+            suffix = "-fast-dev-run" if self.fast_dev_run else ""
+            self.out = f"results/{self.preset}{suffix}"
         if self.jobs < 1:
             raise SatpipeError(f"--jobs must be >= 1, got {self.jobs}")
 
@@ -342,10 +350,13 @@ def reproduce(config: ReproduceConfig) -> Path:
     rate_before = yardstick_rate(config.device)
     started = time.perf_counter()
     preset = PRESETS.get(config.preset)
+    if config.fast_dev_run:
+        preset = fastdev.fast_dev_preset(preset)
     if config.epochs is not None:
         preset = replace(preset, epochs=config.epochs, source_epochs=config.epochs)
     seeds = tuple(config.seeds) if config.seeds else preset.seeds
     out = Path(config.out)
+    fastdev.check_out_folder(out, config.fast_dev_run)
     out.mkdir(parents=True, exist_ok=True)
     (out / "preset.json").write_text(json.dumps(asdict(preset), indent=2) + "\n")
     frontier_seeds = tuple(config.seeds) if config.seeds else preset.frontier_seeds
@@ -353,6 +364,14 @@ def reproduce(config: ReproduceConfig) -> Path:
     with grid_progress(f"reproduce {preset.name}", plan.total) as bar:
         with plan.step(bar, "data"):
             data = build_data(preset, out, config.data_root)
+            if config.fast_dev_run and preset.dataset != "shapes":
+                data = fastdev.subset_data(data, out / "data" / f"{preset.name}-rows.zarr")
+        # Before any training: the weak method's masks/boxes are there, and what it will cost.
+        check_annotations(preset, data)
+        if config.plan:
+            text = print_plan(preset, data, config.device, seeds, frontier_seeds)
+            (out / "plan.md").write_text(text)
+            print(text, file=sys.stderr)
         stores, sources = _build_stores(preset, out, data, config.device, plan, bar)
         # Model-free stores (masks, random) are judged by the standard source when there is one.
         judge = sources.get("std") or next(iter(sources.values()), None)
@@ -375,6 +394,8 @@ def reproduce(config: ReproduceConfig) -> Path:
             write_quality_report(out, preset, records, stores, source_accuracy(sources, data))
     seconds = time.perf_counter() - started
     write_wall_time(out, seconds, (rate_before, yardstick_rate(config.device)), config.device)
+    if config.fast_dev_run:
+        fastdev.mark_smoke_pages(out, data)
     return out
 
 

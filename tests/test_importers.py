@@ -24,30 +24,19 @@ from satpipe.data.importers.common import (
 from satpipe.data.importers.flowers17 import FLOWER_CLASSES
 from satpipe.data.store import open_dataset
 from satpipe.errors import SatpipeError
-
-RNG = np.random.default_rng(0)
-
-
-def _png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array, mode).save(path)
-    return path
-
-
-def _jpg(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, quality=90)
-    return path
+from tests.formats import RNG
+from tests.formats import cifar_batch as _cifar_batch
+from tests.formats import jpg as _jpg
+from tests.formats import png as _png
+from tests.formats import rgb as _rgb
+from tests.formats import write_flowers17 as _flowers
+from tests.formats import write_tinyimagenet as _tiny
 
 
 def _decoded(path: Path) -> np.ndarray:
     """What PIL decodes the file to: the exact oracle for JPEG inputs."""
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
-
-
-def _rgb(h: int, w: int) -> np.ndarray:
-    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 def _run(*args: str):
@@ -79,15 +68,6 @@ def test_registry_lists_formats_and_rejects_unknown_ones(tmp_path):
 
 
 # ---- CIFAR ------------------------------------------------------------------------------------
-
-
-def _cifar_batch(path: Path, n: int, label_key: bytes, n_classes: int, **extra) -> tuple:
-    data = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)
-    labels = RNG.integers(0, n_classes, n).tolist()
-    batch = {b"batch_label": b"x", b"data": data, label_key: labels, **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(batch))
-    return data, labels
 
 
 def _cifar10(root: Path, names=None) -> dict:
@@ -190,34 +170,6 @@ def test_cifar_cli_error_is_one_line(tmp_path):
 # ---- Tiny-ImageNet ------------------------------------------------------------------------
 
 
-def _tiny(root: Path, size: int = 16) -> dict:
-    """3 classes x 2 train images, 3 val images; boxes inclusive as in the archive."""
-    d = root / "tiny-imagenet-200"
-    wnids = ["n0003", "n0001", "n0002"]  # not sorted on purpose
-    d.mkdir(parents=True)
-    (d / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (d / "words.txt").write_text("n0001\tgoldfish, Carassius\nn0002\tcat\nn0003\tdog\nn9\tx\n")
-    boxes = {}
-    for w in wnids:
-        lines = []
-        for i in range(2):
-            name = f"{w}_{i}.JPEG"
-            _jpg(d / "train" / w / "images" / name, _rgb(size, size))
-            box = (i, 2 * i, size - 1 - i, size - 1)
-            boxes[name] = box
-            lines.append("\t".join([name, *map(str, box)]))
-        (d / "train" / w / f"{w}_boxes.txt").write_text("\n".join(lines) + "\n")
-    ann = []
-    for i, w in enumerate(["n0002", "n0001", "n0003"]):
-        name = f"val_{i}.JPEG"
-        _jpg(d / "val" / "images" / name, _rgb(size, size))
-        box = (1, 1, 3 + i, 5)
-        boxes[name] = box
-        ann.append("\t".join([name, w, *map(str, box)]))
-    (d / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
-    return boxes
-
-
 def test_tinyimagenet_keeps_pixels_labels_and_boxes(tmp_path):
     boxes = _tiny(tmp_path)
     view = open_dataset(import_dataset("tinyimagenet", tmp_path, str(tmp_path / "t.zarr")))
@@ -301,20 +253,6 @@ def test_tinyimagenet_bad_input(tmp_path, damage, message):
 
 
 # ---- Flowers-17 -----------------------------------------------------------------------------
-
-
-def _flowers(root: Path, classes: int = 3, per_class: int = 4, trimaps=(1, 2, 6, 11)) -> dict:
-    regions = {}
-    for k in range(1, classes * per_class + 1):
-        _jpg(root / "jpg" / f"image_{k:04d}.jpg", _rgb(12, 10))
-        if k in trimaps:
-            t = np.zeros((12, 10, 3), np.uint8)
-            t[:, :] = (0, 0, 0)
-            t[2:7, 3:9] = (128, 0, 0)  # flower
-            t[1, :] = (128, 128, 128)  # unsure border: not flower
-            regions[k] = t
-            _png(root / "trimaps" / f"image_{k:04d}.png", t)
-    return regions
 
 
 def test_flowers17_labels_split_and_resize(tmp_path):
