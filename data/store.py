@@ -44,6 +44,8 @@ from satpipe.data.integrity import (
     inventory_problems,
     shard_size,
 )
+from satpipe.data.metadata import check_metadata
+from satpipe.data.outputs import prepare_output, store_lock
 from satpipe.errors import SatpipeError, note, os_error_line
 
 FORMAT = 1
@@ -218,6 +220,8 @@ def open_group(uri: str, mode: str = "r", storage_options: Mapping[str, Any] | N
     target = _url_store(uri, storage_options, mode == "r") if is_url(uri) else local_path(uri)
     try:
         with storage_errors(uri):
+            # Before zarr believes a shape, a chunk or a nesting depth (satpipe.data.metadata).
+            check_metadata(uri, storage_options)
             return zarr.open_group(target, mode=mode, zarr_format=3)
     except SatpipeError:
         raise
@@ -227,13 +231,18 @@ def open_group(uri: str, mode: str = "r", storage_options: Mapping[str, Any] | N
         raise SatpipeError(f"{uri}: cannot open as a zarr v3 store ({exc})") from exc
 
 
-def create_group(uri: str, overwrite: bool, storage_options: Mapping[str, Any] | None = None):
-    """Create a new store group; refuse an existing path unless `overwrite`."""
-    if store_exists(uri, storage_options):
-        if not overwrite:
-            raise SatpipeError(f"{uri}: output exists (pass --overwrite to replace it)")
-        with write_errors(uri, "over the existing store (removing it)"):
-            remove_store(uri, storage_options)
+def create_group(
+    uri: str,
+    overwrite: bool,
+    storage_options: Mapping[str, Any] | None = None,
+    kind: str | None = None,
+    inputs: Sequence[str | None] = (),
+):
+    """Create a new store group; refuse an existing path unless `overwrite`, and even then
+    anything but a satpipe store of `kind` (None: any kind), an input of the command, a link
+    or a chained URL (satpipe.data.outputs.prepare_output)."""
+    with storage_errors(uri), write_errors(uri, "over the existing store (removing it)"):
+        prepare_output(uri, kind, overwrite, inputs, storage_options)
     target = _url_store(uri, storage_options, False) if is_url(uri) else local_path(uri)
     try:
         with write_errors(uri, "the store's root"):
@@ -688,6 +697,7 @@ class DatasetWriter:
         overwrite: bool = False,
         rows_per_shard: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        inputs: Sequence[str | None] = (),
     ) -> None:
         if len(classes) < 1:
             raise SatpipeError(f"{uri}: a dataset needs at least one class")
@@ -698,10 +708,26 @@ class DatasetWriter:
         self.classes = [str(c) for c in classes]
         self.image_shape = tuple(int(v) for v in image_shape)
         self.split_sizes = {s: int(n) for s, n in split_sizes.items()}
-        if not overwrite and unfinished_dataset(self.uri, storage_options):
-            note(f"{self.uri}: replacing the unfinished dataset store an earlier run left there")
-            overwrite = True
-        self.group = create_group(self.uri, overwrite, storage_options)
+        # One writer per store: held until finish() or the `with` block ends.
+        self._lock = store_lock(self.uri, "dataset store").__enter__()
+        try:
+            if not overwrite and unfinished_dataset(self.uri, storage_options):
+                note(
+                    f"{self.uri}: replacing the unfinished dataset store an earlier run left there"
+                )
+                overwrite = True
+            self.group = create_group(self.uri, overwrite, storage_options, "dataset", inputs)
+            self._start(name, source, has_masks, has_boxes, rows_per_shard)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+    def _start(self, name, source, has_masks, has_boxes, rows_per_shard) -> None:
         self._attrs = {
             "kind": "dataset",
             "format": FORMAT,
@@ -760,8 +786,11 @@ class DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and not self._finished:
-            self.finish()
+        try:
+            if exc_type is None and not self._finished:
+                self.finish()
+        finally:
+            self._unlock()
 
     def write(
         self,
@@ -873,6 +902,7 @@ class DatasetWriter:
             self._attrs["complete"] = True
             write_attrs(self.group, self._attrs)
         self._finished = True
+        self._unlock()
         return self._attrs["fingerprint"]
 
 

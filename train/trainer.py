@@ -50,6 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from satpipe.data.outputs import check_run_output
 from satpipe.errors import SatpipeError, os_error_line
 from satpipe.progress import progress
 from satpipe.seeding import generator
@@ -313,8 +314,10 @@ def train(config: TrainConfig) -> Path:
     saliency), an incomplete or mismatched saliency store (the loader checks), data that differs
     from what its store recorded, an existing run without --resume or --overwrite, a resume
     whose config differs in anything but epochs/device/out. Nothing is written before these
-    checks pass.
+    checks pass. `--out` must be a new or empty directory, or a satpipe run: never a
+    directory of someone else's files, nor an input (satpipe.data.outputs).
     """
+    check_run_output(str(config.out), (config.data, config.saliency))
     with _run_lock(config):
         return _train_locked(config)
 
