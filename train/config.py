@@ -286,6 +286,10 @@ class EvalConfig:
     device: str = option("auto", DEVICE_HELP)
     large_eps: float = option(LARGE_EPS, "Eps (/255) of the 'drives accuracy near 0' check.")
     strict: bool = option(True, "Exit non-zero when a sanity check fails.")
+    allow_running: bool = option(
+        False, "Evaluate a run that is still training (the epoch its checkpoint holds now; "
+        "recorded as `running` in results.json).",
+    )  # fmt: skip
     out: str | None = option(None, "Directory for results (default: RUN).")
     storage_options: dict[str, Any] = storage_options_field()
     large_eps_margin: float = option(0.05, cli=False)

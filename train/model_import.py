@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from satpipe.errors import SatpipeError, first_line
-from satpipe.train.checkpoint import file_sha256, model_record, save_checkpoint
+from satpipe.train.checkpoint import check_finite, file_sha256, model_record, save_checkpoint
 from satpipe.train.config import ModelImportConfig
 from satpipe.train.models import create_model, input_norm
 
@@ -140,6 +140,7 @@ def import_model(config: ModelImportConfig) -> str:
     state, stripped = strip_prefixes(state)
     ignored = [k for k in state if any(k.startswith(p) for p in config.ignore)]
     state = {k: v for k, v in state.items() if k not in ignored}
+    check_finite(state, str(path))
     what = f"{config.model} ({config.num_classes} classes, {config.in_channels} channels)"
     model = create_model(
         config.model, config.num_classes, config.in_channels, config.input_mean, config.input_std

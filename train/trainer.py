@@ -63,6 +63,7 @@ from satpipe.train.models import create_model, probe_model
 from satpipe.train.perturb import alpha_schedule
 from satpipe.train.runlock import RunLock
 from satpipe.train.schedules import SCHEDULES, lr_at
+from satpipe.train.staleness import mark_stale
 from satpipe.train.variants import VARIANTS, TrainingVariant, VariantConfig
 
 __all__ = ["TrainConfig", "run_finished", "train", "train_one_epoch"]
@@ -503,6 +504,8 @@ def _loaders(config: TrainConfig, variant: TrainingVariant, rank, world, device,
 
 
 def _prepare_dir(run: _Run, state: dict[str, Any] | None) -> None:
+    if run.start < run.passes:  # the checkpoint is about to change: its results no longer hold
+        mark_stale(run.dir, f"the run trained on from epoch {run.start + 1} after this evaluation")
     with _writing(run.dir / "config.json", "the run's config"):
         run.dir.mkdir(parents=True, exist_ok=True)
         (run.dir / "config.json").write_text(json.dumps(run.config.to_dict(), indent=2) + "\n")
