@@ -524,7 +524,37 @@ def open_dataset(
         legacy = view.legacy_note()
         if legacy:
             note(legacy)
+        check_labels(view)
     return view
+
+
+# (uri, fingerprint) of dataset stores whose labels were checked in this process.
+_LABELS_CHECKED: set[tuple[str, str]] = set()
+
+
+def check_labels(view: DatasetView) -> None:
+    """Refuse labels outside [0, classes) in any split, naming the split, the rows and the
+    values (a store edited after it was written: its writer refuses them). One read of every
+    labels array (8 bytes a row), once per store and process; a labels chunk that cannot be
+    read is left to the in-flight checks, which name it."""
+    key = (view.uri, str(view.attrs.get("fingerprint")))
+    if key in _LABELS_CHECKED:
+        return
+    n = view.num_classes
+    for split in view.splits:
+        try:
+            labels = np.asarray(view.split(split).labels[:])
+        except (ValueError, RuntimeError, OSError):
+            continue
+        bad = np.flatnonzero((labels < 0) | (labels >= n))
+        if bad.size:
+            rows = ", ".join(str(int(r)) for r in bad[:5]) + (" ..." if bad.size > 5 else "")
+            values = sorted({int(v) for v in labels[bad[:100]]})[:5]
+            raise SatpipeError(
+                f"{view.uri}: {split}/labels: {bad.size} label(s) outside [0, {n}) at rows "
+                f"{rows} (values {values}); the store was changed after it was written"
+            )
+    _LABELS_CHECKED.add(key)
 
 
 class _BrokenNode(Exception):
