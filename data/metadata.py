@@ -140,7 +140,7 @@ def _array_problem(meta: Any, path: str, dtype: str, rank: int) -> str | None:
     if not isinstance(codecs, list):
         return f"{path}: codecs {_show(codecs)} is not a list"
     for codec in codecs:
-        if isinstance(codec, dict) and codec.get("name") == "sharding_indexing":
+        if isinstance(codec, dict) and codec.get("name") == "sharding_indexed":
             inner_config = codec.get("configuration")
             inner = inner_config.get("chunk_shape") if isinstance(inner_config, dict) else None
             if not _counts(inner, rank, True):
