@@ -189,8 +189,11 @@ def test_labels_outside_the_classes_are_refused_with_their_rows(tmp_path_factory
     classes it now has are refused at open, the rows named, in whichever split they are."""
     split = "test" if labels[0] % 2 else "train"
     uri = str(tmp_path_factory.mktemp("l") / "l.zarr")
-    with DatasetWriter(uri, name="l", classes=[f"c{i}" for i in range(6)],
-                       image_shape=(4, 4, 3), split_sizes={"train": 8, "test": 8}) as w:  # fmt: skip
+    sizes = {"train": 8, "test": 8}
+    classes = [f"c{i}" for i in range(6)]
+    with DatasetWriter(
+        uri, name="l", classes=classes, image_shape=(4, 4, 3), split_sizes=sizes
+    ) as w:
         for s in ("train", "test"):
             w.write(s, np.zeros((8, 4, 4, 3), np.uint8), labels if s == split else [0] * 8)
     root = Path(uri) / "zarr.json"
