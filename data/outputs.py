@@ -140,13 +140,15 @@ def prepare_output(
     inputs: Iterable[str | None] = (),
     storage_options: Mapping[str, Any] | None = None,
     flag: str = "--out",
+    remove: bool = True,
 ) -> bool:
     """Check that the store `uri` may be written; with `overwrite`, remove what is there.
 
     kind: "dataset", "saliency", or None (any satpipe store). Returns True when something was
-    removed. Refused (one line, nothing removed): an output with `::`, one that is an input,
-    an existing output without `overwrite`, and with it anything satpipe did not make as that
-    kind (see the module docstring).
+    (or, with remove=False, would be) removed. Refused (one line, nothing removed): an output
+    with `::`, one that is an input, an existing output without `overwrite`, and with it
+    anything satpipe did not make as that kind (see the module docstring). remove=False only
+    checks: a command refuses before its work, not after it.
     """
     refuse_chained(uri, flag)
     refuse_inputs(uri, inputs, flag)
@@ -165,7 +167,8 @@ def prepare_output(
     found, what = _store_kind(fs, root)
     wanted = f"a satpipe {kind} store" if kind else "a satpipe store"
     if found is None and what == "an empty directory":
-        fs.rm(root, recursive=True)
+        if remove:
+            fs.rm(root, recursive=True)
         return True
     if found is None and what.startswith("a zarr group") and _only_zarr_metadata(fs, root):
         what = "an unfinished satpipe store"  # its writer died before the attributes
@@ -174,6 +177,8 @@ def prepare_output(
             f"{uri}: holds {what}, not {wanted}; --overwrite replaces only {wanted} "
             "(move or delete it yourself, or choose another output)"
         )
+    if not remove:
+        return True
     # The root metadata first: a reader never sees the old store half removed as valid.
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(f"{root.rstrip('/')}/zarr.json")
@@ -230,4 +235,31 @@ def check_run_output(out: str, inputs: Iterable[str | None] = ()) -> None:
         raise SatpipeError(
             f"{out}: holds {_describe(fs, root)} and is not a satpipe run; a run needs an "
             "empty or new directory (or an earlier run's, with --resume or --overwrite)"
+        )
+
+
+def prepare_file_output(path: str | os.PathLike, overwrite: bool, is_ours, what: str,
+                        inputs: Iterable[str | None] = ()) -> None:  # fmt: skip
+    """Check that the single file `path` may be written (a checkpoint, say): refused when it
+    is an input, a link, a directory, or exists without `overwrite`; with it, when
+    `is_ours(path)` is False (then it holds something satpipe did not write as `what`). The
+    file is replaced by its writer, atomically; nothing is removed here."""
+    out = str(path)
+    refuse_chained(out)
+    refuse_inputs(out, inputs)
+    if os.path.islink(out):
+        raise SatpipeError(
+            f"{out}: is a symbolic link (to {os.readlink(out)}); satpipe neither writes through "
+            "nor removes links"
+        )
+    if not os.path.lexists(out):
+        return
+    if os.path.isdir(out):
+        raise SatpipeError(f"{out}: is a directory, not {what}")
+    if not overwrite:
+        raise SatpipeError(f"{out}: output exists (pass --overwrite to replace it)")
+    if not is_ours(out):
+        raise SatpipeError(
+            f"{out}: is not {what}; --overwrite replaces only {what} (move or delete it "
+            "yourself, or choose another output)"
         )

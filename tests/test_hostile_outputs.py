@@ -200,3 +200,36 @@ def test_store_lock_racing_in_one_process_one_wins(tmp_path):
     out = str(tmp_path / "x.zarr")
     with store_lock(out), pytest.raises(SatpipeError, match="is writing this store"):
         store_lock(out).__enter__()
+
+
+def test_model_import_overwrite_replaces_only_a_checkpoint(tmp_path):
+    import torch
+
+    from satpipe.train.config import ModelImportConfig
+    from satpipe.train.model_import import import_model
+    from satpipe.train.models import create_model
+
+    weights = tmp_path / "w.pt"
+    torch.save(create_model("smallcnn", 4, 3).state_dict(), weights)
+    mine = tmp_path / "thesis.pt"
+    mine.write_text("not a checkpoint")
+
+    def config(out, **kw):
+        return ModelImportConfig(weights=str(weights), model="smallcnn", num_classes=4,
+                                 out=str(out), **kw)  # fmt: skip
+
+    with pytest.raises(SatpipeError, match="is not a satpipe checkpoint"):
+        import_model(config(mine, overwrite=True))
+    assert mine.read_text() == "not a checkpoint"
+    with pytest.raises(SatpipeError, match="is an input"):
+        import_model(config(weights, overwrite=True))
+    import_model(config(tmp_path / "m.pt"))
+    import_model(config(tmp_path / "m.pt", overwrite=True))  # a checkpoint: replaced
+
+
+def test_data_import_refuses_before_its_work(tmp_path, victim):
+    from satpipe.data.importers.common import check_output
+
+    with pytest.raises(SatpipeError, match="thesis.txt"):
+        check_output(str(victim), True, None)
+    _intact(victim)

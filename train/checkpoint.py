@@ -137,6 +137,17 @@ def load_checkpoint(
     return state
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """True when `path` loads (weights_only) as something with a satpipe checkpoint header,
+    damaged or not: what `--overwrite` may replace."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file at all
+        return False
+    meta = state.get("satpipe") if isinstance(state, dict) else None
+    return isinstance(meta, dict) and meta.get("kind") == "checkpoint"
+
+
 def state_digest(state: Mapping[str, Any]) -> str:
     """sha256 of a checkpoint's contents (everything but its "satpipe" header): every tensor's
     dtype, shape and bytes and every plain value, dict keys in sorted order, so the digest does

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from satpipe.data.outputs import refuse_chained
+from satpipe.data.outputs import prepare_output, refuse_chained
 from satpipe.data.store import store_exists, unfinished_dataset
 from satpipe.errors import SatpipeError
 
@@ -264,7 +264,10 @@ def check_output(out: str, overwrite: bool, storage_options: Mapping[str, Any] |
     unfinished dataset store (an import that crashed or ran out of space) is not refused:
     the rerun replaces it."""
     refuse_chained(out)
-    if overwrite or not store_exists(out, storage_options):
+    if overwrite:  # only a satpipe dataset store may be replaced: say so before the work
+        prepare_output(out, "dataset", True, (), storage_options, remove=False)
+        return
+    if not store_exists(out, storage_options):
         return
     if not unfinished_dataset(out, storage_options):
         raise SatpipeError(f"{out}: output exists (pass --overwrite to replace it)")
