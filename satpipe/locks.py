@@ -98,8 +98,9 @@ class WriterLock:
 
     def _holder(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
+            found = json.loads(self.path.read_text() or "{}")
+            return found if isinstance(found, dict) else {}
+        except (OSError, ValueError, RecursionError):
             return {}
 
     def _refuse(self, holder: dict[str, Any], extra: str = "") -> SatpipeError:
@@ -229,8 +230,9 @@ def held_by_other(lock_path: str | os.PathLike) -> dict[str, Any] | None:
         locked = _flock_shared(fd)
         try:
             holder = json.loads(path.read_text() or "{}")
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             holder = {}
+        holder = holder if isinstance(holder, dict) else {}
         if locked is None:  # no flock here: the pid decides (this host only)
             pid = holder.get("pid")
             live = holder.get("host") != socket.gethostname() or (

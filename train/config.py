@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from satpipe.data.metadata import bounded_json
 from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
 from satpipe.options import (
@@ -208,9 +209,11 @@ def run_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
     if not path.is_file():
         raise SatpipeError(f"{path}: no run config here (is {run_dir} a satpipe run directory?)")
     try:
-        saved = json.loads(path.read_text())
+        saved = bounded_json(path.read_bytes(), str(path))  # a crafted one: one line
     except json.JSONDecodeError as exc:
         raise SatpipeError(f"{path}: not valid JSON ({exc.msg})") from None
+    if not isinstance(saved, dict):
+        raise SatpipeError(f"{path}: not a run config (a JSON object)")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = {k: v for k, v in upgrade_saved(saved).items() if k in known}
     saved.update({k: v for k, v in changes.items() if v is not None})

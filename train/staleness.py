@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from satpipe.data.metadata import bounded_json
+from satpipe.errors import SatpipeError
 from satpipe.train.checkpoint import file_sha256
 
 RESULTS, MARKDOWN = "results.json", "results.md"
@@ -27,8 +29,8 @@ RESULTS, MARKDOWN = "results.json", "results.md"
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
+        found = bounded_json(path.read_bytes(), str(path))
+    except (OSError, ValueError, SatpipeError):
         return None
     return found if isinstance(found, dict) else None
 
