@@ -292,6 +292,7 @@ def test_eval_of_a_running_run_is_refused_unless_allowed(run, tmp_path):
         assert not (tmp_path / "results.json").exists()
         results = evaluate(run, out=str(tmp_path), allow_running=True, **EVAL)
     assert results["running"]["epoch"] == 1
+    assert "Evaluated while the run was training" in (tmp_path / "results.md").read_text()
 
 
 def test_results_of_a_changed_checkpoint_are_marked_stale(run, data, tmp_path):
