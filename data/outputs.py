@@ -108,14 +108,26 @@ def _store_kind(fs, root: str) -> tuple[str | None, str]:
     return None, _describe(fs, root)
 
 
+def _files(fs, root: str):
+    """Relative names of the files under `root`, lazily on local disk (a home directory given
+    by mistake is not listed whole)."""
+    if "file" in getattr(fs, "protocol", ()) or "local" in getattr(fs, "protocol", ()):
+        for top, _dirs, files in os.walk(root):
+            for name in files:
+                yield os.path.relpath(os.path.join(top, name), root)
+        return
+    for entry in fs.find(root, withdirs=False):
+        yield entry[len(root) + 1 :]
+
+
 def _describe(fs, root: str) -> str:
     if not fs.isdir(root):
         return "a file"
     names = []
-    for i, entry in enumerate(fs.find(root, withdirs=False, maxdepth=None)):
+    for i, name in enumerate(_files(fs, root)):
         if i >= LIST_LIMIT:
             break
-        names.append(entry[len(root) + 1 :])
+        names.append(name)
     if not names:
         return "an empty directory"
     shown = ", ".join(sorted(names)[:3])
@@ -127,8 +139,8 @@ def _describe(fs, root: str) -> str:
 def _only_zarr_metadata(fs, root: str) -> bool:
     """True for a zarr group whose creator died before writing its satpipe attributes: every
     file is a zarr.json (arrays are created before the attributes, chunks after)."""
-    for i, entry in enumerate(fs.find(root.rstrip("/"), withdirs=False)):
-        if i >= LIST_LIMIT or not entry.endswith("zarr.json"):
+    for i, name in enumerate(_files(fs, root.rstrip("/"))):
+        if i >= LIST_LIMIT or not name.endswith("zarr.json"):
             return False
     return True
 

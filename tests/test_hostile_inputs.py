@@ -134,6 +134,17 @@ def test_crafted_array_fields_are_one_line_in_every_reader(data, field, value, n
     open_dataset(data)  # restored
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("chunk", 0), ("chunk", -1), ("inner", 0), ("shape", "abc")]
+)
+def test_the_issues_crafted_chunks_and_shapes_are_one_line(data, field, value):
+    with _Edited(_meta(data, "train/images"), _set(field, value)):
+        _refused_quickly(lambda: open_dataset(data), "train/images")
+        _refused_quickly(lambda: store_info(data), "train/images")
+        line = CliRunner().invoke(app, ["store", "verify", data]).output.strip().splitlines()
+        assert len(line) == 1 and "train/images" in line[0]
+
+
 def test_float_labels_are_refused_by_train_and_the_loader(data, tmp_path):
     def to_float(meta):
         meta["data_type"] = "float64"
