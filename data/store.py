@@ -528,8 +528,8 @@ def open_dataset(
     return view
 
 
-# (uri, fingerprint) of dataset stores whose labels were checked in this process.
-_LABELS_CHECKED: set[tuple[str, str]] = set()
+# (uri, fingerprint, classes) of dataset stores whose labels were checked in this process.
+_LABELS_CHECKED: set[tuple[str, str, int]] = set()
 
 
 def check_labels(view: DatasetView) -> None:
@@ -537,7 +537,7 @@ def check_labels(view: DatasetView) -> None:
     values (a store edited after it was written: its writer refuses them). One read of every
     labels array (8 bytes a row), once per store and process; a labels chunk that cannot be
     read is left to the in-flight checks, which name it."""
-    key = (view.uri, str(view.attrs.get("fingerprint")))
+    key = (view.uri, str(view.attrs.get("fingerprint")), view.num_classes)
     if key in _LABELS_CHECKED:
         return
     n = view.num_classes
