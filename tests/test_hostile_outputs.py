@@ -17,7 +17,8 @@ from satpipe.data.outputs import is_run_dir, lock_path, prepare_output, store_lo
 from satpipe.data.publish import publish_store
 from satpipe.data.shapes import make_shapes
 from satpipe.errors import SatpipeError
-from satpipe.pipeline.config import SaliencyConfig
+from satpipe.pipeline.config import SaliencyConfig, ScoreConfig
+from satpipe.pipeline.quality import score_store
 from satpipe.pipeline.runner import compute_saliency
 from satpipe.train.config import TrainConfig
 from satpipe.train.trainer import train
@@ -180,6 +181,7 @@ def test_a_store_being_written_is_refused_to_every_writer_then_taken_over(tmp_pa
             lambda: compute_saliency(_saliency(data, out, overwrite=True)),
             lambda: make_shapes(out=out, overwrite=True, **SHAPES),
             lambda: publish_store(data, out, overwrite=True),
+            lambda: score_store(ScoreConfig(saliency=out)),  # scoring writes the provenance
         ):
             with pytest.raises(SatpipeError, match="another satpipe process is writing") as err:
                 write()
