@@ -33,6 +33,7 @@ from satpipe.data.integrity import (
     shard_digest,
     stored_shards,
 )
+from satpipe.data.metadata import metadata_problems
 from satpipe.data.quality_text import quality_lines
 from satpipe.data.store import (
     NORMALIZATION_RANGES,
@@ -46,6 +47,7 @@ from satpipe.data.store import (
     saliency_inventory,
     shard_rows,
     shard_slices,
+    storage_errors,
     unreadable_metadata,
 )
 from satpipe.errors import SatpipeError
@@ -499,12 +501,17 @@ def verify_store(
 
     Reads every chunk (crc32c checked). `data`: a dataset store the saliency store must
     belong to (saliency stores only). A store that cannot be opened, or is not a satpipe
-    store, is a SatpipeError rather than a problem list.
+    store, is a SatpipeError rather than a problem list. Metadata that breaks the contract
+    (satpipe.data.metadata) is the whole list: nothing else is read from such a store.
     """
+    with storage_errors(uri):
+        problems = metadata_problems(uri, storage_options)
+    if problems:
+        return problems
     group = open_group(uri, "r", storage_options)
     attrs = read_attrs(group, uri)
     kind = attrs.get("kind")
-    problems: list[str] = unreadable_metadata(group, uri)
+    problems = unreadable_metadata(group, uri)
     if problems:
         return problems  # nothing below can be read safely
     if kind == "dataset":

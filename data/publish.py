@@ -16,6 +16,7 @@ from typing import Any
 
 import fsspec
 
+from satpipe.data.outputs import prepare_output, refuse_chained, store_lock
 from satpipe.data.store import (
     ATTR,
     dataset_inventory,
@@ -108,6 +109,7 @@ def publish_store(
     reads back identically (checksums included). Returns `dst`.
     """
     src, dst = str(src), str(dst)
+    refuse_chained(dst, "DST")
     with storage_errors(src):
         group = open_group(src, "r", src_options)
         attrs = read_attrs(group, src)
@@ -130,14 +132,18 @@ def publish_store(
     if ROOT_META not in sizes:
         raise SatpipeError(f"{src}: no root {ROOT_META}; not a zarr v3 store")
 
+    with store_lock(dst, f"{attrs.get('kind')} store"):
+        return _copy(src, dst, src_fs, src_root, dst_fs, dst_root, dst_options, attrs,
+                     sizes, root_raw, root_meta, overwrite)  # fmt: skip
+
+
+def _copy(src, dst, src_fs, src_root, dst_fs, dst_root, dst_options, attrs, sizes, root_raw,
+          root_meta, overwrite) -> str:  # fmt: skip
+    """The copy itself, under the destination's lock."""
     with storage_errors(dst):
-        if dst_fs.exists(dst_root):
-            if not overwrite:
-                raise SatpipeError(f"{dst}: output exists (pass --overwrite to replace it)")
-            # Root metadata goes first, so no reader sees the old store with new chunks.
-            if dst_fs.exists(f"{dst_root}/{ROOT_META}"):
-                dst_fs.rm_file(f"{dst_root}/{ROOT_META}")
-            dst_fs.rm(dst_root, recursive=True)
+        # Only a store of the source's kind is replaced (root metadata first, so no reader
+        # sees the old store with new chunks); never the source, a link or a chained URL.
+        prepare_output(dst, attrs.get("kind"), overwrite, (src,), dst_options, flag="DST")
         dst_fs.pipe_file(f"{dst_root}/{ROOT_META}", _root_bytes(root_meta, complete=False))
 
         # Chunks before array metadata: an array appears only once its chunks are there.

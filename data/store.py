@@ -44,6 +44,8 @@ from satpipe.data.integrity import (
     inventory_problems,
     shard_size,
 )
+from satpipe.data.metadata import check_metadata
+from satpipe.data.outputs import prepare_output, store_lock
 from satpipe.errors import SatpipeError, note, os_error_line
 
 FORMAT = 1
@@ -218,6 +220,8 @@ def open_group(uri: str, mode: str = "r", storage_options: Mapping[str, Any] | N
     target = _url_store(uri, storage_options, mode == "r") if is_url(uri) else local_path(uri)
     try:
         with storage_errors(uri):
+            # Before zarr believes a shape, a chunk or a nesting depth (satpipe.data.metadata).
+            check_metadata(uri, storage_options)
             return zarr.open_group(target, mode=mode, zarr_format=3)
     except SatpipeError:
         raise
@@ -227,13 +231,18 @@ def open_group(uri: str, mode: str = "r", storage_options: Mapping[str, Any] | N
         raise SatpipeError(f"{uri}: cannot open as a zarr v3 store ({exc})") from exc
 
 
-def create_group(uri: str, overwrite: bool, storage_options: Mapping[str, Any] | None = None):
-    """Create a new store group; refuse an existing path unless `overwrite`."""
-    if store_exists(uri, storage_options):
-        if not overwrite:
-            raise SatpipeError(f"{uri}: output exists (pass --overwrite to replace it)")
-        with write_errors(uri, "over the existing store (removing it)"):
-            remove_store(uri, storage_options)
+def create_group(
+    uri: str,
+    overwrite: bool,
+    storage_options: Mapping[str, Any] | None = None,
+    kind: str | None = None,
+    inputs: Sequence[str | None] = (),
+):
+    """Create a new store group; refuse an existing path unless `overwrite`, and even then
+    anything but a satpipe store of `kind` (None: any kind), an input of the command, a link
+    or a chained URL (satpipe.data.outputs.prepare_output)."""
+    with storage_errors(uri), write_errors(uri, "over the existing store (removing it)"):
+        prepare_output(uri, kind, overwrite, inputs, storage_options)
     target = _url_store(uri, storage_options, False) if is_url(uri) else local_path(uri)
     try:
         with write_errors(uri, "the store's root"):
@@ -515,7 +524,37 @@ def open_dataset(
         legacy = view.legacy_note()
         if legacy:
             note(legacy)
+        check_labels(view)
     return view
+
+
+# (uri, fingerprint, classes) of dataset stores whose labels were checked in this process.
+_LABELS_CHECKED: set[tuple[str, str, int]] = set()
+
+
+def check_labels(view: DatasetView) -> None:
+    """Refuse labels outside [0, classes) in any split, naming the split, the rows and the
+    values (a store edited after it was written: its writer refuses them). One read of every
+    labels array (8 bytes a row), once per store and process; a labels chunk that cannot be
+    read is left to the in-flight checks, which name it."""
+    key = (view.uri, str(view.attrs.get("fingerprint")), view.num_classes)
+    if key in _LABELS_CHECKED:
+        return
+    n = view.num_classes
+    for split in view.splits:
+        try:
+            labels = np.asarray(view.split(split).labels[:])
+        except (ValueError, RuntimeError, OSError):
+            continue
+        bad = np.flatnonzero((labels < 0) | (labels >= n))
+        if bad.size:
+            rows = ", ".join(str(int(r)) for r in bad[:5]) + (" ..." if bad.size > 5 else "")
+            values = sorted({int(v) for v in labels[bad[:100]]})[:5]
+            raise SatpipeError(
+                f"{view.uri}: {split}/labels: {bad.size} label(s) outside [0, {n}) at rows "
+                f"{rows} (values {values}); the store was changed after it was written"
+            )
+    _LABELS_CHECKED.add(key)
 
 
 class _BrokenNode(Exception):
@@ -688,6 +727,7 @@ class DatasetWriter:
         overwrite: bool = False,
         rows_per_shard: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        inputs: Sequence[str | None] = (),
     ) -> None:
         if len(classes) < 1:
             raise SatpipeError(f"{uri}: a dataset needs at least one class")
@@ -698,10 +738,26 @@ class DatasetWriter:
         self.classes = [str(c) for c in classes]
         self.image_shape = tuple(int(v) for v in image_shape)
         self.split_sizes = {s: int(n) for s, n in split_sizes.items()}
-        if not overwrite and unfinished_dataset(self.uri, storage_options):
-            note(f"{self.uri}: replacing the unfinished dataset store an earlier run left there")
-            overwrite = True
-        self.group = create_group(self.uri, overwrite, storage_options)
+        # One writer per store: held until finish() or the `with` block ends.
+        self._lock = store_lock(self.uri, "dataset store").__enter__()
+        try:
+            if not overwrite and unfinished_dataset(self.uri, storage_options):
+                note(
+                    f"{self.uri}: replacing the unfinished dataset store an earlier run left there"
+                )
+                overwrite = True
+            self.group = create_group(self.uri, overwrite, storage_options, "dataset", inputs)
+            self._start(name, source, has_masks, has_boxes, rows_per_shard)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+    def _start(self, name, source, has_masks, has_boxes, rows_per_shard) -> None:
         self._attrs = {
             "kind": "dataset",
             "format": FORMAT,
@@ -760,8 +816,11 @@ class DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and not self._finished:
-            self.finish()
+        try:
+            if exc_type is None and not self._finished:
+                self.finish()
+        finally:
+            self._unlock()
 
     def write(
         self,
@@ -873,6 +932,7 @@ class DatasetWriter:
             self._attrs["complete"] = True
             write_attrs(self.group, self._attrs)
         self._finished = True
+        self._unlock()
         return self._attrs["fingerprint"]
 
 

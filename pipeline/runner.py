@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from satpipe.cluster import dask_client, run_tasks
+from satpipe.data.outputs import refuse_chained, refuse_inputs, store_lock
 from satpipe.data.store import SPLITS, open_dataset, open_group, shard_rows
 from satpipe.data.streaming import read_checked
 from satpipe.device import resolve_device
@@ -305,6 +306,16 @@ def compute_saliency(
     of the checkpoint `config.model` (in-process only; a copy runs, the module is untouched).
     """
     so = dict(config.storage_options or {})
+    # Before anything is read: an output that is an input, a chain or a link is refused, and
+    # one writer per store (a second run on the same --out waits for none: it is refused).
+    inputs = (config.data, config.model)
+    refuse_chained(config.out)
+    refuse_inputs(config.out, inputs)
+    with store_lock(str(config.out), "saliency store"):
+        return _compute_locked(config, so, inputs, on_shard_done)
+
+
+def _compute_locked(config: SaliencyConfig, so: dict, inputs, on_shard_done) -> str:
     method = get_method(config.method, **dict(config.params or {}))
     if module is not None and (config.workers or config.scheduler):
         raise SatpipeError(
@@ -352,7 +363,9 @@ def compute_saliency(
         splits=shapes,
         compute={"batch_size": config.batch_size, "amp": amp},
     )
-    group, found = open_saliency_for_write(config.out, attrs, rows_per_shard, config.overwrite, so)
+    group, found = open_saliency_for_write(
+        config.out, attrs, rows_per_shard, config.overwrite, so, inputs
+    )
     if unmark_lost_shards(group, str(config.out)):
         found = dict(found, complete=False)
     if found.get("complete"):

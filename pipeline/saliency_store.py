@@ -104,9 +104,12 @@ def create_saliency_store(
     rows_per_shard: Mapping[str, int],
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    inputs: Sequence[str | None] = (),
 ):
-    """Create the group, the `saliency` and `done` arrays of each split, then the attrs."""
-    group = create_group(uri, overwrite, storage_options)
+    """Create the group, the `saliency` and `done` arrays of each split, then the attrs.
+    `overwrite` replaces only a saliency store, never one of `inputs` (the dataset, the
+    model): satpipe.data.outputs."""
+    group = create_group(uri, overwrite, storage_options, "saliency", inputs)
     with write_errors(uri, "its arrays and attributes"):
         _create_arrays(group, attrs, rows_per_shard)
         # Attributes last: a store without them is not mistaken for one that can be resumed.
@@ -138,15 +141,19 @@ def open_saliency_for_write(
     rows_per_shard: Mapping[str, int],
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    inputs: Sequence[str | None] = (),
 ) -> tuple[Any, dict[str, Any]]:
     """(group, attrs in the store): a new store, or an existing one made for the same run.
 
     An existing store for another dataset/method/params/normalisation/seed/source/compute is a
-    SatpipeError unless `overwrite` (then it is replaced).
+    SatpipeError unless `overwrite` (then it is replaced, if it is a saliency store and not
+    one of `inputs`). The caller holds the store's lock (satpipe.data.outputs.store_lock).
     """
     if overwrite or not store_exists(uri, storage_options):
         try:
-            group = create_saliency_store(uri, attrs, rows_per_shard, overwrite, storage_options)
+            group = create_saliency_store(
+                uri, attrs, rows_per_shard, overwrite, storage_options, inputs
+            )
             return group, dict(attrs)
         except (SatpipeError, zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
             # Another process created it between our check and our create: join its store.

@@ -6,9 +6,23 @@ from __future__ import annotations
 import sys
 import threading
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (`\\n`, `\\x1b`, ...): a path holding a newline
+    or a terminal escape stays one visible line in a message."""
+    return str(text).translate(_CONTROL)
+
 
 class SatpipeError(Exception):
-    """Bad input or a refused operation. The message is one line naming the file and the problem."""
+    """Bad input or a refused operation. The message is one line naming the file and the
+    problem; control characters in it (a path with a newline, say) are escaped, so it stays
+    one line whatever the user's paths hold."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(printable(str(message)), *args)
 
 
 _NOTED: set[str] = set()
@@ -24,7 +38,7 @@ def note(message: str) -> None:
         if message in _NOTED:
             return
         _NOTED.add(message)
-    print(f"satpipe: note: {message}", file=sys.stderr, flush=True)
+    print(f"satpipe: note: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:

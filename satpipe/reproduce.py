@@ -225,8 +225,11 @@ def run_student(spec: RunSpec, preset: Preset, data: str, device: str) -> dict[s
     run = train_resumable(config)
     options = eval_options(preset, spec.seed)
     if results_path.is_file():
+        from satpipe.train.staleness import mark_if_stale
+
+        mark_if_stale(run)  # results of an earlier checkpoint say so, even if eval fails now
         results = json.loads(results_path.read_text())
-        if _evaluated_as(results, run, config.epochs, options):
+        if not results.get("stale") and _evaluated_as(results, run, config.epochs, options):
             return results
     # Not strict: a run that fails a sanity check is reported (marked in table.md, named on
     # stderr), not allowed to stop the rest of the grid.

@@ -4,7 +4,7 @@ line fails here (imports inside functions count too: a lazy import is still a de
     data      -> nothing of satpipe's stages
     pipeline  -> data, and the public model API satpipe.train.models
     train     -> data
-    core      -> core only (errors, progress, registry, options, seeding, device, ...)
+    core      -> core only (errors, locks, progress, registry, options, seeding, device, ...)
     satpipe/* (cli, reproduce, presets, bench) -> anything
 """
 
@@ -25,6 +25,7 @@ CORE = {
     "satpipe.device",
     "satpipe.cluster",
     "satpipe.stats",
+    "satpipe.locks",
 }
 ALLOWED = {
     "satpipe.data": {"satpipe.data"},

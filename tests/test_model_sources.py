@@ -4,6 +4,7 @@ they get, checkpoint records, and teacher import (`satpipe model import`)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,8 +224,12 @@ def test_import_refusals_name_the_problem(teacher, tmp_path):
     import_model(ModelImportConfig(weights=str(root / "plain.pth"), **base))
     with pytest.raises(SatpipeError, match="output exists"):
         import_model(ModelImportConfig(weights=str(root / "plain.pth"), **base))
-    with pytest.raises(SatpipeError, match="satpipe checkpoint already"):
+    with pytest.raises(SatpipeError, match="is an input of this command"):
         import_model(ModelImportConfig(weights=base["out"], **{**base, "overwrite": True}))
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(Path(base["out"]).read_bytes())
+    with pytest.raises(SatpipeError, match="satpipe checkpoint already"):
+        import_model(ModelImportConfig(weights=str(copy), **{**base, "overwrite": True}))
 
 
 def test_model_import_cli(teacher, tmp_path):

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from satpipe import locks
 from satpipe.cli import app
 from satpipe.errors import SatpipeError
-from satpipe.train import runlock
 from satpipe.train.checkpoint import load_checkpoint
 from satpipe.train.config import TrainConfig
 from satpipe.train.runlock import LOCK_NAME, RunLock
@@ -84,7 +84,7 @@ def test_a_second_trainer_is_refused_naming_the_holder_then_takes_over_when_it_d
             with pytest.raises(SatpipeError) as err:
                 train(config)
             text = str(err.value)
-            assert "\n" not in text and who in text and "another satpipe train" in text, text
+            assert "\n" not in text and who in text and "is writing this run" in text, text
         result = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--epochs", "2"])
         lines = result.output.strip().splitlines()
         assert result.exit_code == 1 and len(lines) == 1 and who in lines[0], result.output
@@ -95,7 +95,7 @@ def test_a_second_trainer_is_refused_naming_the_holder_then_takes_over_when_it_d
     assert json.loads((run / LOCK_NAME).read_text())["pid"] == holder.pid
     capsys.readouterr()
     train(_config(data, run, resume=True, epochs=2))
-    assert f"took over the lock of a run that is no longer running (pid {holder.pid}" in (
+    assert f"took over the lock of a run whose writer is no longer running (pid {holder.pid}" in (
         capsys.readouterr().err
     )
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
@@ -139,7 +139,7 @@ def test_a_stale_lock_file_is_taken_over(tmp_path):
 
 
 def test_without_flock_the_pid_and_host_decide(tmp_path, monkeypatch):
-    monkeypatch.setattr(runlock, "_flock", lambda fd: None)  # a filesystem without flock
+    monkeypatch.setattr(locks, "_flock", lambda fd: None)  # a filesystem without flock
     host = socket.gethostname()
     _lock_file(tmp_path, os.getpid(), host)  # alive, here
     with pytest.raises(SatpipeError, match=f"pid {os.getpid()} on {host}"):

@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from satpipe.data.metadata import bounded_json
 from satpipe.device import DEVICE_HELP
 from satpipe.errors import SatpipeError
 from satpipe.options import (
@@ -220,9 +221,11 @@ def run_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
     if not path.is_file():
         raise SatpipeError(f"{path}: no run config here (is {run_dir} a satpipe run directory?)")
     try:
-        saved = json.loads(path.read_text())
+        saved = bounded_json(path.read_bytes(), str(path))  # a crafted one: one line
     except json.JSONDecodeError as exc:
         raise SatpipeError(f"{path}: not valid JSON ({exc.msg})") from None
+    if not isinstance(saved, dict):
+        raise SatpipeError(f"{path}: not a run config (a JSON object)")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = {k: v for k, v in upgrade_saved(saved).items() if k in known}
     saved.update({k: v for k, v in changes.items() if v is not None})
@@ -310,6 +313,10 @@ class EvalConfig:
     device: str = option("auto", DEVICE_HELP)
     large_eps: float = option(LARGE_EPS, "Eps (/255) of the 'drives accuracy near 0' check.")
     strict: bool = option(True, "Exit non-zero when a sanity check fails.")
+    allow_running: bool = option(
+        False, "Evaluate a run that is still training (the epoch its checkpoint holds now; "
+        "recorded as `running` in results.json).",
+    )  # fmt: skip
     out: str | None = option(None, "Directory for results (default: RUN).")
     storage_options: dict[str, Any] = storage_options_field()
     large_eps_margin: float = option(0.05, cli=False)

@@ -43,6 +43,8 @@ from satpipe.train.evalset import EvalSet, load_eval_set
 from satpipe.train.measure import Measured, measure, plan, raw_accuracies
 from satpipe.train.models import load_model, probe_model
 from satpipe.train.results import results_markdown
+from satpipe.train.runlock import run_lock_holder
+from satpipe.train.staleness import mark_if_stale
 
 __all__ = [
     "clean_accuracy",
@@ -117,9 +119,22 @@ def _open_for_eval(cfg: EvalConfig):
 
     path = Path(cfg.run)
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    holder = run_lock_holder(ckpt.parent)
+    if path.is_dir():
+        mark_if_stale(path)  # results of an earlier checkpoint say so before anything else
+    if holder is not None and not cfg.allow_running:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        raise SatpipeError(
+            f"{ckpt.parent}: is being trained now ({who}); its checkpoint changes every epoch: "
+            "evaluate it when training ends, or pass --allow-running to evaluate the epoch "
+            "it holds now"
+        )
     dev = resolve_device(cfg.device)
     model, state = load_model(ckpt, dev)
     model.eval()
+    if holder is not None:  # --allow-running: say which epoch, in the results too
+        state["running"] = {"epoch": int(state.get("epoch", -1)) + 1, "pid": holder.get("pid"),
+                            "host": holder.get("host")}  # fmt: skip
     data = cfg.data or (state.get("config") or {}).get("data")
     if not data:
         raise SatpipeError(f"{ckpt}: checkpoint does not name its dataset; pass --data")
@@ -175,7 +190,9 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
     return {
         "satpipe": {"kind": "results", "format": res.FORMAT},
         "checkpoint": str(ckpt),
-        "checkpoint_sha256": file_sha256(ckpt),
+        # The digest of the file that was loaded (it may be replaced since, by a running run).
+        "checkpoint_sha256": state.get("checkpoint_sha256") or file_sha256(ckpt),
+        "running": state.get("running"),
         "variant": state.get("variant"),
         "arch": state["model"]["arch"],
         "seed": config.get("seed"),

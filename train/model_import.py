@@ -21,8 +21,15 @@ from typing import Any
 
 import torch
 
+from satpipe.data.outputs import prepare_file_output
 from satpipe.errors import SatpipeError, first_line
-from satpipe.train.checkpoint import file_sha256, model_record, save_checkpoint
+from satpipe.train.checkpoint import (
+    check_finite,
+    file_sha256,
+    is_checkpoint,
+    model_record,
+    save_checkpoint,
+)
 from satpipe.train.config import ModelImportConfig
 from satpipe.train.models import create_model, input_norm
 
@@ -134,12 +141,12 @@ def import_model(config: ModelImportConfig) -> str:
     """Write the satpipe checkpoint `config.out` for the weights `config.weights`; returns a
     one-line summary naming it."""
     path, out = Path(config.weights), Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise SatpipeError(f"{out}: output exists (pass --overwrite to replace it)")
+    prepare_file_output(out, config.overwrite, is_checkpoint, "a satpipe checkpoint", (path,))
     state, key = read_state_dict(path, config.key)
     state, stripped = strip_prefixes(state)
     ignored = [k for k in state if any(k.startswith(p) for p in config.ignore)]
     state = {k: v for k, v in state.items() if k not in ignored}
+    check_finite(state, str(path))
     what = f"{config.model} ({config.num_classes} classes, {config.in_channels} channels)"
     model = create_model(
         config.model, config.num_classes, config.in_channels, config.input_mean, config.input_std

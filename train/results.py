@@ -242,6 +242,13 @@ def results_markdown(results: dict[str, Any]) -> str:
         "the images (pooled over seeds)]; ± std over seeds.",
         "",
     ]
+    running = results.get("running")
+    if running:  # --allow-running: these numbers are of one epoch of an unfinished run
+        lines += [
+            f"**Evaluated while the run was training** (`--allow-running`): the checkpoint of "
+            f"epoch {running['epoch']}; the run's final weights will differ.",
+            "",
+        ]
     lines += _accuracy_table(results)
     lines += _stages_lines(results)
     lines += _l2_lines(results)

@@ -50,6 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from satpipe.data.outputs import check_run_output
 from satpipe.errors import SatpipeError, os_error_line
 from satpipe.progress import progress
 from satpipe.seeding import generator
@@ -62,6 +63,7 @@ from satpipe.train.models import create_model, probe_model
 from satpipe.train.perturb import alpha_schedule
 from satpipe.train.runlock import RunLock
 from satpipe.train.schedules import SCHEDULES, lr_at
+from satpipe.train.staleness import mark_stale
 from satpipe.train.variants import VARIANTS, TrainingVariant, VariantConfig
 
 __all__ = ["TrainConfig", "run_finished", "train", "train_one_epoch"]
@@ -313,8 +315,10 @@ def train(config: TrainConfig) -> Path:
     saliency), an incomplete or mismatched saliency store (the loader checks), data that differs
     from what its store recorded, an existing run without --resume or --overwrite, a resume
     whose config differs in anything but epochs/device/out. Nothing is written before these
-    checks pass.
+    checks pass. `--out` must be a new or empty directory, or a satpipe run: never a
+    directory of someone else's files, nor an input (satpipe.data.outputs).
     """
+    check_run_output(str(config.out), (config.data, config.saliency))
     with _run_lock(config):
         return _train_locked(config)
 
@@ -500,6 +504,8 @@ def _loaders(config: TrainConfig, variant: TrainingVariant, rank, world, device,
 
 
 def _prepare_dir(run: _Run, state: dict[str, Any] | None) -> None:
+    if run.start < run.passes:  # the checkpoint is about to change: its results no longer hold
+        mark_stale(run.dir, f"the run trained on from epoch {run.start + 1} after this evaluation")
     with _writing(run.dir / "config.json", "the run's config"):
         run.dir.mkdir(parents=True, exist_ok=True)
         (run.dir / "config.json").write_text(json.dumps(run.config.to_dict(), indent=2) + "\n")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from satpipe.data.outputs import refuse_chained, refuse_inputs
 from satpipe.errors import SatpipeError
 from satpipe.options import check_choice, option, storage_options_field
 from satpipe.registry import Registry
@@ -123,6 +124,8 @@ def import_dataset(fmt: str, src: str | Path, out: str, **options: Any) -> str:
     src = Path(src)
     if not src.exists():
         raise SatpipeError(f"{src}: source not found")
+    refuse_chained(str(out))
+    refuse_inputs(str(out), [str(src)])  # --overwrite must never remove the source
     return importer(src, str(out), **options)
 
 

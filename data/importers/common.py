@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from satpipe.data.outputs import prepare_output, refuse_chained
 from satpipe.data.store import store_exists, unfinished_dataset
 from satpipe.errors import SatpipeError
 
@@ -262,7 +263,11 @@ def check_output(out: str, overwrite: bool, storage_options: Mapping[str, Any] |
     """Refuse an existing output before any work is done (the writer checks again). An
     unfinished dataset store (an import that crashed or ran out of space) is not refused:
     the rerun replaces it."""
-    if overwrite or not store_exists(out, storage_options):
+    refuse_chained(out)
+    if overwrite:  # only a satpipe dataset store may be replaced: say so before the work
+        prepare_output(out, "dataset", True, (), storage_options, remove=False)
+        return
+    if not store_exists(out, storage_options):
         return
     if not unfinished_dataset(out, storage_options):
         raise SatpipeError(f"{out}: output exists (pass --overwrite to replace it)")

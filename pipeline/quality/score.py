@@ -105,7 +105,18 @@ class _Job:
 def score_store(config: ScoreConfig) -> dict[str, Any]:
     """Compute the store's quality scores; record them (unless `write=False`) under the
     provenance key `quality`, replacing any earlier record as a whole (its settings apply to
-    every score in it), and return that record (JSON-able)."""
+    every score in it), and return that record (JSON-able). Writing holds the store's lock
+    for the whole scoring: no saliency run may replace the maps being scored."""
+    import contextlib
+
+    from satpipe.data.outputs import store_lock
+
+    lock = store_lock(config.saliency, "saliency store") if config.write else None
+    with lock or contextlib.nullcontext():
+        return _score_store(config)
+
+
+def _score_store(config: ScoreConfig) -> dict[str, Any]:
     job = _open(config)
     if job.target is None:
         job.skip("localisation", f"{job.data} has no {config.split} masks or boxes")

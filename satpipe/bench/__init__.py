@@ -133,7 +133,8 @@ BENCHMARKS.register("eval", Benchmark(
 BENCHMARKS.register("integrity", Benchmark(
     "cost of the in-flight data check: shard sha256 / epoch, first epoch checked / unchecked",
     IntegrityBenchConfig, "satpipe.bench.integrity",
-    quick={"n_train": 512, "rows_per_shard": 128, "model": "smallcnn", "rounds": 1},
+    quick={"n_train": 512, "rows_per_shard": 128, "model": "smallcnn", "rounds": 1,
+           "checkpoint_mb": 10},  # fmt: skip
     # 7 resnet10 epochs of 4096 rows are minutes on 2 cores; the figures are ratios to an
     # epoch, and hashing and an epoch both scale with the rows.
     cpu={"n_train": 1024, "rows_per_shard": 256},

@@ -265,9 +265,19 @@ class IntegrityBenchConfig:
     batch_size: int = option(128, "Images per batch.")
     rounds: int = option(3, "Timed rounds, with and without the check alternated.")
     device: str = option("auto", DEVICE_HELP)
+    checkpoint_mb: float = option(
+        102.2, "MB of random float32 tensors in the checkpoint whose digest check is timed "
+        "(102.2: a ResNet-50's 25.6M parameters).",
+    )  # fmt: skip
+    epochs: bool = option(
+        True, "Time the data check against epochs (--no-epochs: only the checkpoint digest "
+        "and the metadata checks).",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        if self.checkpoint_mb <= 0:
+            raise SatpipeError(f"--checkpoint-mb must be positive, got {self.checkpoint_mb}")
         self.variant = check_choice(self.variant, _VARIANTS, "variant")
         check_model_options(self.model, None, None)
         for value, flag in (

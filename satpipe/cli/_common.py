@@ -103,6 +103,11 @@ def _show(value: Any) -> str | bool:
     return str(value)
 
 
+def _joined_list(values: list[str], kind: type, flag: str) -> tuple:
+    """Every value of a repeated list option, in order (each may hold commas)."""
+    return parse_list(",".join(values), kind=kind, flag=flag)
+
+
 def config_options(
     config_cls: type, exclude: tuple[str, ...] = ()
 ) -> tuple[list[inspect.Parameter], dict[str, Any], dict[str, Callable[[Any], Any]]]:
@@ -130,8 +135,10 @@ def config_options(
                 annotation = list[str] | None
                 convert[f.name] = functools.partial(parse_pairs, flag=flag, value=parse_json_value)
             elif kind == "list":
-                annotation = str | None
-                convert[f.name] = functools.partial(parse_list, kind=elem, flag=flag)
+                # Repeatable, and each value may itself be comma-separated: `-a autoattack -a
+                # pgd` and `-a autoattack,pgd` are the same list (none is silently dropped).
+                annotation = list[str] | None
+                convert[f.name] = functools.partial(_joined_list, kind=elem, flag=flag)
             else:
                 annotation = (elem if elem in (int, float) else str) | None
         if f.metadata.get("choices") is not None:

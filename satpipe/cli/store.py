@@ -13,6 +13,7 @@ from satpipe.cli._common import (
     storage_options,
     sub_app,
 )
+from satpipe.errors import printable
 from satpipe.pipeline.config import ScoreConfig
 
 store_app = sub_app("store", "Inspect, verify, score and publish stores.")
@@ -46,10 +47,10 @@ def store_verify_cmd(
 
     problems = verify_store(uri, data=data, storage_options=storage_options(storage_option))
     for problem in problems:
-        typer.echo(f"satpipe: verify: {uri}: {problem}", err=True)
+        typer.echo(printable(f"satpipe: verify: {uri}: {problem}"), err=True)
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"{uri}: ok")
+    typer.echo(printable(f"{uri}: ok"))
 
 
 @store_app.command("publish")
