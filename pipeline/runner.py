@@ -312,10 +312,12 @@ def compute_saliency(
     refuse_chained(config.out)
     refuse_inputs(config.out, inputs)
     with store_lock(str(config.out), "saliency store"):
-        return _compute_locked(config, so, inputs, on_shard_done)
+        return _compute_locked(config, so, inputs, on_shard_done, module)
 
 
-def _compute_locked(config: SaliencyConfig, so: dict, inputs, on_shard_done) -> str:
+def _compute_locked(
+    config: SaliencyConfig, so: dict, inputs, on_shard_done, module: nn.Module | None
+) -> str:
     method = get_method(config.method, **dict(config.params or {}))
     if module is not None and (config.workers or config.scheduler):
         raise SatpipeError(
