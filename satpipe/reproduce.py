@@ -740,7 +740,8 @@ def write_claims(out: Path, summary, records) -> list[dict[str, Any]]:
     from satpipe.train import claims as tests
 
     adv, std = f"-{SOURCES['adv'][1]}-", f"-{SOURCES['std'][1]}-"
-    pairs = [(row, row.replace(adv, std)) for row in summary if adv in row]
+    pairs = [(row, row.replace(adv, std)) for row in summary
+             if adv in row and not row.endswith(SHUFFLED)]  # fmt: skip
     twins = [(row, row + SHUFFLED) for row in summary if row + SHUFFLED in summary]
     claims = tests.pair_claims(
         records, out, twins, "the map's content matters: SAT(store) > SAT(shuffled): "
