@@ -96,6 +96,7 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     assert sections[0].startswith(content + "sat > sat shuffled:"), sections[:3]
     assert sum(line.startswith(content) for line in sections) == 3  # masks, std and adv maps
     assert any("the map adds to sign noise: sat > SAT without saliency" in ln for ln in sections)
+    assert not any("source" in line and "shuffled" in line for line in sections)
     twins = [r for r in runs if r["row"].endswith(" shuffled")]
     assert {r["group"] for r in twins} == {"content"} and len(twins) == 3
     for r in twins:
