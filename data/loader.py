@@ -132,6 +132,7 @@ class PairLoader:
         io_threads: int = 4,
         verify: bool = True,
         exclude_rows: Any = None,
+        map_rows: Any = None,
     ) -> None:
         self.dataset = dataset
         self.split = split
@@ -165,6 +166,7 @@ class PairLoader:
         maps = saliency_view.split(split) if saliency_view is not None else None
         self.saliency_channels = int(maps.shape[3]) if maps is not None else None
         self.excluded = _excluded_rows(exclude_rows, self.num_rows, dataset.uri, split)
+        self.map_rows = _map_rows(map_rows, self.num_rows, dataset.uri, split)
         # The rows an epoch covers (None: all); a permutation of positions maps through it.
         self._kept = None
         if len(self.excluded):
@@ -208,13 +210,16 @@ class PairLoader:
 
     # ---- resident ------------------------------------------------------------------------
 
-    def _reader(self) -> ShardReader:
+    def _reader(self, permuted: bool = True) -> ShardReader:
+        """A reader of this split; `permuted`: maps through `map_rows` (streaming reads them
+        so, row by row; the resident copy reads them in order and permutes once)."""
         return ShardReader(
             self.dataset.uri,
             self.saliency_view.uri if self.saliency_view is not None else None,
             self.split,
             self.storage_options,
             check=None if self._checked else self._check,
+            map_rows=self.map_rows if permuted else None,
         )
 
     def finish_check(self) -> None:
@@ -238,7 +243,7 @@ class PairLoader:
         self._checked = True
 
     def _load_resident(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        reader = self._reader()
+        reader = self._reader(permuted=False)
         # Older stores: the split is read whole and in order, so its fingerprint part comes free.
         whole = Fingerprint() if self._check is None and not self._checked else None
         slices = shard_slices(self.num_rows, shard_rows(self._images_array))
@@ -261,6 +266,8 @@ class PairLoader:
                 advance()
         if whole is not None:
             record_whole_split(self.dataset, self.split, whole)
+        if maps is not None and self.map_rows is not None:
+            maps = maps[torch.from_numpy(self.map_rows).to(self.device)]
         return images, maps, labels
 
     def _resident_order(self) -> torch.Tensor:
@@ -353,6 +360,16 @@ def _excluded_rows(rows: Any, n: int, uri: str, split: str) -> np.ndarray:
     return out
 
 
+def _map_rows(rows: Any, n: int, uri: str, split: str) -> np.ndarray | None:
+    """The map row of every image (a permutation of the split's rows), or None: its own."""
+    if rows is None:
+        return None
+    out = np.asarray(rows, dtype=np.int64)
+    if out.shape != (n,) or not np.array_equal(np.sort(out), np.arange(n)):
+        raise SatpipeError(f"{uri}: map_rows must be a permutation of the {n} rows of '{split}'")
+    return out
+
+
 def _without(sl: slice, excluded: np.ndarray) -> list[slice]:
     """The runs of rows of `sl` (one shard) that are not in `excluded` (sorted)."""
     lo, hi = np.searchsorted(excluded, [sl.start, sl.stop])
@@ -407,6 +424,7 @@ def make_loader(
     io_threads: int = 4,
     verify: bool = True,
     exclude_rows: Any = None,
+    map_rows: Any = None,
 ) -> PairLoader:
     """Open `dataset` (and `saliency`, checked complete and paired row for row) as a PairLoader.
 
@@ -418,6 +436,8 @@ def make_loader(
     `io_threads` threads. `verify` checks the data in flight against the digests recorded at
     write time (see the module docstring); off only to measure what it costs.
     `io_threads` threads. `exclude_rows`: row indices of the split never yielded.
+    `map_rows`: (N,) permutation of the split's rows, image i paired with the map of row
+    `map_rows[i]` (the shuffled pairing, satpipe.train.pairing); None: each image its own map.
     """
     mode = check_choice(mode, LoaderMode, "loader mode")
     if batch_size < 1:
@@ -458,4 +478,5 @@ def make_loader(
         io_threads=io_threads,
         verify=verify,
         exclude_rows=exclude_rows,
+        map_rows=map_rows if sal is not None else None,
     )

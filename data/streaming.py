@@ -62,8 +62,10 @@ class ShardReader:
         split: str,
         storage_options: Mapping[str, Any] | None = None,
         check: ShardCheck | None = None,
+        map_rows: np.ndarray | None = None,
     ) -> None:
         self.dataset_uri = dataset_uri
+        self.map_rows = map_rows
         self.saliency_uri = saliency_uri
         self.split = split
         self.storage_options = dict(storage_options or {})
@@ -100,10 +102,30 @@ class ShardReader:
         )
         x, y = rows["images"], rows["labels"].astype(np.int64, copy=False)
         s = None
-        if maps is not None:
+        if maps is not None and self.map_rows is not None:
+            s = read_permuted(maps, self.map_rows[start:stop], self.saliency_uri)
+            check_finite(s, self.saliency_uri, self.split, start)
+        elif maps is not None:
             s = read_rows(maps, start, stop, self.saliency_uri)
             check_finite(s, self.saliency_uri, self.split, start)
         return x, s, y
+
+
+def read_permuted(array, rows: np.ndarray, uri: str) -> np.ndarray:
+    """Rows `rows` (any order) of a store array, in that order: the maps of a shuffled
+    pairing. Each chunk they touch is read once per call (scattered rows cost more chunk
+    reads than a contiguous range: the price of the content control when streaming)."""
+    order = np.argsort(rows, kind="stable")
+    try:
+        picked = np.asarray(array.get_orthogonal_selection((rows[order],)))
+    except (ValueError, RuntimeError, OSError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SatpipeError(
+            f"{uri}: {array.path} rows unreadable ({reason}); run `satpipe store verify` on it"
+        ) from exc
+    out = np.empty_like(picked)
+    out[order] = picked
+    return out
 
 
 def read_rows(array, start: int, stop: int, uri: str) -> np.ndarray:

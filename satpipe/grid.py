@@ -43,11 +43,12 @@ def train_work(preset: Preset, variant: str, epochs: int) -> float:
     return epochs * (n_train * cost.work + n_test) * _pixels(preset)
 
 
-def eval_work(preset: Preset) -> float:
+def eval_work(preset: Preset, content: bool = False) -> float:
     """`evaluate`: FGSM and PGD at each eps of the grid (and 0), the large-eps and
-    double-steps checks, on the test split."""
+    double-steps checks, on the test split (a content-test row: the preset's content eps)."""
     _, n_test = _rows(preset)
-    grid = len(set(preset.eval_eps) | {0})
+    eps = preset.content_eval_eps if content and preset.content_eval_eps else preset.eval_eps
+    grid = len(set(eps) | {0})
     passes = grid * (1 + preset.eval_steps) + 3 * preset.eval_steps
     return n_test * _pixels(preset) * passes * PASS
 
@@ -74,8 +75,8 @@ def score_work(preset: Preset, method: str, n: int, steps: int = 16, blocks: int
     return work * _pixels(preset)
 
 
-def run_work(preset: Preset, variant: str) -> float:
-    return train_work(preset, variant, preset.epochs) + eval_work(preset)
+def run_work(preset: Preset, variant: str, content: bool = False) -> float:
+    return train_work(preset, variant, preset.epochs) + eval_work(preset, content)
 
 
 def total_work(steps: Sequence[tuple[str, float]]) -> float:

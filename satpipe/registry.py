@@ -42,6 +42,7 @@ REGISTRY_MODULES: dict[str, str] = {
     "scores": "satpipe.pipeline.quality",
     "variants": "satpipe.train.variants",
     "schedules": "satpipe.train.schedules",
+    "alpha-schedules": "satpipe.train.alpha_schedules",
     "attacks": "satpipe.train.attacks",
     "distortions": "satpipe.train.distortions",
     "importers": "satpipe.data.importers",

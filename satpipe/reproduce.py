@@ -85,6 +85,7 @@ class RunSpec:
     saliency: str | None
     out: str
     options: tuple[tuple[str, Any], ...] = ()  # TrainConfig fields on top of the preset's
+    content: bool = False  # a row of the content test (the preset's content_* evaluation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +172,8 @@ def train_config(preset: Preset, **fields: Any):
         eps=preset.eps,
         attack_steps=preset.attack_steps,
         attack_step_size=preset.attack_step_size,
+        alpha_schedule=preset.alpha_schedule,
+        alpha_horizon=preset.alpha_horizon,
     )
     base.update(fields)
     return TrainConfig(**base)
@@ -223,7 +226,7 @@ def run_student(spec: RunSpec, preset: Preset, data: str, device: str) -> dict[s
         **dict(spec.options),
     )
     run = train_resumable(config)
-    options = eval_options(preset, spec.seed)
+    options = eval_options(preset, spec.seed, spec.content)
     if results_path.is_file():
         from satpipe.train.staleness import mark_if_stale
 
@@ -236,19 +239,26 @@ def run_student(spec: RunSpec, preset: Preset, data: str, device: str) -> dict[s
     return evaluate(run, device=device, strict=False, **options)
 
 
-def eval_options(preset: Preset, seed: int) -> dict[str, Any]:
+def eval_options(preset: Preset, seed: int, content: bool = False) -> dict[str, Any]:
     """`evaluate` options of one run: the paper's protocol (FGSM, PGD over the preset's eps
-    grid, the run's seed for the random starts) plus the preset's AutoAttack column."""
+    grid, the run's seed for the random starts) plus the preset's AutoAttack column; a row of
+    the content test (`content`) with the preset's cheaper content_* settings."""
+    eps = preset.content_eval_eps if content and preset.content_eval_eps else preset.eval_eps
     options: dict[str, Any] = dict(
-        attacks=("fgsm", "pgd"), eps=preset.eval_eps, steps=preset.eval_steps,
+        attacks=("fgsm", "pgd"), eps=eps, steps=preset.eval_steps,
         step_size=preset.eval_step_size, seeds=(seed,),
     )  # fmt: skip
-    if preset.check_examples is not None:
-        options["check_examples"] = preset.check_examples
+    checks = preset.check_examples
+    if content and preset.content_check_examples is not None:
+        checks = preset.content_check_examples
+    if checks is not None:
+        options["check_examples"] = checks
     if preset.distortions:
         options["distortions"] = preset.distortions
     seeds = preset.autoattack_seeds
     if preset.autoattack_eps is None or (seeds is not None and seed not in seeds):
+        return options
+    if content and not preset.content_autoattack:
         return options
     options["attacks"] += ("autoattack",)
     options["attack_eps"] = {"autoattack": (preset.autoattack_eps,)}
@@ -274,6 +284,13 @@ def _evaluated_as(results: dict[str, Any], run: Path, epochs: int, options) -> b
     )
 
 
+SHUFFLED = " shuffled"  # the twin of a SAT row: the same store, maps given to other images
+NO_SALIENCY = "SAT without saliency"  # SAT with constant alpha = 1: sign noise only
+CONTENT_VARIANTS = ("sat", "original-noise")  # the weak grid's rows of the content test
+_SHUFFLED_OPTIONS = (("saliency_pairing", "shuffled"),)
+_NO_SALIENCY_OPTIONS = (("alpha_base", 1.0), ("alpha_schedule", "constant"))
+
+
 def plan_runs(
     preset: Preset,
     out: Path,
@@ -281,27 +298,45 @@ def plan_runs(
     weak: str | None,
     study: dict[tuple, str],
     frontier_seeds: Sequence[int] | None = None,
+    grid_seeds: Sequence[int] | None = None,
 ) -> list[RunSpec]:
-    """Every student run: the nine-variant grid on weak saliency, the method study, then the
-    frontier's baselines that the grid does not run already (at `frontier_seeds`)."""
+    """Every student run: the nine-variant grid on weak saliency with the content test's rows
+    (SAT's shuffled twin, SAT without saliency), the method study (each SAT row with its
+    shuffled twin), then the frontier's baselines that the grid does not run already (at
+    `frontier_seeds`). The content test runs at `seeds`, the rest at `grid_seeds` (None:
+    `seeds`)."""
     from satpipe.train.variants import PAPER_VARIANTS, VARIANTS
 
     specs: list[RunSpec] = []
+    rest = tuple(grid_seeds) if grid_seeds else tuple(seeds)
 
-    def add(row, group, variant, saliency, seeds_=seeds, options=()) -> None:
+    def add(row, group, variant, saliency, seeds_=rest, options=(), content=False) -> None:
         needs = VARIANTS.get(variant).needs_saliency
         for seed in seeds_:
             run_dir = out / "runs" / _slug(row) / f"seed{seed}"
             specs.append(RunSpec(row, group, variant, seed, saliency if needs else None,
-                                 str(run_dir), tuple(options)))  # fmt: skip
+                                 str(run_dir), tuple(options), content))  # fmt: skip
+
+    def content(row, group, saliency, twin: bool = True) -> None:
+        """A SAT row of the content test, and its shuffled twin."""
+        add(row, group, "sat", saliency, seeds, content=True)
+        if preset.shuffled_twins and twin:
+            add(row + SHUFFLED, "content", "sat", saliency, seeds, _SHUFFLED_OPTIONS, True)
 
     grid = tuple(preset.variants or PAPER_VARIANTS) if weak else ()
     for variant in grid:
-        add(variant, "weak", variant, weak)
+        if variant == "sat":
+            content(variant, "weak", weak)
+        else:
+            on_test = variant in CONTENT_VARIANTS
+            add(variant, "weak", variant, weak, seeds if on_test else rest, content=on_test)
+    if weak and preset.no_saliency_row:
+        add(NO_SALIENCY, "content", "sat", weak, seeds, _NO_SALIENCY_OPTIONS, True)
     for variant in preset.study_baselines:
-        add(variant, "methods", variant, None)
+        add(variant, "methods", variant, None, seeds)
     for (source, method), store in study.items():
-        add(study_row(preset, source, method), "methods", "sat", store)
+        # A model-free control's maps know nothing of the image: no twin to compare.
+        content(study_row(preset, source, method), "methods", store, twin=source is not None)
     for variant in preset.frontier:
         if variant in grid:
             continue  # the grid's runs are the frontier's points
@@ -311,7 +346,7 @@ def plan_runs(
                 "store, and the preset has no weak_method"
             )
         options = sorted(preset.frontier_options.get(variant, {}).items())
-        add(variant, "frontier", variant, weak, frontier_seeds or seeds, options)
+        add(variant, "frontier", variant, weak, frontier_seeds or rest, options)
     return specs
 
 
@@ -363,7 +398,8 @@ def reproduce(config: ReproduceConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "preset.json").write_text(json.dumps(asdict(preset), indent=2) + "\n")
     frontier_seeds = tuple(config.seeds) if config.seeds else preset.frontier_seeds
-    plan = _GridPlan(preset, out, seeds, frontier_seeds)
+    grid_seeds = tuple(config.seeds) if config.seeds else preset.grid_seeds
+    plan = _GridPlan(preset, out, seeds, frontier_seeds, grid_seeds)
     with grid_progress(f"reproduce {preset.name}", plan.total) as bar:
         with plan.step(bar, "data"):
             data = build_data(preset, out, config.data_root)
@@ -385,7 +421,7 @@ def reproduce(config: ReproduceConfig) -> Path:
                 )
         weak = next((s.uri for s in stores if s.row == "sat" and s.source is None), None)
         study = {(s.source, s.method): s.uri for s in stores if s.row != "sat"}
-        specs = plan_runs(preset, out, seeds, weak, study, frontier_seeds)
+        specs = plan_runs(preset, out, seeds, weak, study, frontier_seeds, grid_seeds)
         results = _run_all(specs, preset, data, config, on_done=plan.run_done(bar))
         records = [_record(spec, res, out) for spec, res in zip(specs, results, strict=True)]
         frontier = _frontier_records(preset, specs, results)
@@ -477,7 +513,12 @@ class _GridPlan:
     """The grid's steps and their estimated work (satpipe.grid), for the one bar."""
 
     def __init__(
-        self, preset: Preset, out: Path, seeds: Sequence[int], frontier_seeds: Sequence[int] | None
+        self,
+        preset: Preset,
+        out: Path,
+        seeds: Sequence[int],
+        frontier_seeds: Sequence[int] | None,
+        grid_seeds: Sequence[int] | None = None,
     ) -> None:
         from satpipe import grid
 
@@ -495,8 +536,8 @@ class _GridPlan:
         weak = next((s.uri for s in stores if s.row == "sat" and s.source is None), None)
         study = {(s.source, s.method): s.uri for s in stores if s.row != "sat"}
         self.runs = {
-            spec.out: grid.run_work(preset, spec.variant)
-            for spec in plan_runs(preset, out, seeds, weak, study, frontier_seeds)
+            spec.out: grid.run_work(preset, spec.variant, spec.content)
+            for spec in plan_runs(preset, out, seeds, weak, study, frontier_seeds, grid_seeds)
         }
         work["report"] = 0.01 * sum(work.values())
         self.work = work
@@ -559,6 +600,12 @@ def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]
         # Results written before epoch times were recorded: read them from the run's metrics.
         "epoch_time_s": results.get("epoch_time_s") or epoch_times(Path(spec.out)) or [],
         "checks_passed": results.get("checks_passed"),
+        # What SAT took from its map (share) and how much it perturbed (mean |delta| / eps of
+        # the cheap perturbation: SAT's measured; uniform noise's expected |U(-1, 1)| = 0.5).
+        "saliency_share": (results.get("saliency_use") or {}).get("share"),
+        "map_delta": (results.get("saliency_use") or {}).get("map_delta"),
+        "perturbation": (results.get("saliency_use") or {}).get("perturbation")
+        or (0.5 if spec.variant.endswith("noise") else None),
         "run": run.as_posix(),
         "correct": (run / results["correct"]["file"]).as_posix(),
     }
@@ -644,13 +691,18 @@ def write_table(out: Path, preset: Preset, summary, records) -> Path:
     ]
     groups = (
         ("weak", "Weak saliency (masks/boxes)"),
+        ("content", "Content control: shuffled pairing (the same maps, another image's) and "
+                    "SAT without saliency (alpha = 1)"),
         ("methods", "Saliency methods"),
         ("frontier", "Cheap-robustness baselines (see frontier.md)"),
-    )
+    )  # fmt: skip
     for group, title in groups:
         table = report.markdown_table(summary, group, extra=("autoattack",))
         if table:
             sections.append(f"## {title}\n\n{table}")
+    shares = share_table(records)
+    if shares:
+        sections.append(shares)
     seeds = sorted({r["seed"] for r in records})
     sections.append(
         f"{'mean ± std over seeds' if len(seeds) > 1 else 'seed'} {seeds} "
@@ -673,17 +725,70 @@ def write_table(out: Path, preset: Preset, summary, records) -> Path:
     return path
 
 
+def share_table(records: Sequence[dict[str, Any]]) -> str:
+    """table.md's section on what each SAT row took from its maps: the realised share of
+    perturbation elements from the map, the mean |delta| / eps of that part and of the whole
+    SAT perturbation, mean ± std over seeds ("" when no row recorded any)."""
+    import numpy as np
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("saliency_share") is not None:
+            rows.setdefault(r["row"], []).append(r)
+    if not rows:
+        return ""
+
+    def cell(runs, key: str, scale: float = 1.0, digits: int = 3) -> str:
+        values = [scale * r[key] for r in runs if r.get(key) is not None]
+        if not values:
+            return "–"
+        sd = f" ± {np.std(values):.{digits}f}" if len(values) > 1 else ""
+        return f"{np.mean(values):.{digits}f}{sd}"
+
+    lines = [
+        "## What SAT took from its maps",
+        "",
+        "Share: perturbation elements SAT took from the map (the rest are random signs), over "
+        "the whole run; |δ|/ε: mean size of the map part, and of SAT's whole perturbation "
+        "(1 for a sign, |s| for a map element). Mean ± std over seeds.",
+        "",
+        "| SAT row | seeds | share from the map (%) | map part \\|δ\\|/ε | whole \\|δ\\|/ε |",
+        "|---|---|---|---|---|",
+    ]
+    for row, runs in rows.items():
+        seeds = sorted(int(r["seed"]) for r in runs)
+        lines.append(
+            f"| {row} | {seeds} | {cell(runs, 'saliency_share', 100, 1)} | "
+            f"{cell(runs, 'map_delta')} | {cell(runs, 'perturbation')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_claims(out: Path, summary, records) -> list[dict[str, Any]]:
-    """claims.md: the paper's orderings and the source claim by paired tests, and the
-    training-time claims."""
+    """claims.md: first the content test (SAT on each store against its shuffled twin, and
+    against SAT without saliency), then the paper's orderings and the source claim by paired
+    tests, and the training-time claims; a comparison of rows that perturbed by different
+    amounts says so."""
     from satpipe.train import claims as tests
 
     adv, std = f"-{SOURCES['adv'][1]}-", f"-{SOURCES['std'][1]}-"
-    pairs = [(row, row.replace(adv, std)) for row in summary if adv in row]
-    claims = tests.ordering_claims(records, out, "weak")
+    pairs = [(row, row.replace(adv, std)) for row in summary
+             if adv in row and not row.endswith(SHUFFLED)]  # fmt: skip
+    twins = [(row, row + SHUFFLED) for row in summary if row + SHUFFLED in summary]
+    claims = tests.pair_claims(
+        records, out, twins, "the map's content matters: SAT(store) > SAT(shuffled): "
+        "{better} > {worse}",
+    )  # fmt: skip
+    if NO_SALIENCY in summary:
+        claims += tests.pair_claims(
+            records, out, [(row, NO_SALIENCY) for row, _ in twins],
+            "the map adds to sign noise: {better} > {worse}",
+        )  # fmt: skip
+    claims += tests.ordering_claims(records, out, "weak")
     claims += tests.pair_claims(records, out, pairs, "adversarial source > standard source "
                                 "({better} vs {worse})")  # fmt: skip
     claims += tests.time_claims(records, "weak")
+    tests.note_perturbation_sizes(claims, records)
     (out / "claims.md").write_text(tests.claims_markdown(claims))
     return claims
 
@@ -729,6 +834,7 @@ def write_quality_report(
             "store": Path(s.uri).relative_to(out).as_posix(),
             "row": s.row,
             "quality": s.quality,
+            "mean_abs": mean_abs_saliency(s.uri),  # SAT's map part perturbs by this x eps
         }
         for s in stores
     ]
@@ -746,6 +852,22 @@ def write_quality_report(
     (out / "saliency-quality.json").write_text(
         json.dumps(payload, indent=2, default=_jsonable) + "\n"
     )
+
+
+def mean_abs_saliency(uri: str, split: str = "train") -> float:
+    """Mean |s| over every element of a store's `split` maps (read a shard at a time): how
+    much of eps SAT's map part perturbs by (masks: 1; signed-maxabs maps: mostly less)."""
+    import numpy as np
+
+    from satpipe.data.store import open_saliency, shard_rows, shard_slices
+
+    maps = open_saliency(uri, require_complete=False).split(split)
+    total, count = 0.0, 0
+    for sl in shard_slices(int(maps.shape[0]), shard_rows(maps)):
+        block = np.abs(np.asarray(maps[sl], dtype=np.float64))
+        total += float(block.sum())
+        count += block.size
+    return total / max(count, 1)
 
 
 def _jsonable(value: Any) -> Any:

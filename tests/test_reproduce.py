@@ -47,9 +47,10 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
     assert str(out / "sources" / "std") not in trained
     report = json.loads((out / "results.json").read_text())
     runs = report["runs"]
-    # 4 weak-grid variants + SAT on 2 sources' maps + SAT on the random control + the
-    # frontier's 5 baselines not in the grid
-    assert len(runs) == len(trained) + 2 == 4 + 2 + 1 + 5
+    # 4 weak-grid variants + the content test's SAT(masks, shuffled) and SAT without saliency
+    # + SAT on 2 sources' maps and their shuffled twins + SAT on the random control (no twin:
+    # its maps know nothing of the image) + the frontier's 5 baselines not in the grid
+    assert len(runs) == len(trained) + 2 == 4 + 2 + 2 * 2 + 1 + 5
     names = ("table.md", "time.md", "claims.md", "robustness.png", "saliency.png")
     quality_files = ("saliency-quality.md", "quality-vs-robustness.png", "saliency-quality.json")
     for name in (*names, *quality_files, "frontier.png", "frontier.md", "distortions.png"):
@@ -97,6 +98,26 @@ def test_tiny_preset_end_to_end_resumes_without_redoing_finished_runs(
         assert run["n"]["autoattack"]["8"] == 12 and run["robust"]["8"] <= run["pgd"]["8"]
     claims = (out / "claims.md").read_text()
     assert "## SAT > Original + Uniform-Noise > Original:" in claims and "| AA | 8 |" in claims
+    # The content test opens claims.md: each store's SAT row against its shuffled twin,
+    # then against SAT without saliency.
+    sections = [line for line in claims.splitlines() if line.startswith("## ")]
+    content = "## the map's content matters: SAT(store) > SAT(shuffled): "
+    assert sections[0].startswith(content + "sat > sat shuffled:"), sections[:3]
+    assert sum(line.startswith(content) for line in sections) == 3  # masks, std and adv maps
+    assert any("the map adds to sign noise: sat > SAT without saliency" in ln for ln in sections)
+    assert not any("source" in line and "shuffled" in line for line in sections)
+    twins = [r for r in runs if r["row"].endswith(" shuffled")]
+    assert {r["group"] for r in twins} == {"content"} and len(twins) == 3
+    for r in twins:
+        pairing = json.loads((out / r["run"] / "pairing.json").read_text())
+        assert pairing["pairing"] == "shuffled" and pairing["rows"] == 96
+        assert r["saliency_share"] > 0.5  # progress over one epoch: most from the map
+    no_saliency = next(r for r in runs if r["row"] == "SAT without saliency")
+    assert no_saliency["saliency_share"] == 0.0 and no_saliency["perturbation"] == 1.0
+    assert "## What SAT took from its maps" in table and "| sat shuffled | [0] |" in table
+    assert "mean \\|s\\|" in (out / "saliency-quality.md").read_text()
+    mean_abs = {p["label"]: p["mean_abs"] for p in quality["points"]}
+    assert mean_abs["mask"] == 1.0 and 0 < mean_abs["std smoothgrad"] < 1
 
     before = {
         p: (out / p).read_bytes() for p in ("table.md", "results.json", "claims.md", "frontier.md")

@@ -207,6 +207,45 @@ def time_replicates(
     return ratios, seeds, unit
 
 
+# Relative difference in mean |delta| / eps above which two compared rows are said to have
+# perturbed by different amounts (a gain may then be the size, not the direction).
+SIZE_RATIO = 1.1
+
+
+def note_perturbation_sizes(claims: Sequence[dict[str, Any]], records) -> None:
+    """Add `sizes` ({column: mean |delta| / eps}) and a `note` to every ordering or pair
+    claim whose compared rows perturbed by different amounts: the records' `perturbation`
+    (SAT's measured mean |delta| / eps, uniform noise's 0.5), averaged over seeds; columns are
+    row names, or variant titles for the weak grid's orderings."""
+    by_row: dict[str, list[float]] = {}
+    by_title: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("perturbation") is None:
+            continue
+        by_row.setdefault(r["row"], []).append(float(r["perturbation"]))
+        if r.get("group") == "weak":
+            by_title.setdefault(title(r["variant"]), []).append(float(r["perturbation"]))
+    for c in claims:
+        if c.get("kind") != "ordering":
+            continue
+        sizes = {}
+        for col in c["columns"]:
+            values = by_row.get(col) or by_title.get(col)
+            if values:
+                sizes[col] = float(np.mean(values))
+        if len(sizes) < 2:
+            continue
+        c["sizes"] = sizes
+        lo, hi = min(sizes.values()), max(sizes.values())
+        if hi > SIZE_RATIO * lo:
+            c["note"] = (
+                "the compared rows perturbed by different amounts (mean |δ|/ε of the cheap "
+                "perturbation: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in sizes.items())
+                + "): a difference may be the perturbation's size, not its direction"
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # claims.md
 
@@ -251,6 +290,8 @@ def _ordering_lines(c: dict[str, Any]) -> list[str]:
             f"not significant in {counts['not significant']}"
         )
     lines = [f"## {c['claim']}: {summary}", ""]
+    if c.get("note"):
+        lines += [f"Note: {c['note']}.", ""]
     if not tested:
         return lines
     cols = c["columns"]

@@ -37,6 +37,8 @@ class Optimizer(str, Enum):
 RESUMABLE_CHANGES = frozenset({"epochs", "resume", "overwrite", "device", "out"})
 _VARIANTS = "satpipe.train.variants:VARIANTS"
 _SCHEDULES = "satpipe.train.schedules:SCHEDULES"
+_ALPHA_SCHEDULES = "satpipe.train.alpha_schedules:ALPHA_SCHEDULES"
+_PAIRINGS = ("matched", "shuffled")
 _LOADER_MODES = "satpipe.data.loader:LoaderMode"
 # PGD eps (/255) of the "a very large eps drives accuracy near chance" sanity check.
 LARGE_EPS = 64.0
@@ -98,7 +100,24 @@ class TrainConfig:
     attack_steps: int = option(7, "K: PGD/TRADES training steps.")
     attack_step_size: float = option(2.0, "Attack step, /255 units.")
     p_mix: float = option(0.5, "Chance a mixed variant's batch trains on x_sat/x_noise.")
-    alpha_base: float = option(0.6, "a in alpha_t = a^(t/10).")
+    alpha_schedule: str = option(
+        "progress",
+        "SAT's alpha (chance an element is noise, not the map): progress = a^(p*H/10) with p "
+        "the share of the run done, per step (the paper's 100-epoch curve on any run length); "
+        "epoch = a^(t/10) per epoch t (the paper's code: mostly noise on short runs); "
+        "constant = a (1: SAT without saliency, 0: the map alone).",
+        choices=_ALPHA_SCHEDULES,
+    )
+    alpha_base: float = option(0.6, "a of the alpha schedule, in [0, 1].")
+    alpha_horizon: float = option(
+        100.0, "H of --alpha-schedule progress: the run is mapped onto H epochs (paper: 100)."
+    )
+    saliency_pairing: str = option(
+        "matched",
+        "matched: each image gets its own map; shuffled: the map of another image of the "
+        "split (a seeded derangement fixed for the run, RUN/pairing.json): the content control.",
+        choices=_PAIRINGS,
+    )
     trades_beta: float = option(6.0, "TRADES KL weight.")
     # The baselines' hyper-parameters; defaults and their sources: VariantConfig.
     fgsm_step_ratio: float = option(
@@ -153,6 +172,15 @@ class TrainConfig:
         self.loader_mode = check_choice(self.loader_mode, _LOADER_MODES, "loader mode")
         self.lr_schedule = check_choice(self.lr_schedule, _SCHEDULES, "lr schedule")
         self.variant = check_choice(self.variant, _VARIANTS, "variant")
+        self.alpha_schedule = check_choice(self.alpha_schedule, _ALPHA_SCHEDULES, "alpha schedule")
+        self.saliency_pairing = check_choice(self.saliency_pairing, _PAIRINGS, "saliency pairing")
+        if self.saliency_pairing == "shuffled":
+            from satpipe.train.variants import VARIANTS
+
+            if not VARIANTS.get(self.variant).needs_saliency:
+                raise SatpipeError(
+                    f"--saliency-pairing shuffled: variant '{self.variant}' uses no saliency maps"
+                )
         check_model_options(self.model, self.input_mean, self.input_std)
         if self.epochs < 1 or self.batch_size < 1:
             raise SatpipeError("epochs and batch size must be at least 1")
@@ -174,6 +202,8 @@ class TrainConfig:
             attack_step_size=self.attack_step_size / 255,
             p_mix=self.p_mix,
             alpha_base=self.alpha_base,
+            alpha_schedule=self.alpha_schedule,
+            alpha_horizon=self.alpha_horizon,
             trades_beta=self.trades_beta,
             fgsm_step_ratio=self.fgsm_step_ratio,
             free_replays=self.free_replays,
@@ -196,6 +226,9 @@ class TrainConfig:
 # Keys older runs saved under another name: {old: new}. An old run's config.json and
 # checkpoint are read through `upgrade_saved`, so a run from before a rename still resumes.
 RENAMED = {"schedule": "lr_schedule"}
+# Fields added since with a default that differs from what older runs did: an old run
+# resumes with the behaviour it had (its SAT followed the per-epoch formula).
+SAVED_BEFORE = {"alpha_schedule": "epoch"}
 
 
 def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +236,8 @@ def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
     written filled with their defaults (the behaviour the old run had: the new fields
     configure variants and options that did not exist then)."""
     out = {RENAMED.get(k, k): v for k, v in saved.items()}
+    if out:  # an empty dict is no saved run
+        out = {**{k: v for k, v in SAVED_BEFORE.items() if k not in out}, **out}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in out and f.name != "storage_options":
             default = field_default(f)

@@ -187,6 +187,7 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
     labels = evalset.y.cpu().numpy()
     targeted = [a["n_target_classes"] for a in attacks.values() if "n_target_classes" in a]
     epoch_times = res.epoch_times(ckpt.parent)
+    use = res.saliency_use(ckpt.parent)
     return {
         "satpipe": {"kind": "results", "format": res.FORMAT},
         "checkpoint": str(ckpt),
@@ -231,6 +232,9 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
         "checks_passed": all(c["passed"] for c in checks),
         "train_time_s": None if epoch_times is None else sum(epoch_times),
         "epoch_time_s": epoch_times,
+        # A SAT-family run: what it took from its maps (share, magnitude), from metrics.jsonl.
+        "saliency_use": use,
+        "saliency_share": None if use is None else use["share"],
         # The overfitting guard, when the run had one: did it fire, which epoch's weights.
         "guard": state.get("guard"),
         "stopped": state.get("stopped"),

@@ -17,9 +17,11 @@ def alpha_schedule(epoch: int, base: float = 0.6) -> float:
 
     The probability that a SAT component is random noise rather than the saliency direction:
     random early (the model's own adversarial directions are random then), saliency later.
+    This is the paper's per-epoch formula (the `epoch` alpha schedule); the trainer's schedules,
+    `progress` the default, are in satpipe.train.alpha_schedules.
     """
-    if not 0.0 < base <= 1.0:
-        raise SatpipeError(f"alpha base must be in (0, 1], got {base}")
+    if not 0.0 <= base <= 1.0:
+        raise SatpipeError(f"alpha base must be in [0, 1], got {base}")
     return float(base ** (epoch / 10))
 
 
@@ -49,6 +51,23 @@ def sat_perturb(
     Returns:
         (B, C, H, W) tensor of x's dtype, in [0, 1].
     """
+    return sat_perturb_counted(x, s, eps, alpha_t, generator)[0]
+
+
+def sat_perturb_counted(
+    x: torch.Tensor,
+    s: torch.Tensor,
+    eps: float,
+    alpha_t: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sat_perturb`, and what the draw took from the map, without a host sync.
+
+    Returns (x_sat, counts): counts is a float64 tensor of 2 on x's device, [elements of
+    delta taken from the map (-s), sum of |s| over those elements]; the elements drawn in all
+    are x.numel(). The random draws are exactly `sat_perturb`'s (the same bytes for the same
+    generator), so counting changes no result.
+    """
     if s is None:
         raise SatpipeError("sat_perturb needs a saliency map (the variant needs --saliency)")
     if s.dim() != 4 or s.shape[0] != x.shape[0] or s.shape[2:] != x.shape[2:]:
@@ -59,8 +78,16 @@ def sat_perturb(
         raise SatpipeError(f"saliency has {s.shape[1]} channels; images have {x.shape[1]}")
     coin = _rand(x, generator) < alpha_t
     z = torch.where(_rand(x, generator) < 0.5, -1.0, 1.0).to(x.dtype)
-    delta = torch.where(coin, z, -s.to(x.dtype).expand_as(x))
-    return (x + eps * delta).clamp_(0.0, 1.0)
+    direction = -s.to(x.dtype).expand_as(x)
+    delta = torch.where(coin, z, direction)
+    from_map = ~coin
+    counts = torch.stack(
+        [
+            from_map.sum().double(),
+            torch.where(from_map, direction.abs(), 0.0).sum(dtype=torch.float64),
+        ]
+    )
+    return (x + eps * delta).clamp_(0.0, 1.0), counts
 
 
 def uniform_noise(

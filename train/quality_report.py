@@ -264,8 +264,8 @@ def _headline(points: Sequence[dict[str, Any]]) -> list[str]:
         "## Localisation at a glance",
         "",
         "| store | pointing game (chance) | relevance mass / area share "
-        "| sign agreement (chance) |",
-        "|---|---|---|---|",
+        "| sign agreement (chance) | mean \\|s\\| |",
+        "|---|---|---|---|---|",
     ]
     for p in points:
         scores = (p.get("quality") or {}).get("scores") or {}
@@ -275,8 +275,13 @@ def _headline(points: Sequence[dict[str, Any]]) -> list[str]:
         ratio = "–"
         if rm.get("value") is not None and rm.get("chance"):
             ratio = f"{rm['value']:.3f} / {rm['chance']:.3f} = {rm['value'] / rm['chance']:.2f}x"
-        lines.append(f"| {p['label']} | {_short(pg)} | {ratio} | {_short(sa)} |")
-    return [*lines, ""]
+        mean_abs = "–" if p.get("mean_abs") is None else f"{p['mean_abs']:.3f}"
+        lines.append(f"| {p['label']} | {_short(pg)} | {ratio} | {_short(sa)} | {mean_abs} |")
+    note = (
+        "mean |s|: the store's mean |s| over its training maps, the size (x eps) of SAT's "
+        "map part: stores normalised differently perturb by different amounts."
+    )
+    return [*lines, "", note, ""]
 
 
 def _short(s: dict[str, Any]) -> str:

@@ -190,6 +190,8 @@ def _panel(entry: dict[str, Any]) -> str:
     """Which panel of the robustness plot a row belongs to: its training family."""
     if entry["group"] == "frontier":
         return "cheap baselines"
+    if entry["group"] == "content":
+        return "content control (SAT)"
     if entry["group"] != "weak":
         return "saliency methods (SAT)"
     variant = entry["variant"]
@@ -253,6 +255,7 @@ def robustness_plot(summary: dict[str, dict[str, Any]], out: str | Path, title: 
         "PGD family",
         "TRADES family",
         "saliency methods (SAT)",
+        "content control (SAT)",
         "cheap baselines",
     ]
     names = [p for p in order if p in panels]

@@ -176,6 +176,43 @@ def epoch_times(run_dir: Path) -> list[float] | None:
     return out
 
 
+def saliency_use(run_dir: Path) -> dict[str, Any] | None:
+    """What a SAT-family run took from its saliency maps, pooled over RUN/metrics.jsonl's
+    epochs: `share` (perturbation elements from the map / elements SAT drew), `map_delta`
+    (mean |delta| / eps of the map part, i.e. mean |s| there), `alpha_mean` (mean over the
+    epochs' mean alphas) and `perturbation` (mean |delta| / eps of all of SAT's elements:
+    1 for noise elements, |s| for map ones). None for a run that recorded none (no SAT)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    n_sat = n_map = 0
+    abs_sum, alphas = 0.0, []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            r = json.loads(line)
+            if "sat_elements" not in r:
+                continue
+            n_sat += int(r["sat_elements"])
+            n_map += int(r["map_elements"])
+            abs_sum += float(r.get("map_delta") or 0.0) * int(r["map_elements"])
+            alphas.append(float(r["alpha_mean"]))
+    if not n_sat:
+        return None
+    return {
+        "share": n_map / n_sat,
+        "map_delta": abs_sum / n_map if n_map else None,
+        "alpha_mean": sum(alphas) / len(alphas),
+        "perturbation": (n_sat - n_map + abs_sum) / n_sat,
+        "elements": n_sat,
+    }
+
+
+def saliency_share(run_dir: Path) -> float | None:
+    """The run's share of SAT perturbation elements taken from the map (see `saliency_use`)."""
+    use = saliency_use(run_dir)
+    return None if use is None else use["share"]
+
+
 def robustbench_record(results: dict[str, Any], measured: Measured) -> dict[str, Any] | None:
     """A RobustBench-style model record (their model-info JSON's fields, accuracies as "xx.xx"
     strings) for the largest eps AutoAttack ran at; None when it did not run. clean_acc is on
@@ -253,6 +290,15 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines += _stages_lines(results)
     lines += _l2_lines(results)
     lines += _distortion_lines(results)
+    use = results.get("saliency_use")
+    if use:
+        delta = use["map_delta"]
+        mag = "" if delta is None else f", mean |δ|/ε of the map part {delta:.3f}"
+        lines += [
+            "",
+            f"SAT took **{100 * use['share']:.1f}%** of its perturbation elements from the "
+            f"saliency map (mean alpha {use['alpha_mean']:.3f}{mag}; {use['elements']} elements).",
+        ]
     stopped = results.get("stopped")
     if stopped:
         lines += [

@@ -41,7 +41,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,14 @@ from satpipe.data.outputs import check_run_output
 from satpipe.errors import SatpipeError, os_error_line
 from satpipe.progress import progress
 from satpipe.seeding import generator
+from satpipe.train.alpha_schedules import alpha_at, expected_map_share
 from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
 from satpipe.train.config import RESUMABLE_CHANGES, TrainConfig, upgrade_saved
 from satpipe.train.distributed import barrier, cleanup, init_distributed, sync_buffers
 from satpipe.train.evaluate import clean_accuracy
 from satpipe.train.guard import OverfitGuard, held_out_rows
 from satpipe.train.models import create_model, probe_model
-from satpipe.train.perturb import alpha_schedule
+from satpipe.train.pairing import PAIRING_FILE, check_recorded, pairing_record, run_pairing
 from satpipe.train.runlock import RunLock
 from satpipe.train.schedules import SCHEDULES, lr_at
 from satpipe.train.staleness import mark_stale
@@ -158,22 +159,29 @@ def train_one_epoch(
     show_progress: bool = True,
     saliency_fn=None,
     lr_fn: Callable[[float], float] | None = None,
+    alpha_fn: Callable[[int], float] | None = None,
 ) -> dict[str, float]:
     """One pass over `loader` (already `set_epoch`-ed): `variant.train_batch` on every batch.
 
     Returns loss (mean per image), train_acc, images (all ranks), seconds, batches,
-    attacked_batches (this rank's batches on which the attack ran) and lr (at the end).
+    attacked_batches (this rank's batches on which the attack ran), lr (at the end), and what
+    SAT took from the maps (all ranks): sat_elements (perturbation elements SAT drew),
+    map_elements (of those, taken from the map) and map_abs_sum (their sum of |s|), counted on
+    the device and read once with the loss.
 
     `saliency_fn(model, x, y) -> s`, when given, replaces the stored maps by maps computed on
     the fly from the current model (the benchmark's baseline, what the authors' code does).
     `lr_fn(f) -> lr`, when given, sets the lr before each batch, f = step / steps in [0, 1).
+    `alpha_fn(step) -> alpha`, when given, is SAT's alpha at each step of the epoch (the run's
+    alpha schedule); without it a SAT step uses `vcfg.alpha`, else the per-epoch formula.
     """
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = attacked = 0
+    sat = torch.zeros(2, device=device, dtype=torch.float64)  # map elements, sum of their |s|
+    seen = attacked = sat_elements = 0
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if cuda and amp else contextlib.nullcontext()
     )
@@ -193,8 +201,9 @@ def train_one_epoch(
             if saliency_fn is not None:
                 with autocast:
                     s = saliency_fn(attack_model or model, x, y)
+            cfg = vcfg if alpha_fn is None else replace(vcfg, alpha=alpha_fn(step))
             out = variant.train_batch(
-                model, optimizer, x, s, y, epoch=epoch, cfg=vcfg, generator=gen,
+                model, optimizer, x, s, y, epoch=epoch, cfg=cfg, generator=gen,
                 attack_model=attack_model, autocast=autocast, state=state,
             )  # fmt: skip
             # Accumulate on the device: no host sync per step.
@@ -202,10 +211,12 @@ def train_one_epoch(
             correct += (out.logits.detach().argmax(1) == y).sum()
             seen += len(y)
             attacked += int(out.attacked)
+            if out.sat is not None:
+                sat += out.sat
+                sat_elements += out.sat_elements
             advance()
-    totals = torch.stack(
-        [loss_sum, correct.double(), torch.tensor(float(seen), device=device, dtype=torch.float64)]
-    )
+    counts = torch.tensor([float(seen), float(sat_elements)], device=device, dtype=torch.float64)
+    totals = torch.cat([torch.stack([loss_sum, correct.double()]), counts, sat])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
         # DDP keeps weights in lockstep but BatchNorm statistics per rank: average them so
@@ -214,7 +225,7 @@ def train_one_epoch(
     if cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    loss_total, correct_total, n = totals.tolist()
+    loss_total, correct_total, n, sat_total, map_total, map_abs = totals.tolist()
     return {
         "loss": loss_total / max(n, 1),
         "train_acc": correct_total / max(n, 1),
@@ -223,6 +234,9 @@ def train_one_epoch(
         "batches": step + 1 if seen else 0,
         "attacked_batches": attacked,
         "lr": float(optimizer.param_groups[0]["lr"]),
+        "sat_elements": int(sat_total),
+        "map_elements": int(map_total),
+        "map_abs_sum": map_abs,
     }
 
 
@@ -366,10 +380,12 @@ def _train_locked(config: TrainConfig) -> Path:
         lr_fn = functools.partial(lr_at, config.lr_schedule, config.lr, epoch, run.passes)
         if not per_step:
             set_lr(run.optimizer, lr_fn())
+        alpha_fn = _alpha_fn(config, epoch, len(run.train_loader), run.passes)
         stats = train_one_epoch(
             run.model, run.train_loader, run.optimizer, run.variant, vcfg, epoch,
             seed=config.seed, rank=run.rank, amp=use_amp, attack_model=run.raw,
             show_progress=run.master, lr_fn=lr_fn if per_step else None,
+            alpha_fn=alpha_fn if run.variant.kind == "sat" else None,
             description=f"epoch {epoch + 1}/{run.passes} {run.variant.name}",
         )  # fmt: skip
         _check_data(run.train_loader)
@@ -378,8 +394,8 @@ def _train_locked(config: TrainConfig) -> Path:
             t0 = time.perf_counter()
             test_acc = clean_accuracy(run.raw, run.test_loader, amp=use_amp)
             record = _epoch_record(epoch, stats, test_acc, time.perf_counter() - t0)
-            if run.variant.kind == "sat":  # the SAT perturbation's alpha_t this epoch
-                record["alpha_t"] = alpha_schedule(epoch, config.alpha_base)
+            if run.variant.kind == "sat":
+                record.update(_sat_record(stats, alpha_fn, len(run.train_loader)))
             stop = _finish_epoch(run, epoch, record)
         if run.world > 1:
             stop = _agree(stop, run.device)
@@ -388,7 +404,61 @@ def _train_locked(config: TrainConfig) -> Path:
             break
     if run.world > 1:
         cleanup()
+    if run.master and run.variant.kind == "sat":
+        _warn_low_share(run)
     return run.dir
+
+
+def _alpha_fn(config: TrainConfig, epoch: int, steps: int, passes: int) -> Callable[[int], float]:
+    """SAT's alpha at each step of `epoch`: the run's schedule in (step, steps of the run)."""
+    return functools.partial(
+        _alpha_of_step, config.alpha_schedule, config.alpha_base, epoch, steps, passes,
+        config.alpha_horizon,
+    )  # fmt: skip
+
+
+def _alpha_of_step(name, base, epoch, steps, passes, horizon, step: int) -> float:
+    return alpha_at(name, base, epoch, step, steps, passes, horizon)
+
+
+def _sat_record(stats: dict[str, Any], alpha_fn: Callable[[int], float], steps: int) -> dict:
+    """What SAT took from its map this epoch (metrics.jsonl): alpha at the epoch's first step
+    and its mean over the epoch's steps, the realised share of perturbation elements from the
+    map (None when no batch was perturbed by SAT), and the mean |delta| / eps of that part
+    (the mean |s| of the elements taken from the map, before clamping to [0, 1])."""
+    n_sat, n_map = stats["sat_elements"], stats["map_elements"]
+    alphas = [alpha_fn(step) for step in range(max(steps, 1))]
+    return {
+        "alpha_t": alphas[0],
+        "alpha_mean": sum(alphas) / len(alphas),
+        "saliency_share": n_map / n_sat if n_sat else None,
+        "map_delta": stats["map_abs_sum"] / n_map if n_map else None,
+        "sat_elements": n_sat,
+        "map_elements": n_map,
+    }
+
+
+def _warn_low_share(run: _Run) -> None:
+    """One line on stderr when less than half of the run's SAT perturbation came from the map
+    (not for `constant`, where the user set the share with --alpha-base)."""
+    from satpipe.train.results import saliency_share
+
+    share = saliency_share(run.dir)
+    if share is None or share >= 0.5 or run.config.alpha_schedule == "constant":
+        return
+    cfg = run.config
+    fix = "a smaller --alpha-base or a larger --alpha-horizon takes more"
+    if cfg.alpha_schedule != "progress":
+        expected = expected_map_share(
+            "progress", cfg.alpha_base, run.passes, len(run.train_loader), cfg.alpha_horizon
+        )
+        fix = f"--alpha-schedule progress would take about {100 * expected:.0f}% from it"
+    print(
+        f"satpipe: warning: {run.dir}: only {100 * share:.0f}% of SAT's perturbation came from "
+        f"the saliency map (--alpha-schedule {cfg.alpha_schedule}, --alpha-base "
+        f"{cfg.alpha_base:g}, {run.passes} epochs); {fix}",
+        file=sys.stderr,
+    )
 
 
 def _agree(stop: bool, device: torch.device) -> bool:
@@ -428,9 +498,10 @@ def _open_run(config: TrainConfig, state: dict[str, Any] | None) -> _Run:
 
         view = open_saliency(config.saliency, config.storage_options, require_complete=False)
         variant.check_saliency(config.saliency, view.method)
+    map_rows = _pairing(config)
     rank, world, _, device = init_distributed(config.device)
     held_out = _held_out(config)
-    train_loader, test_loader = _loaders(config, variant, rank, world, device, held_out)
+    train_loader, test_loader = _loaders(config, variant, rank, world, device, held_out, map_rows)
     h, w, c = train_loader.image_shape
     torch.manual_seed(config.seed)  # the initial weights are a function of the seed
     raw = create_model(
@@ -465,11 +536,23 @@ def _open_run(config: TrainConfig, state: dict[str, Any] | None) -> _Run:
     run = _Run(config, variant, Path(config.out), rank, world, device, train_loader,
                test_loader, raw, model, optimizer, start, passes, guard)  # fmt: skip
     if run.master:
-        _prepare_dir(run, state)
+        if state is not None:
+            check_recorded(run.dir, map_rows)
+        _prepare_dir(run, state, map_rows)
         note = variant.passes_note(config.epochs, config.variant_config())
         if note and state is None:
             print(note, file=sys.stderr)
     return run
+
+
+def _pairing(config: TrainConfig) -> np.ndarray | None:
+    """The map row of every training image (None: matched; see satpipe.train.pairing)."""
+    if config.saliency_pairing == "matched":
+        return None
+    from satpipe.data.store import open_dataset
+
+    n = len(open_dataset(config.data, config.storage_options).split("train"))
+    return run_pairing(config.saliency_pairing, n, config.seed, config.data)
 
 
 def _held_out(config: TrainConfig) -> np.ndarray | None:
@@ -482,8 +565,11 @@ def _held_out(config: TrainConfig) -> np.ndarray | None:
     return held_out_rows(n, config.guard_rows, config.seed)
 
 
-def _loaders(config: TrainConfig, variant: TrainingVariant, rank, world, device, held_out):
-    """(train loader of this rank without the held-out rows, test loader on rank 0 else None)."""
+def _loaders(
+    config: TrainConfig, variant: TrainingVariant, rank, world, device, held_out, map_rows=None
+):
+    """(train loader of this rank without the held-out rows, its maps paired by `map_rows`;
+    test loader on rank 0 else None)."""
     from satpipe.data.loader import make_loader  # heavy (zarr, threads): import when training
 
     common = dict(
@@ -495,7 +581,7 @@ def _loaders(config: TrainConfig, variant: TrainingVariant, rank, world, device,
     saliency = config.saliency if variant.needs_saliency else None
     train_loader = make_loader(
         config.data, "train", saliency, shuffle=True, augment=config.augment, seed=config.seed,
-        rank=rank, world_size=world, exclude_rows=held_out, **common,
+        rank=rank, world_size=world, exclude_rows=held_out, map_rows=map_rows, **common,
     )  # fmt: skip
     test_loader = None
     if rank == 0:  # rank 0 alone evaluates, on the whole test split
@@ -503,12 +589,18 @@ def _loaders(config: TrainConfig, variant: TrainingVariant, rank, world, device,
     return train_loader, test_loader
 
 
-def _prepare_dir(run: _Run, state: dict[str, Any] | None) -> None:
+def _prepare_dir(run: _Run, state: dict[str, Any] | None, map_rows=None) -> None:
     if run.start < run.passes:  # the checkpoint is about to change: its results no longer hold
         mark_stale(run.dir, f"the run trained on from epoch {run.start + 1} after this evaluation")
     with _writing(run.dir / "config.json", "the run's config"):
         run.dir.mkdir(parents=True, exist_ok=True)
         (run.dir / "config.json").write_text(json.dumps(run.config.to_dict(), indent=2) + "\n")
+    pairing = run.dir / PAIRING_FILE
+    if map_rows is not None and state is None:
+        with _writing(pairing, "the pairing"):
+            pairing.write_text(json.dumps(pairing_record(map_rows, run.config.seed)) + "\n")
+    elif map_rows is None and state is None:
+        pairing.unlink(missing_ok=True)  # --overwrite of a shuffled run
     if state is not None:
         with _writing(run.metrics, "the metrics"):
             _rewrite_metrics(run.metrics, run.start - 1, state.get("metrics"))

@@ -38,7 +38,12 @@ class VariantConfig:
     attack_steps: K, sign steps of the PGD / TRADES training attack, 7 (Madry's CIFAR preset).
     attack_step_size: 2/255 per step.
     p_mix: probability that a batch of a mixed variant trains on x_sat / x_noise, 0.5.
-    alpha_base: a in alpha_t = a ** (t / 10), 0.6.
+    alpha_base: a of SAT's alpha schedule, 0.6 (alpha: the chance an element is noise).
+    alpha_schedule: `progress` (a ** (p H / 10), p the share of the run done), `epoch`
+        (a ** (t / 10), the paper's code) or `constant` (a); see train/alpha_schedules.py.
+    alpha_horizon: H of `progress`, 100 (the paper's epochs).
+    alpha: the alpha of the step being run, set per step by the training loop from the
+        schedule; None (a direct call of `step`): the `epoch` formula at the step's epoch.
     trades_beta: weight of the TRADES KL term, 6.
     fgsm_step_ratio: FGSM-RS step as a multiple of eps, 1.25 (Wong et al. 2020, "Fast is better
         than free", Sec. 4: alpha = 1.25 eps; their code's --alpha 10 at --epsilon 8).
@@ -67,6 +72,9 @@ class VariantConfig:
     attack_step_size: float = 2 / 255
     p_mix: float = 0.5
     alpha_base: float = 0.6
+    alpha_schedule: str = "progress"
+    alpha_horizon: float = 100.0
+    alpha: float | None = None
     trades_beta: float = 6.0
     fgsm_step_ratio: float = 1.25
     free_replays: int = 8
@@ -85,8 +93,12 @@ class VariantConfig:
             raise SatpipeError("attack steps and step size must be >= 0")
         if not 0.0 <= self.p_mix <= 1.0:
             raise SatpipeError(f"p_mix must be in [0, 1], got {self.p_mix}")
-        if not 0.0 < self.alpha_base <= 1.0:
-            raise SatpipeError(f"alpha base must be in (0, 1], got {self.alpha_base}")
+        from satpipe.train.alpha_schedules import ALPHA_SCHEDULES, check_alpha
+
+        check_alpha(self.alpha_base, self.alpha_horizon)
+        ALPHA_SCHEDULES.get(self.alpha_schedule)
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise SatpipeError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.trades_beta < 0:
             raise SatpipeError(f"TRADES beta must be >= 0, got {self.trades_beta}")
         if not self.fgsm_step_ratio > 0:
@@ -103,7 +115,17 @@ class VariantConfig:
             raise SatpipeError(f"--sgt-fraction must be in (0, 1), got {self.sgt_fraction}")
 
 
-VARIANT_FIELDS = tuple(f.name for f in fields(VariantConfig))
+VARIANT_FIELDS = tuple(f.name for f in fields(VariantConfig) if f.name != "alpha")
+
+
+def sat_alpha(epoch: int, cfg: VariantConfig) -> float:
+    """The alpha SAT draws with: the step's (`cfg.alpha`, set by the training loop from the
+    run's schedule), else the paper's per-epoch a ** (epoch / 10)."""
+    if cfg.alpha is not None:
+        return float(cfg.alpha)
+    from satpipe.train.perturb import alpha_schedule
+
+    return alpha_schedule(epoch, cfg.alpha_base)
 
 
 @dataclass(frozen=True)
@@ -131,11 +153,16 @@ class Cost:
 class StepOutput:
     """What one training step produced: the loss to backprop, the logits (B, K) on the
     inputs whose accuracy the trainer reports (the trained input; the clean half for TRADES),
-    and whether the attack ran (False for the batches a coin sent to x_sat / x_noise)."""
+    whether the attack ran (False for the batches a coin sent to x_sat / x_noise), and for a
+    batch perturbed by SAT what it took from the map: `sat` the device tensor of
+    `sat_perturb_counted` ([elements from the map, sum of their |s|]) over `sat_elements`
+    elements drawn."""
 
     loss: torch.Tensor
     logits: torch.Tensor
     attacked: bool = False
+    sat: torch.Tensor | None = None
+    sat_elements: int = 0
 
 
 class TrainingVariant:

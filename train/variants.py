@@ -66,13 +66,14 @@ from satpipe.train.losses import (
     sgt_loss,
     trades_loss,
 )
-from satpipe.train.perturb import alpha_schedule, saliency_mask, sat_perturb, uniform_noise
+from satpipe.train.perturb import saliency_mask, sat_perturb_counted, uniform_noise
 from satpipe.train.variant_base import (
     WEAK_SALIENCY,
     Cost,
     StepOutput,
     TrainingVariant,
     VariantConfig,
+    sat_alpha,
 )
 
 __all__ = [
@@ -144,11 +145,12 @@ class Variant(TrainingVariant):
         epoch: int,
         cfg: VariantConfig,
         generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        """x_noise or x_sat (the perturbation that needs no gradient)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x_noise or x_sat (the perturbation that needs no gradient), and for x_sat the
+        counts of what it took from the map (`sat_perturb_counted`)."""
         if self.mix == "noise":
-            return uniform_noise(x, cfg.eps, generator)
-        return sat_perturb(x, s, cfg.eps, alpha_schedule(epoch, cfg.alpha_base), generator)
+            return uniform_noise(x, cfg.eps, generator), None
+        return sat_perturb_counted(x, s, cfg.eps, sat_alpha(epoch, cfg), generator)
 
     def step(
         self,
@@ -169,13 +171,16 @@ class Variant(TrainingVariant):
         cheap = False
         if self.attack != "none" and self.mix != "none":
             cheap = bool(torch.rand((), generator=generator, device=x.device) < cfg.p_mix)
+        counts = None  # what x_sat took from the map, when this batch trains on it
         if self.attack == "none":
-            x_in = x if self.mix == "none" else self.cheap_input(x, s, epoch, cfg, generator)
+            x_in = x
+            if self.mix != "none":
+                x_in, counts = self.cheap_input(x, s, epoch, cfg, generator)
             logits = model(x_in)
-            return StepOutput(F.cross_entropy(logits.float(), y), logits)
+            return _output(F.cross_entropy(logits.float(), y), logits, False, counts, x)
         if self.attack == "pgd":
             if cheap:
-                x_in = self.cheap_input(x, s, epoch, cfg, generator)
+                x_in, counts = self.cheap_input(x, s, epoch, cfg, generator)
             else:
                 with model_mode(attack_model, False):
                     x_in = pgd(
@@ -189,10 +194,10 @@ class Variant(TrainingVariant):
                         generator=generator,
                     )
             logits = model(x_in)
-            return StepOutput(F.cross_entropy(logits.float(), y), logits, not cheap)
+            return _output(F.cross_entropy(logits.float(), y), logits, not cheap, counts, x)
         # TRADES: a clean and a perturbed forward pass in train mode, as the official code.
         if cheap:
-            x_adv = self.cheap_input(x, s, epoch, cfg, generator)
+            x_adv, counts = self.cheap_input(x, s, epoch, cfg, generator)
         else:
             x_adv = trades_attack(
                 attack_model,
@@ -205,7 +210,14 @@ class Variant(TrainingVariant):
         logits_clean = model(x)
         logits_adv = model(x_adv)
         loss = trades_loss(logits_clean, logits_adv, y, cfg.trades_beta)
-        return StepOutput(loss, logits_clean, not cheap)
+        return _output(loss, logits_clean, not cheap, counts, x)
+
+
+def _output(loss, logits, attacked: bool, counts, x: torch.Tensor) -> StepOutput:
+    """A StepOutput carrying SAT's map counts when this batch was perturbed by SAT."""
+    if counts is None:
+        return StepOutput(loss, logits, attacked)
+    return StepOutput(loss, logits, attacked, counts, x.numel())
 
 
 # name -> variant: the paper's nine in its table order, then the baselines.
@@ -290,15 +302,16 @@ class FastAT(TrainingVariant):
         self.require_saliency(s)
         attack_model = model if attack_model is None else attack_model
         cheap = self.mix == "sat" and _coin(cfg.p_mix, generator, x.device)
+        counts = None
         if cheap:
-            x_in = sat_perturb(x, s, cfg.eps, alpha_schedule(epoch, cfg.alpha_base), generator)
+            x_in, counts = sat_perturb_counted(x, s, cfg.eps, sat_alpha(epoch, cfg), generator)
         else:
             with model_mode(attack_model, False):
                 x_in = fgsm_rs(
                     attack_model, x, y, cfg.eps, cfg.fgsm_step_ratio * cfg.eps, generator
                 )
         logits = model(x_in)
-        return StepOutput(F.cross_entropy(logits.float(), y), logits, not cheap)
+        return _output(F.cross_entropy(logits.float(), y), logits, not cheap, counts, x)
 
 
 @dataclass(frozen=True)
