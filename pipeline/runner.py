@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from satpipe.cluster import dask_client, run_tasks
+from satpipe.cluster import dask_client, run_tasks, worker_device
 from satpipe.data.store import SPLITS, open_dataset, open_group, shard_rows
 from satpipe.data.streaming import read_checked
 from satpipe.device import resolve_device
@@ -121,16 +121,9 @@ def cached_model(path: str, sha256: str, device: str) -> nn.Module:
 
 
 def _worker_device(device: str) -> str:
-    """Spread dask workers over GPUs when nothing else (dask-cuda) pinned one per worker."""
-    if device != "cuda" or torch.cuda.device_count() < 2:
-        return device
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-    except (ImportError, ValueError):
-        return device
-    return f"cuda:{int(name) % torch.cuda.device_count()}" if str(name).isdigit() else device
+    """This worker's device (see `satpipe.cluster.worker_device`: dask-cuda's workers use
+    cuda:0, their own GPU; a plain LocalCluster's worker k uses cuda:k mod the GPU count)."""
+    return worker_device(device)
 
 
 def images_to_tensor(images: np.ndarray, device: str) -> torch.Tensor:

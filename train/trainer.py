@@ -119,7 +119,10 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore `rng_state()`'s states. CUDA: only `device`'s own generator (this process's
+    GPU), from the state saved for the same index; a checkpoint saved on 8 GPUs resumes on 1,
+    and a state for an index this machine lacks is not restored (nothing draws from it)."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
@@ -127,8 +130,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or device is None or device.type != "cuda":
+        return
+    index = 0 if device.index is None else device.index
+    if index < len(saved):
+        torch.cuda.set_rng_state(saved[index], index)
 
 
 @contextlib.contextmanager
@@ -441,7 +448,7 @@ def _open_run(config: TrainConfig, state: dict[str, Any] | None) -> _Run:
     if state is not None:
         raw.load_state_dict(state["model"]["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], device)
         start = int(state["epoch"]) + 1
     model = raw
     if world > 1:
