@@ -37,8 +37,9 @@ import torch
 from torch import nn
 
 from satpipe.cluster import dask_client, run_tasks, worker_device
-from satpipe.data.store import SPLITS, open_dataset, open_group, shard_rows
+from satpipe.data.store import ATTR, SPLITS, open_dataset, open_group, shard_rows, store_exists
 from satpipe.data.streaming import read_checked
+from satpipe.defaults import batch_size as default_batch_size
 from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError, note
 from satpipe.pipeline.config import SaliencyConfig
@@ -53,6 +54,7 @@ from satpipe.pipeline.saliency_store import (
     unmark_lost_shards,
     write_shard,
 )
+from satpipe.precision import configure
 from satpipe.progress import progress
 from satpipe.seeding import MASK63, seed_words
 from satpipe.train.models import load_model, probe_model
@@ -81,6 +83,7 @@ class ShardTask:
     batch_size: int
     amp: bool
     torch_threads: int | None = None
+    deterministic: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +150,7 @@ def run_shard(task: ShardTask) -> tuple[str, int]:
 
 def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
     device = _worker_device(task.device)
+    configure(device, task.deterministic)
     method = get_method(task.method, **task.params)
     model = None
     if method.needs_model:
@@ -270,6 +274,15 @@ def compute_saliency(
     # bf16 autocast only on CUDA and only for methods shown to agree with fp32.
     on_cuda = torch.device(device).type == "cuda"
     amp = bool(config.amp and on_cuda and method.amp_safe and method.needs_model)
+    # Sizes left to the device: the store's own when it is resumed, else the device's default.
+    recorded = {} if config.overwrite else _recorded_attrs(str(config.out), so)
+    batch_size = config.batch_size or int(
+        (recorded.get("compute") or {}).get("batch_size") or default_batch_size(device, h, w)
+    )
+    same = recorded.get("method") == method.name
+    method = method.for_device(
+        device, batch_size, (c, h, w), recorded.get("params") if same else None
+    )
 
     shapes, rows_per_shard = {}, {}
     for split in config.splits:
@@ -285,7 +298,9 @@ def compute_saliency(
         source_model=source,
         dataset={"uri": str(config.data), "fingerprint": dataset.fingerprint},
         splits=shapes,
-        compute={"batch_size": config.batch_size, "amp": amp},
+        # deterministic only when set: stores made before the flag resume as they were.
+        compute={"batch_size": batch_size, "amp": amp}
+        | ({"deterministic": True} if config.deterministic else {}),
     )
     group, found = open_saliency_for_write(config.out, attrs, rows_per_shard, config.overwrite, so)
     if unmark_lost_shards(group, str(config.out)):
@@ -320,8 +335,9 @@ def compute_saliency(
                         checkpoint=str(config.model) if method.needs_model else None,
                         checkpoint_sha256=source["checkpoint_sha256"],
                         device=device,
-                        batch_size=config.batch_size,
+                        batch_size=batch_size,
                         amp=amp,
+                        deterministic=config.deterministic,
                     )
                 )
     with progress(f"saliency {method.name}", total) as advance:
@@ -339,6 +355,16 @@ def compute_saliency(
                 finished(run_shard(task))
     mark_complete(group, str(config.out))
     return str(config.out)
+
+
+def _recorded_attrs(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The satpipe attrs of an existing store at `uri` ({} when there is none yet)."""
+    if not store_exists(uri, storage_options):
+        return {}
+    try:
+        return dict(open_group(uri, "r", storage_options).attrs.get(ATTR) or {})
+    except SatpipeError:
+        return {}  # being created by another process: open_saliency_for_write waits for it
 
 
 def _run_dask(

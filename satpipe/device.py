@@ -20,6 +20,11 @@ DEVICE_HELP = (
     "auto (CUDA when present), cpu, cuda or cuda:N; under torchrun cuda means cuda:LOCAL_RANK "
     "and cuda:N means cuda:(N + LOCAL_RANK)"
 )
+DETERMINISTIC_HELP = (
+    "Deterministic CUDA algorithms (torch.use_deterministic_algorithms, "
+    "CUBLAS_WORKSPACE_CONFIG, cudnn.deterministic, no cudnn.benchmark): the same bytes on the "
+    "same GPU and software, slower; recorded. CPU runs are bitwise reproducible without it."
+)
 
 
 def env_local_rank() -> int:

@@ -15,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from satpipe.device import DEVICE_HELP
+from satpipe.device import DETERMINISTIC_HELP, DEVICE_HELP
 from satpipe.errors import SatpipeError
 from satpipe.options import (
     check_choice,
@@ -133,6 +133,7 @@ class TrainConfig:
     resume: bool = option(False, "Continue RUN from its last finished epoch (flags optional).")
     overwrite: bool = option(False, "Start RUN over.")
     amp: bool = option(True, "bf16 autocast (CUDA only).")
+    deterministic: bool = option(False, DETERMINISTIC_HELP)
     storage_options: dict[str, Any] = storage_options_field()
 
     def __post_init__(self) -> None:
@@ -284,6 +285,7 @@ class EvalConfig:
     )  # fmt: skip
     batch_size: int = option(256, "Images per attack batch.")
     device: str = option("auto", DEVICE_HELP)
+    deterministic: bool = option(False, DETERMINISTIC_HELP)
     large_eps: float = option(LARGE_EPS, "Eps (/255) of the 'drives accuracy near 0' check.")
     strict: bool = option(True, "Exit non-zero when a sanity check fails.")
     out: str | None = option(None, "Directory for results (default: RUN).")

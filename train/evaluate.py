@@ -11,8 +11,10 @@ grid, the per-image worst case, intervals, and the gradient-masking sanity check
 Each file is written to a temporary name and renamed, so a killed evaluation never leaves a
 half-written file, and bad input (unknown attack, eps outside [0, 255], --n-examples outside
 the split, a model whose output is not (N, classes), AutoAttack on a model that is random in
-eval mode) is refused before anything is written. Evaluation runs in fp32 with the model in
-eval mode: attacks should not be weakened by reduced precision. Randomness comes from
+eval mode) is refused before anything is written. Evaluation runs in full fp32 (TF32 off for
+cuDNN convolutions and CUDA matmuls inside `evaluate`, the previous flags restored after it;
+see `satpipe.precision.fp32_math`) with the model in eval mode: attacks should not be weakened
+by reduced precision. Randomness comes from
 generators seeded by (attack seed, batch), or, for the reference AutoAttack code, a seed
 derived from the attack seed: the same call gives the same numbers (on CPU bit for bit).
 """
@@ -30,6 +32,7 @@ from torch import nn
 
 from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
+from satpipe.precision import configure, fp32_math
 from satpipe.stats import accuracy_interval
 from satpipe.train import results as res
 from satpipe.train.attacks import ATTACKS
@@ -56,7 +59,8 @@ __all__ = [
 
 def clean_accuracy(model: nn.Module, loader, amp: bool = False) -> float:
     """Fraction of `loader`'s rows that `model` (put in eval mode, then restored) classifies
-    correctly; `amp` uses bf16 autocast on CUDA."""
+    correctly; `amp` uses bf16 autocast on CUDA, and without it the model runs in full fp32
+    (TF32 off inside, see `satpipe.precision.fp32_math`)."""
     import contextlib
 
     was = model.training
@@ -70,7 +74,7 @@ def clean_accuracy(model: nn.Module, loader, amp: bool = False) -> float:
         else contextlib.nullcontext()
     )
     try:
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), fp32_math(), autocast:
             for x, _, y in loader:
                 correct += (model(x).argmax(1) == y).sum()
                 n += len(y)
@@ -91,6 +95,11 @@ def evaluate(run: str | os.PathLike, **options: Any) -> dict[str, Any]:
         The results dict written to OUT/results.json (accuracies in %, eps keys in /255 units).
     """
     cfg = EvalConfig(run=str(run), **options)
+    with fp32_math():  # no TF32 in the attacks' convolutions and matmuls
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: EvalConfig) -> dict[str, Any]:
     ckpt, model, state, loader = _open_for_eval(cfg)
     num_classes = state["model"]["num_classes"]
     data = load_eval_set(loader, cfg.n_examples, cfg.subset_seed)
@@ -115,6 +124,7 @@ def _open_for_eval(cfg: EvalConfig):
     path = Path(cfg.run)
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
     dev = resolve_device(cfg.device)
+    configure(dev, cfg.deterministic)
     model, state = load_model(ckpt, dev)
     model.eval()
     data = cfg.data or (state.get("config") or {}).get("data")

@@ -51,6 +51,7 @@ import torch.distributed as dist
 from torch import nn
 
 from satpipe.errors import SatpipeError, os_error_line
+from satpipe.precision import configure
 from satpipe.progress import progress
 from satpipe.seeding import generator
 from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
@@ -432,6 +433,9 @@ def _open_run(config: TrainConfig, state: dict[str, Any] | None) -> _Run:
         view = open_saliency(config.saliency, config.storage_options, require_complete=False)
         variant.check_saliency(config.saliency, view.method)
     rank, world, _, device = init_distributed(config.device)
+    # Deterministic algorithms with --deterministic, else cuDNN's autotuner on CUDA (the
+    # batch shapes are fixed). Recorded: config.json holds `deterministic`.
+    configure(device, config.deterministic)
     held_out = _held_out(config)
     train_loader, test_loader = _loaders(config, variant, rank, world, device, held_out)
     h, w, c = train_loader.image_shape
