@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from satpipe.cluster import dask_client, run_tasks, worker_device
+from satpipe.data.loader import to_float_batch
 from satpipe.data.store import ATTR, SPLITS, open_dataset, open_group, shard_rows, store_exists
 from satpipe.data.streaming import read_checked
 from satpipe.defaults import batch_size as default_batch_size
@@ -129,15 +130,27 @@ def _worker_device(device: str) -> str:
     return worker_device(device)
 
 
-def images_to_tensor(images: np.ndarray, device: str) -> torch.Tensor:
+def images_to_tensor(images: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
     """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1] on `device` (channels_last on GPU).
 
-    The uint8 copy travels to the device, not the 4x larger float one."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255)
-    if x.device.type == "cuda":
-        return x.contiguous(memory_format=torch.channels_last)
-    return x.contiguous()
+    The uint8 copy travels to the device, not the 4x larger float one; from pinned memory
+    (see `pinned_rows`) it is an asynchronous copy. One float-sized copy is made on the device,
+    divided as on a CPU (`unit_range_`), so maps do not depend on the device's rounding."""
+    host = (
+        images
+        if isinstance(images, torch.Tensor)
+        else torch.from_numpy(np.ascontiguousarray(images))
+    )
+    x = host.to(device, non_blocking=True)
+    return to_float_batch(x, None, x.device.type == "cuda")[0]
+
+
+def pinned_rows(array: np.ndarray, device: str) -> torch.Tensor | np.ndarray:
+    """The shard's rows in page-locked memory when they go to a GPU (so each batch's copy
+    is asynchronous, not staged through a pageable buffer); as they are otherwise."""
+    if torch.device(device).type != "cuda":
+        return array
+    return torch.from_numpy(np.ascontiguousarray(array)).pin_memory()
 
 
 def run_shard(task: ShardTask) -> tuple[str, int]:
@@ -160,7 +173,12 @@ def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
     generator = torch.Generator(device=device).manual_seed(
         shard_seed(task.seed, task.split, task.shard)
     )
-    out = np.empty((n, h, w, method.out_channels(c)), np.float16)
+    cuda = torch.device(device).type == "cuda"
+    # On a GPU the maps come back into page-locked memory asynchronously, waited for once.
+    out = torch.empty((n, h, w, method.out_channels(c)), dtype=torch.float16, pin_memory=cuda)
+    images = pinned_rows(images, device)
+    # Non-finite maps are flagged on the device and read back once per shard, not per batch.
+    bad_rows = []
     for a in range(0, n, task.batch_size):
         b = min(a + task.batch_size, n)
         if method.requires:
@@ -169,21 +187,31 @@ def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
             )
         else:
             x = images_to_tensor(images[a:b], device)
-            y = torch.from_numpy(labels[a:b]).to(device)
+            y = torch.from_numpy(labels[a:b]).to(device, non_blocking=True)
             raw = method(model, x, y, generator=generator, amp=task.amp)
-        bad = ~torch.isfinite(raw).flatten(1).all(dim=1)
-        if bool(bad.any()):
-            which = (torch.nonzero(bad).flatten().cpu().numpy() + task.start + a).tolist()
-            shown = ", ".join(map(str, which[:10])) + (" ..." if len(which) > 10 else "")
-            raise SatpipeError(
-                f"{task.out}: method {task.method} gave NaN/Inf maps for {task.split} rows "
-                f"{shown} of {task.data}; nothing written for that shard"
-            )
+        bad_rows.append(~torch.isfinite(raw).flatten(1).all(dim=1))
         maps = normalize(raw, task.normalization)
-        out[a:b] = maps.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+        # fp16 on the device, then one copy (stream order keeps the source alive until read).
+        out[a:b].copy_(maps.permute(0, 2, 3, 1).to(torch.float16), non_blocking=cuda)
+    if cuda:
+        torch.cuda.synchronize(device)
+    _refuse_bad_maps(task, torch.cat(bad_rows) if bad_rows else None)
     group = open_group(task.out, "r+", task.storage_options)
-    write_shard(group, task.split, task.shard, out, uri=task.out)
+    write_shard(group, task.split, task.shard, out.numpy(), uri=task.out)
     return task.split, task.shard
+
+
+def _refuse_bad_maps(task: ShardTask, bad: torch.Tensor | None) -> None:
+    """One line naming the shard's rows (up to 10) whose maps were NaN/Inf, if any."""
+    if bad is None:
+        return
+    which = (np.flatnonzero(bad.cpu().numpy()) + task.start).tolist()
+    if which:
+        shown = ", ".join(map(str, which[:10])) + (" ..." if len(which) > 10 else "")
+        raise SatpipeError(
+            f"{task.out}: method {task.method} gave NaN/Inf maps for {task.split} rows "
+            f"{shown} of {task.data}; nothing written for that shard"
+        )
 
 
 def _read_task_rows(task: ShardTask, method: Method):

@@ -232,3 +232,108 @@ def test_reproduce_jobs_put_one_job_on_each_gpu(gpus, monkeypatch):
     assert rp.jobs_device("cuda:1") == ("cuda:1", 0)
     gpus(0)
     assert rp.jobs_device("auto") == ("cpu", 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The saliency runner: host reads per batch, device-dependent sizes
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from satpipe.train.checkpoint import model_record, save_checkpoint
+    from tests.conftest import write_tiny_dataset
+
+    root = tmp_path_factory.mktemp("cudapaths")
+    data = write_tiny_dataset(root / "d.zarr", n_train=16, n_test=8, size=8, rows_per_shard=16)
+    torch.manual_seed(0)
+    ckpt = root / "m.pt"
+    save_checkpoint(ckpt, {"model": model_record(create_model("smallcnn", 4), 4, 3)})
+    return {"root": root, "data": data, "ckpt": str(ckpt)}
+
+
+def _host_reads(monkeypatch) -> list[str]:
+    reads: list[str] = []
+    for name in ("__bool__", "item", "tolist", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *a, _name=name, _original=original, **k):
+            reads.append(_name)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+    return reads
+
+
+def test_the_runner_reads_back_once_per_shard_not_per_batch(tiny, monkeypatch):
+    from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
+
+    counts = {}
+    # A first run loads the model once per process (its reads are not per shard); then one
+    # batch per shard, and four.
+    for k, batch in enumerate((16, 16, 4)):
+        config = SaliencyConfig(
+            method="gradient", data=tiny["data"], model=tiny["ckpt"], device="cpu",
+            out=str(tiny["root"] / f"g{k}.zarr"), batch_size=batch,
+        )  # fmt: skip
+        with monkeypatch.context() as m:
+            reads = _host_reads(m)
+            compute_saliency(config)
+        counts[batch] = len(reads)
+    assert counts[4] == counts[16], counts
+
+
+def test_sizes_left_to_the_device_are_recorded_and_kept_on_resume(tiny):
+    from satpipe.data.store import open_saliency
+    from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
+
+    def run(out, params=None, **kw):
+        config = SaliencyConfig(
+            method="smoothgrad", params=params or {"samples": 2}, data=tiny["data"],
+            model=tiny["ckpt"], device="cpu", out=str(tiny["root"] / out), **kw,
+        )  # fmt: skip
+        return open_saliency(compute_saliency(config)).attrs
+
+    attrs = run("sg.zarr")
+    assert attrs["compute"]["batch_size"] == 64  # a CPU's default
+    assert attrs["params"]["samples_batch_size"] == 1
+    # A store made with other sizes (on a GPU, say) resumes with them when none are given.
+    made = run("sg8.zarr", batch_size=8, params={"samples": 2, "samples_batch_size": 2})
+    resumed = run("sg8.zarr")
+    assert resumed["compute"] == made["compute"] and resumed["params"] == made["params"]
+
+
+def test_device_defaults_grow_on_cuda():
+    from satpipe import defaults
+
+    assert defaults.batch_size("cpu", 32, 32) == 64
+    assert defaults.batch_size(torch.device("cuda", 1), 32, 32) == 1024
+    assert defaults.batch_size("cuda", 224, 224) == 41
+    assert defaults.samples_per_pass("cpu", 64, 32, 32, 50) == 1
+    assert defaults.samples_per_pass("cuda", 1024, 32, 32, 50) == 2
+    assert defaults.samples_per_pass("cuda", 41, 224, 224, 50) == 1
+    assert defaults.ig_internal_batch("cpu", 64, 32, 32) == 64
+    assert defaults.ig_internal_batch("cuda", 1024, 32, 32) == 2048
+
+
+# --------------------------------------------------------------------------------------------
+# Loader -> trainer: one copy per batch, in the model's layout
+
+
+def test_loader_batches_arrive_in_the_model_layout_in_one_copy(tiny):
+    from satpipe.data.loader import make_loader, to_float_batch
+
+    loader = make_loader(tiny["data"], "train", batch_size=8, device="cpu", channels_last=True)
+    for x, _, _ in loader:
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        # What the trainer does on CUDA is then no copy at all.
+        assert x.contiguous(memory_format=torch.channels_last).data_ptr() == x.data_ptr()
+    assert make_loader(tiny["data"], "train", batch_size=8, device="cpu").channels_last is False
+    # From contiguous NHWC bytes, the only copy is the float one (the permute is a view).
+    images = torch.randint(0, 256, (2, 5, 5, 3), dtype=torch.uint8)
+    x, _ = to_float_batch(images, None, channels_last=True)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    # Byte values divided, correctly rounded (CUDA divides the same way: a device divisor).
+    b = torch.arange(256, dtype=torch.uint8).view(1, 16, 16, 1)
+    x, _ = to_float_batch(b, None, channels_last=False)
+    exact = (torch.arange(256, dtype=torch.float64) / 255).float()
+    assert torch.equal(x.flatten(), exact)
