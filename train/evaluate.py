@@ -127,12 +127,16 @@ def _open_for_eval(cfg: EvalConfig):
     configure(dev, cfg.deterministic)
     model, state = load_model(ckpt, dev)
     model.eval()
+    if dev.type == "cuda":  # the layout the loader's CUDA batches come in (and the trainer's)
+        model = model.to(memory_format=torch.channels_last)
     data = cfg.data or (state.get("config") or {}).get("data")
     if not data:
         raise SatpipeError(f"{ckpt}: checkpoint does not name its dataset; pass --data")
+    # Streaming: the evaluation keeps the rows it attacks (as floats, `load_eval_set`), not
+    # a resident uint8 copy of the whole split beside them.
     loader = make_loader(
         data, "test", None, batch_size=cfg.batch_size, shuffle=False, augment=False, device=dev,
-        storage_options=cfg.storage_options,
+        storage_options=cfg.storage_options, mode="streaming",
     )  # fmt: skip
     num_classes = state["model"]["num_classes"]
     if loader.num_classes != num_classes:
