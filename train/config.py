@@ -339,6 +339,8 @@ class EvalConfig:
         d = dataclasses.asdict(self)
         for key in ("run", "out", "device", "storage_options", "strict", "data"):
             d.pop(key)
+        if not d["deterministic"]:  # recorded when set: results from before the flag still match
+            d.pop("deterministic")
         return json.loads(json.dumps(d))  # tuples -> lists: equal to what results.json reads back
 
 
