@@ -11,15 +11,19 @@ fails (disk full, read-only target) stops the run with one line naming the store
 shard; that shard is not marked done, and a rerun resumes.
 
 Determinism: each shard draws its randomness from a generator seeded by (seed, split, shard),
-never from a stream shared across shards, so the bytes of a shard do not depend on which
-worker ran it, in which order, or how many runs it took to finish the store. What does change
-the bytes is recorded in the store and checked on resume: method, params, normalisation, seed,
-source checkpoint, dataset, batch size and bf16 autocast (CPU and GPU results also differ in
-the last bits, as any floating-point computation does).
+never from a stream shared across shards, so on a CPU the bytes of a shard do not depend on
+which worker ran it, in which order, or how many runs it took to finish the store. On a GPU
+that holds only with `deterministic` (deterministic cuDNN/cuBLAS kernels, no autotuning) and
+workers on GPUs of one model; without it the last bits vary from run to run (see docs/gpu.md).
+What does change the bytes is recorded in the store and checked on resume: method, params
+(device-dependent sizes filled in), normalisation, seed, source checkpoint, dataset, batch size,
+bf16 autocast and `deterministic` when set (CPU and GPU results also differ in the last bits,
+and their noise generators draw different numbers).
 
 Executors: in-process (default), or dask.distributed with `workers=N` (a LocalCluster of N
 single-threaded processes, or one worker per GPU; dask-cuda's LocalCUDACluster when it is
-installed) or `scheduler="tcp://..."` (an existing cluster whose workers see the same files).
+installed, each worker on its own GPU: see `satpipe.cluster.worker_device`) or
+`scheduler="tcp://..."` (an existing cluster whose workers see the same files).
 Each worker process loads the model once and keeps it in `_MODEL_CACHE` for later tasks.
 """
 

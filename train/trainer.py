@@ -23,7 +23,9 @@ Determinism: every random draw of a training step (coins, noise, SAT components,
 starts) comes from a generator seeded by (seed, epoch, step, rank), the loader's order and
 augmentation are functions of (seed, epoch, rank), and the model starts from `seed`. So on CPU a
 run resumed after epoch e ends with the same weights, bit for bit, as one never interrupted.
-On CUDA: bf16 autocast and channels_last (fast, not bit-exact).
+On CUDA: bf16 autocast and channels_last, cuDNN autotuning (fast, not bit-exact); with
+`deterministic` (deterministic kernels, no autotuning) the same holds on one GPU of one model
+and software stack (docs/gpu.md says what is bitwise where).
 
 Under torchrun (WORLD_SIZE set) the model is wrapped in DDP; each rank reads its own shard of
 every epoch, rank 0 alone evaluates, logs and writes checkpoints.
