@@ -10,8 +10,8 @@
    (default 1000) test images of the PGD-SAT model: seconds and images/s.
 
 Every part runs in a try block: a failure is recorded with its one-line error and the next
-part runs. `--tiny` shrinks everything (smallcnn, tens of images) to run on a CPU: the smoke test of this
-script.
+part runs. `--tiny` shrinks everything (smallcnn, tens of images) to run on a CPU: the smoke
+test of this script.
 Output: OUT/measurements.json and OUT/measurements.md.
 """
 
