@@ -23,6 +23,7 @@ from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import SaliencyBenchConfig
 from satpipe.bench.stores import random_dataset, untrained_checkpoint
 from satpipe.bench.timing import Timings, alternate, forward_backward, peak_rss
+from satpipe.defaults import batch_size as default_batch_size
 from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods import get_method, model_methods
@@ -43,11 +44,11 @@ EFFICIENCY_LIMITS = {
 
 
 def batch_size_for(config: SaliencyBenchConfig, device: torch.device) -> int:
-    """Images per method call: as configured, else 64 on a CPU and 1024 on CUDA (where small
-    batches leave the GPU idle)."""
+    """Images per method call: as configured, else the saliency runner's default for the
+    device (`satpipe.defaults.batch_size`: 64 on a CPU, GPU-sized on CUDA)."""
     if config.batch_size is not None:
         return config.batch_size
-    return 1024 if device.type == "cuda" else 64
+    return default_batch_size(device, config.size, config.size)
 
 
 def run(config: SaliencyBenchConfig) -> dict[str, Any]:
