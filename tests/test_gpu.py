@@ -49,6 +49,19 @@ pytestmark = [
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 
 
+@pytest.fixture(autouse=True)
+def numerics():
+    """--deterministic is process-wide: leave torch's flags as each test found them."""
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+    torch.use_deterministic_algorithms(saved[2])
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A 16x16 dataset (64 train, 32 test rows), a ResNet-10 source and its gradient store
