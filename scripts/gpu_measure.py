@@ -162,7 +162,7 @@ def markdown(report: dict[str, Any]) -> str:
     sal = report.get("saliency", {})
     if "configs" in sal:
         lines += [
-            f"SmoothGrad-{sal['samples']} ResNet-10 32x32, batch {sal['batch_size']}, "
+            f"SmoothGrad-{sal['samples']} {report['model']} 32x32, batch {sal['batch_size']}, "
             f"{sal['samples_batch_size']} copies per pass; extrapolated to "
             f"{sal['images_target']} images:",
             "",
@@ -180,7 +180,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     train = report.get("training", {})
     if "runs" in train:
-        lines += [f"One ResNet-10 epoch on {train['images']} images:", "",
+        lines += [f"One {report['model']} epoch on {train['images']} images:", "",
                   "| variant/loader | img/s | s |", "|---|---|---|"]  # fmt: skip
         for key, r in train["runs"].items():
             lines.append(f"| {key} | {r.get('img_s', r.get('error') or r.get('skipped'))} | "
@@ -189,7 +189,7 @@ def markdown(report: dict[str, Any]) -> str:
     aa = report.get("autoattack", {})
     if "seconds" in aa:
         lines.append(f"AutoAttack standard, eps 8/255, {aa['images']} images: {aa['seconds']} s "
-                     f"({aa['img_s']} img/s).")  # fmt: skip
+                     f"({aa['img_s']} img/s; the whole `evaluate` call).")  # fmt: skip
     elif aa:
         lines.append(f"AutoAttack: {aa.get('error') or aa.get('skipped')}")
     return "\n".join(lines) + "\n"
@@ -218,7 +218,9 @@ def main() -> int:
 
     dev = resolve_device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    report: dict[str, Any] = {"device": name, "torch": torch.__version__, "tiny": tiny}
+    report: dict[str, Any] = {
+        "device": name, "torch": torch.__version__, "tiny": tiny, "model": args.model,
+    }  # fmt: skip
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         for part, fn in (
             ("saliency", lambda: saliency_part(args, dev, 0.35 * args.budget)),
