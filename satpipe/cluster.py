@@ -81,7 +81,7 @@ def _cuda_cluster(n: int, env: Mapping[str, str] | None = None):
                 options["env"] = {**extra, **dict(options.get("env") or {})}
             return specs
 
-    return _Cluster(n_workers=n, threads_per_worker=1)
+    return _Cluster(n_workers=n, threads_per_worker=1, dashboard_address=None)
 
 
 def worker_device(device: str) -> str:
