@@ -50,7 +50,10 @@ class ReproduceConfig:
     )  # fmt: skip
     out: str | None = option(None, "Report folder (default: results/PRESET).", short="-o")
     data_root: str | None = option(None, "Folder with the real data set (paper presets).")
-    jobs: int = option(1, "Runs in parallel on a local dask cluster.", short="-j")
+    jobs: int = option(
+        1, "Runs in parallel on a local dask cluster (on GPUs: at most one per GPU, each on "
+        "its own).", short="-j",
+    )  # fmt: skip
     scheduler: str | None = option(None, "dask scheduler address to run on.")
     device: str = option("auto", DEVICE_HELP)
     seeds: tuple[int, ...] | None = option(None, "Override the preset's seeds, e.g. 0,1.")
