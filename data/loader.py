@@ -133,6 +133,7 @@ class PairLoader:
         verify: bool = True,
         exclude_rows: Any = None,
         map_rows: Any = None,
+        channels_last: bool | None = None,
     ) -> None:
         self.dataset = dataset
         self.split = split
@@ -143,6 +144,9 @@ class PairLoader:
         self.augment = augment
         self.seed = seed
         self.device = device
+        # The layout the model takes its batches in (channels_last on CUDA): made here, in the
+        # one copy that turns bytes into floats, so the trainer copies nothing more.
+        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
@@ -203,9 +207,7 @@ class PairLoader:
                 if params is not None:
                     images, maps = crop_flip([images, maps], params[offset : offset + b])
                 offset += b
-                # NHWC uint8 -> NCHW float32 in [0, 1]; permute while still one byte per value.
-                x = images.permute(0, 3, 1, 2).contiguous().float().div_(255)
-                s = None if maps is None else maps.permute(0, 3, 1, 2).contiguous().float()
+                x, s = to_float_batch(images, maps, self.channels_last)
                 yield x, s, labels
 
     # ---- resident ------------------------------------------------------------------------
@@ -403,6 +405,33 @@ def _check_saliency_done(view: SaliencyView, split: str) -> None:
             )
 
 
+def unit_range_(x: torch.Tensor) -> torch.Tensor:
+    """x / 255 in place, correctly rounded on every device (float x holding byte values).
+
+    The divisor is a 0-dim tensor on x's device: CUDA divides by a Python (CPU) scalar as a
+    multiply by its reciprocal, one ulp off the true quotient for 126 of the 256 byte values,
+    while the CPU divides; with a device tensor both divide, so CPU and CUDA agree bit for bit."""
+    return x.div_(torch.full((), 255.0, dtype=x.dtype, device=x.device))
+
+
+def to_float_batch(
+    images: torch.Tensor, maps: torch.Tensor | None, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """NHWC uint8 images -> (B, C, H, W) float32 in [0, 1], maps as stored -> (B, Cs, H, W)
+    float32: one float-sized copy each. The permute happens while values are one byte: a view
+    that is already channels_last when the NHWC input is contiguous; NCHW-contiguous output
+    (channels_last False) makes one uint8 copy first.
+
+    The division is a true division (x / 255 rounded once), computed the same way on every
+    device, so CPU and CUDA batches are equal bit for bit."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = unit_range_(images.permute(0, 3, 1, 2).contiguous(memory_format=layout).float())
+    s = None
+    if maps is not None:
+        s = maps.permute(0, 3, 1, 2).contiguous(memory_format=layout).float()
+    return x, s
+
+
 def make_loader(
     dataset: str,
     split: str = "train",
@@ -425,6 +454,7 @@ def make_loader(
     verify: bool = True,
     exclude_rows: Any = None,
     map_rows: Any = None,
+    channels_last: bool | None = None,
 ) -> PairLoader:
     """Open `dataset` (and `saliency`, checked complete and paired row for row) as a PairLoader.
 
@@ -438,6 +468,9 @@ def make_loader(
     `io_threads` threads. `exclude_rows`: row indices of the split never yielded.
     `map_rows`: (N,) permutation of the split's rows, image i paired with the map of row
     `map_rows[i]` (the shuffled pairing, satpipe.train.pairing); None: each image its own map.
+    `exclude_rows`: row indices of the split never yielded. `channels_last` (default: on
+    CUDA): batches in the channels_last layout (the same values, strides (HWC, 1, WC, C)), the
+    layout satpipe's models run in on a GPU.
     """
     mode = check_choice(mode, LoaderMode, "loader mode")
     if batch_size < 1:
@@ -479,4 +512,5 @@ def make_loader(
         verify=verify,
         exclude_rows=exclude_rows,
         map_rows=map_rows if sal is not None else None,
+        channels_last=channels_last,
     )

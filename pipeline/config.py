@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from satpipe.device import DEVICE_HELP
+from satpipe.device import DETERMINISTIC_HELP, DEVICE_HELP
 from satpipe.errors import SatpipeError
 from satpipe.options import check_choice, coerce_fields, option, storage_options_field
 
@@ -38,7 +38,11 @@ class SaliencyConfig:
         "signed-maxabs", "Per-image normalisation.", choices=_NORMALIZATIONS
     )
     seed: int = option(0, "Seed; per-shard generators derive from it.")
-    batch_size: int = option(64, "Images per method call (recorded; a resume must match).")
+    batch_size: int | None = option(
+        None,
+        "Images per method call (default: the store's on a resume, else 64 on a CPU and a "
+        "GPU-sized batch on CUDA, see satpipe.defaults; recorded).",
+    )
     device: str = option("auto", DEVICE_HELP)
     workers: int | None = option(
         None, "Run on a dask LocalCluster of N workers (one per GPU on GPUs)."
@@ -48,13 +52,14 @@ class SaliencyConfig:
     storage_options: dict[str, Any] = storage_options_field()
     rows_per_shard: int | None = option(None, "Shard size of the output (default: the dataset's).")
     amp: bool = option(True, "bf16 autocast on CUDA for methods where it is safe.")
+    deterministic: bool = option(False, DETERMINISTIC_HELP)
     # torch threads in each LocalCluster worker (default: the CPU cores shared out evenly).
     threads_per_worker: int | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         self.normalization = check_choice(self.normalization, _NORMALIZATIONS, "normalization")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise SatpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.seed < 0:
             raise SatpipeError(f"--seed must be >= 0, got {self.seed}")
@@ -91,7 +96,9 @@ class ScoreConfig:
     steps: int = option(16, "Deletion/insertion curve steps.")
     blur_sigma: float = option(4.0, "Std (pixels) of the blurred image insertion starts from.")
     seed: int = option(0, "Seed of the subset, the random orders and the randomised weights.")
-    batch_size: int = option(64, "Images per model call.")
+    batch_size: int | None = option(
+        None, "Images per model call (default: 64 on a CPU, GPU-sized on CUDA; recorded)."
+    )
     device: str = option("auto", DEVICE_HELP)
     write: bool = option(True, "Record the scores in the store's provenance (`quality`).")
     as_json: bool = option(False, "Print the scores as JSON.", flag="--json")
@@ -106,7 +113,7 @@ class ScoreConfig:
         self.scores = tuple(check_choice(s, _SCORES, "quality score") for s in self.scores)
         if self.n is not None and self.n < 1:
             raise SatpipeError(f"--n must be >= 1, got {self.n}")
-        if self.steps < 1 or self.batch_size < 1 or self.seed < 0:
+        if self.steps < 1 or (self.batch_size or 1) < 1 or self.seed < 0:
             raise SatpipeError("--steps and --batch-size must be >= 1, --seed >= 0")
         if not self.blur_sigma > 0:
             raise SatpipeError(f"--blur-sigma must be > 0, got {self.blur_sigma}")

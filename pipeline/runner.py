@@ -11,15 +11,19 @@ fails (disk full, read-only target) stops the run with one line naming the store
 shard; that shard is not marked done, and a rerun resumes.
 
 Determinism: each shard draws its randomness from a generator seeded by (seed, split, shard),
-never from a stream shared across shards, so the bytes of a shard do not depend on which
-worker ran it, in which order, or how many runs it took to finish the store. What does change
-the bytes is recorded in the store and checked on resume: method, params, normalisation, seed,
-source checkpoint, dataset, batch size and bf16 autocast (CPU and GPU results also differ in
-the last bits, as any floating-point computation does).
+never from a stream shared across shards, so on a CPU the bytes of a shard do not depend on
+which worker ran it, in which order, or how many runs it took to finish the store. On a GPU
+that holds only with `deterministic` (deterministic cuDNN/cuBLAS kernels, no autotuning) and
+workers on GPUs of one model; without it the last bits vary from run to run (see docs/gpu.md).
+What does change the bytes is recorded in the store and checked on resume: method, params
+(device-dependent sizes filled in), normalisation, seed, source checkpoint, dataset, batch size,
+bf16 autocast and `deterministic` when set (CPU and GPU results also differ in the last bits,
+and their noise generators draw different numbers).
 
 Executors: in-process (default), or dask.distributed with `workers=N` (a LocalCluster of N
 single-threaded processes, or one worker per GPU; dask-cuda's LocalCUDACluster when it is
-installed) or `scheduler="tcp://..."` (an existing cluster whose workers see the same files).
+installed, each worker on its own GPU: see `satpipe.cluster.worker_device`) or
+`scheduler="tcp://..."` (an existing cluster whose workers see the same files).
 Each worker process loads the model once and keeps it in `_MODEL_CACHE` for later tasks.
 """
 
@@ -38,10 +42,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from satpipe.cluster import dask_client, run_tasks
+from satpipe.cluster import dask_client, run_tasks, worker_device
+from satpipe.data.loader import to_float_batch
 from satpipe.data.outputs import refuse_chained, refuse_inputs, store_lock
-from satpipe.data.store import SPLITS, open_dataset, open_group, shard_rows
+from satpipe.data.store import ATTR, SPLITS, open_dataset, open_group, shard_rows, store_exists
 from satpipe.data.streaming import read_checked
+from satpipe.defaults import batch_size as default_batch_size
 from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError, note
 from satpipe.pipeline.config import SaliencyConfig
@@ -56,6 +62,7 @@ from satpipe.pipeline.saliency_store import (
     unmark_lost_shards,
     write_shard,
 )
+from satpipe.precision import configure
 from satpipe.progress import progress
 from satpipe.seeding import MASK63, seed_words
 from satpipe.train.models import load_model, probe_model
@@ -84,6 +91,7 @@ class ShardTask:
     batch_size: int
     amp: bool
     torch_threads: int | None = None
+    deterministic: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,27 +143,32 @@ def _module_copy(module: nn.Module, device: str) -> nn.Module:
 
 
 def _worker_device(device: str) -> str:
-    """Spread dask workers over GPUs when nothing else (dask-cuda) pinned one per worker."""
-    if device != "cuda" or torch.cuda.device_count() < 2:
-        return device
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-    except (ImportError, ValueError):
-        return device
-    return f"cuda:{int(name) % torch.cuda.device_count()}" if str(name).isdigit() else device
+    """This worker's device (see `satpipe.cluster.worker_device`: dask-cuda's workers use
+    cuda:0, their own GPU; a plain LocalCluster's worker k uses cuda:k mod the GPU count)."""
+    return worker_device(device)
 
 
-def images_to_tensor(images: np.ndarray, device: str) -> torch.Tensor:
+def images_to_tensor(images: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
     """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1] on `device` (channels_last on GPU).
 
-    The uint8 copy travels to the device, not the 4x larger float one."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255)
-    if x.device.type == "cuda":
-        return x.contiguous(memory_format=torch.channels_last)
-    return x.contiguous()
+    The uint8 copy travels to the device, not the 4x larger float one; from pinned memory
+    (see `pinned_rows`) it is an asynchronous copy. One float-sized copy is made on the device,
+    divided as on a CPU (`unit_range_`), so maps do not depend on the device's rounding."""
+    host = (
+        images
+        if isinstance(images, torch.Tensor)
+        else torch.from_numpy(np.ascontiguousarray(images))
+    )
+    x = host.to(device, non_blocking=True)
+    return to_float_batch(x, None, x.device.type == "cuda")[0]
+
+
+def pinned_rows(array: np.ndarray, device: str) -> torch.Tensor | np.ndarray:
+    """The shard's rows in page-locked memory when they go to a GPU (so each batch's copy
+    is asynchronous, not staged through a pageable buffer); as they are otherwise."""
+    if torch.device(device).type != "cuda":
+        return array
+    return torch.from_numpy(np.ascontiguousarray(array)).pin_memory()
 
 
 def run_shard(task: ShardTask) -> tuple[str, int]:
@@ -168,6 +181,7 @@ def run_shard(task: ShardTask) -> tuple[str, int]:
 
 def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
     device = _worker_device(task.device)
+    configure(device, task.deterministic)
     method = get_method(task.method, **task.params)
     model = None
     if method.needs_model:
@@ -177,7 +191,12 @@ def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
     generator = torch.Generator(device=device).manual_seed(
         shard_seed(task.seed, task.split, task.shard)
     )
-    out = np.empty((n, h, w, method.out_channels(c)), np.float16)
+    cuda = torch.device(device).type == "cuda"
+    # On a GPU the maps come back into page-locked memory asynchronously, waited for once.
+    out = torch.empty((n, h, w, method.out_channels(c)), dtype=torch.float16, pin_memory=cuda)
+    images = pinned_rows(images, device)
+    # Non-finite maps are flagged on the device and read back once per shard, not per batch.
+    bad_rows = []
     for a in range(0, n, task.batch_size):
         b = min(a + task.batch_size, n)
         if method.requires:
@@ -186,21 +205,31 @@ def _run_shard_locked(task: ShardTask) -> tuple[str, int]:
             )
         else:
             x = images_to_tensor(images[a:b], device)
-            y = torch.from_numpy(labels[a:b]).to(device)
+            y = torch.from_numpy(labels[a:b]).to(device, non_blocking=True)
             raw = method(model, x, y, generator=generator, amp=task.amp)
-        bad = ~torch.isfinite(raw).flatten(1).all(dim=1)
-        if bool(bad.any()):
-            which = (torch.nonzero(bad).flatten().cpu().numpy() + task.start + a).tolist()
-            shown = ", ".join(map(str, which[:10])) + (" ..." if len(which) > 10 else "")
-            raise SatpipeError(
-                f"{task.out}: method {task.method} gave NaN/Inf maps for {task.split} rows "
-                f"{shown} of {task.data}; nothing written for that shard"
-            )
+        bad_rows.append(~torch.isfinite(raw).flatten(1).all(dim=1))
         maps = normalize(raw, task.normalization)
-        out[a:b] = maps.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+        # fp16 on the device, then one copy (stream order keeps the source alive until read).
+        out[a:b].copy_(maps.permute(0, 2, 3, 1).to(torch.float16), non_blocking=cuda)
+    if cuda:
+        torch.cuda.synchronize(device)
+    _refuse_bad_maps(task, torch.cat(bad_rows) if bad_rows else None)
     group = open_group(task.out, "r+", task.storage_options)
-    write_shard(group, task.split, task.shard, out, uri=task.out)
+    write_shard(group, task.split, task.shard, out.numpy(), uri=task.out)
     return task.split, task.shard
+
+
+def _refuse_bad_maps(task: ShardTask, bad: torch.Tensor | None) -> None:
+    """One line naming the shard's rows (up to 10) whose maps were NaN/Inf, if any."""
+    if bad is None:
+        return
+    which = (np.flatnonzero(bad.cpu().numpy()) + task.start).tolist()
+    if which:
+        shown = ", ".join(map(str, which[:10])) + (" ..." if len(which) > 10 else "")
+        raise SatpipeError(
+            f"{task.out}: method {task.method} gave NaN/Inf maps for {task.split} rows "
+            f"{shown} of {task.data}; nothing written for that shard"
+        )
 
 
 def _read_task_rows(task: ShardTask, method: Method):
@@ -348,6 +377,15 @@ def _compute_locked(
         while len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
         _MODEL_CACHE[(source_key, device)] = copy
+    # Sizes left to the device: the store's own when it is resumed, else the device's default.
+    recorded = {} if config.overwrite else _recorded_attrs(str(config.out), so)
+    batch_size = config.batch_size or int(
+        (recorded.get("compute") or {}).get("batch_size") or default_batch_size(device, h, w)
+    )
+    same = recorded.get("method") == method.name
+    method = method.for_device(
+        device, batch_size, (c, h, w), recorded.get("params") if same else None
+    )
 
     shapes, rows_per_shard = {}, {}
     for split in config.splits:
@@ -363,7 +401,9 @@ def _compute_locked(
         source_model=source,
         dataset={"uri": str(config.data), "fingerprint": dataset.fingerprint},
         splits=shapes,
-        compute={"batch_size": config.batch_size, "amp": amp},
+        # deterministic only when set: stores made before the flag resume as they were.
+        compute={"batch_size": batch_size, "amp": amp}
+        | ({"deterministic": True} if config.deterministic else {}),
     )
     group, found = open_saliency_for_write(
         config.out, attrs, rows_per_shard, config.overwrite, so, inputs
@@ -401,8 +441,9 @@ def _compute_locked(
                         checkpoint_sha256=source.get("state_dict_sha256")
                         or source["checkpoint_sha256"],
                         device=device,
-                        batch_size=config.batch_size,
+                        batch_size=batch_size,
                         amp=amp,
+                        deterministic=config.deterministic,
                     )
                 )
     with progress(f"saliency {method.name}", total) as advance:
@@ -420,6 +461,16 @@ def _compute_locked(
                 finished(run_shard(task))
     mark_complete(group, str(config.out))
     return str(config.out)
+
+
+def _recorded_attrs(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The satpipe attrs of an existing store at `uri` ({} when there is none yet)."""
+    if not store_exists(uri, storage_options):
+        return {}
+    try:
+        return dict(open_group(uri, "r", storage_options).attrs.get(ATTR) or {})
+    except SatpipeError:
+        return {}  # being created by another process: open_saliency_for_write waits for it
 
 
 def _run_dask(

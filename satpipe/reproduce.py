@@ -52,7 +52,10 @@ class ReproduceConfig:
     )  # fmt: skip
     out: str | None = option(None, "Report folder (default: results/PRESET).", short="-o")
     data_root: str | None = option(None, "Folder with the real data set (paper presets).")
-    jobs: int = option(1, "Runs in parallel on a local dask cluster.", short="-j")
+    jobs: int = option(
+        1, "Runs in parallel on a local dask cluster (on GPUs: at most one per GPU, each on "
+        "its own).", short="-j",
+    )  # fmt: skip
     scheduler: str | None = option(None, "dask scheduler address to run on.")
     device: str = option("auto", DEVICE_HELP)
     seeds: tuple[int, ...] | None = option(None, "Override the preset's seeds, e.g. 0,1.")
@@ -575,11 +578,37 @@ def _run_all(
                 advance()
                 on_done(spec)
             return results
-        # One torch thread per worker process: jobs share the cores instead of fighting.
-        with dask_client(config.jobs, config.scheduler, env=ONE_THREAD_ENV) as client:
+        device, gpus = jobs_device(config.device)
+        run = functools.partial(_run_on_worker, preset=preset, data=data, device=device)
+        # One torch thread per worker process: jobs share the cores instead of fighting. On
+        # GPUs: one worker per GPU (at most), each training on its own.
+        with dask_client(config.jobs, config.scheduler, gpus=gpus, env=ONE_THREAD_ENV) as client:
             return run_tasks(
                 client, run, specs, on_done=lambda i, _: (advance(), on_done(specs[i]))
             )
+
+
+def jobs_device(device: str) -> tuple[str, int]:
+    """(device string the dask workers get, GPUs to spread them over) for `--jobs`.
+
+    A CUDA device without an index ("auto" on a GPU machine, "cuda") becomes "cuda" with one
+    worker per GPU, each mapped to its own by `satpipe.cluster.worker_device`; cpu and an
+    explicit cuda:N stay as given (every job on that one device)."""
+    from satpipe.device import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type != "cuda" or ":" in str(device):
+        return str(resolved) if resolved.type == "cpu" else str(device), 0
+    import torch
+
+    return "cuda", torch.cuda.device_count()
+
+
+def _run_on_worker(spec: RunSpec, preset: Preset, data: str, device: str) -> dict[str, Any]:
+    """`run_student` on the device of the dask worker running it."""
+    from satpipe.cluster import worker_device
+
+    return run_student(spec, preset=preset, data=data, device=worker_device(device))
 
 
 def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]:

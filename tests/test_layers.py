@@ -23,6 +23,8 @@ CORE = {
     "satpipe.options",
     "satpipe.seeding",
     "satpipe.device",
+    "satpipe.defaults",
+    "satpipe.precision",
     "satpipe.cluster",
     "satpipe.stats",
     "satpipe.locks",

@@ -466,10 +466,14 @@ def test_refuses_nan_or_inf_saliency_naming_the_rows(tmp_path, mode, bad):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_batches_equal_cpu_batches(pair, mode):
+    """Equal by construction: both devices divide the bytes by 255 correctly rounded (a
+    device-tensor divisor; CUDA would multiply by the reciprocal of a Python scalar); CUDA
+    batches come channels_last, which torch.equal does not look at."""
     data, sal = pair
     kw = dict(batch_size=16, mode=mode, seed=5, augment=True)
     cpu = make_loader(data, "train", sal, device="cpu", **kw)
     gpu = make_loader(data, "train", sal, device="cuda", **kw)
     for (x1, s1, y1), (x2, s2, y2) in zip(cpu, gpu, strict=True):
         assert x2.is_cuda and s2.is_cuda and y2.is_cuda
+        assert x2.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(x1, x2.cpu()) and torch.equal(s1, s2.cpu()) and torch.equal(y1, y2.cpu())

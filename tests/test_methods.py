@@ -75,7 +75,10 @@ def test_registry_names_params_and_errors():
         get_method("smoothgrad", samples=0)
     # CLI strings take the parameter's type.
     sg = get_method("smoothgrad", samples="20", sigma="0.1")
-    assert sg.params == {"samples": 20, "sigma": 0.1, "samples_batch_size": 1}
+    assert sg.params == {"samples": 20, "sigma": 0.1, "samples_batch_size": None}
+    # Left to the device: filled in (and so recorded) for the device the maps are made on.
+    on_cpu = sg.for_device("cpu", 64, (3, 32, 32))
+    assert on_cpu.params == {"samples": 20, "sigma": 0.1, "samples_batch_size": 1}
     assert method_params("ig")["steps"] == 50
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from satpipe.data.metadata import bounded_json
-from satpipe.device import DEVICE_HELP
+from satpipe.device import DETERMINISTIC_HELP, DEVICE_HELP
 from satpipe.errors import SatpipeError
 from satpipe.options import (
     check_choice,
@@ -162,6 +162,7 @@ class TrainConfig:
     resume: bool = option(False, "Continue RUN from its last finished epoch (flags optional).")
     overwrite: bool = option(False, "Start RUN over.")
     amp: bool = option(True, "bf16 autocast (CUDA only).")
+    deterministic: bool = option(False, DETERMINISTIC_HELP)
     storage_options: dict[str, Any] = storage_options_field()
 
     def __post_init__(self) -> None:
@@ -346,6 +347,7 @@ class EvalConfig:
     )  # fmt: skip
     batch_size: int = option(256, "Images per attack batch.")
     device: str = option("auto", DEVICE_HELP)
+    deterministic: bool = option(False, DETERMINISTIC_HELP)
     large_eps: float = option(LARGE_EPS, "Eps (/255) of the 'drives accuracy near 0' check.")
     strict: bool = option(True, "Exit non-zero when a sanity check fails.")
     allow_running: bool = option(
@@ -430,6 +432,8 @@ class EvalConfig:
         d = dataclasses.asdict(self)
         for key in ("run", "out", "device", "storage_options", "strict", "data"):
             d.pop(key)
+        if not d["deterministic"]:  # recorded when set: results from before the flag still match
+            d.pop("deterministic")
         return json.loads(json.dumps(d))  # tuples -> lists: equal to what results.json reads back
 
 

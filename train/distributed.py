@@ -50,18 +50,30 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def batchnorm_statistics(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The running mean and variance of every BatchNorm (and tracked InstanceNorm) layer of
+    `module`: the buffers that training changes. Other floating-point buffers (the input
+    normalisation's mean and std, say) are constants and are not among them."""
+    stats = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            stats += [b for b in (m.running_mean, m.running_var) if b is not None]
+    return stats
+
+
 @torch.no_grad()
 def sync_buffers(module: torch.nn.Module) -> None:
-    """Average floating-point buffers (BatchNorm running mean/var) over ranks, in place.
+    """Average the BatchNorm running statistics over ranks, in place.
 
     DDP broadcasts rank 0's buffers before each forward, so after an epoch every rank holds
     statistics of its own last batches. Call this at the end of an epoch, before evaluating or
     checkpointing, so the saved statistics reflect every rank's data and all ranks agree.
+    Constant buffers (input normalisation) are left alone: a sum and a division by a world
+    size of 3, 5, 6 or 7 would move them by an ulp every epoch.
     """
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
     world = dist.get_world_size()
-    for b in module.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b, op=dist.ReduceOp.SUM)
-            b.div_(world)
+    for b in batchnorm_statistics(module):
+        dist.all_reduce(b, op=dist.ReduceOp.SUM)
+        b.div_(world)

@@ -37,8 +37,9 @@ def stratified_order(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 @dataclass
 class EvalSet:
-    """x (N, C, H, W) float32 in [0, 1] and y (N,) int64 on the device, in evaluation order;
-    `indices` (N,) int64: the test-split row of each; `split_size`: rows in the split."""
+    """x (N, C, H, W) float32 in [0, 1] (channels_last on CUDA) and y (N,) int64 on the
+    device, in evaluation order; `indices` (N,) int64: the test-split row of each;
+    `split_size`: rows in the split."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -61,6 +62,12 @@ def check_n_examples(n_examples: int | None, split_size: int, where: str) -> int
     return int(n_examples)
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether a (B, C, H, W) batch is laid out channels_last (and not also plain NCHW, as a
+    one-channel or 1x1 batch is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def load_eval_set(loader, n_examples: int | None = None, seed: int = 0) -> EvalSet:
     """The first `n_examples` (default: all) rows of the loader's split in stratified order.
 
@@ -76,8 +83,11 @@ def load_eval_set(loader, n_examples: int | None = None, seed: int = 0) -> EvalS
         rows = where[offset : offset + len(yb)]
         offset += len(yb)
         keep = np.flatnonzero(rows >= 0)
-        if x is None:
-            x = torch.empty((n, *xb.shape[1:]), dtype=xb.dtype, device=xb.device)
+        if x is None:  # in the batches' layout (channels_last on CUDA: the model's)
+            layout = torch.channels_last if _channels_last(xb) else torch.contiguous_format
+            x = torch.empty(
+                (n, *xb.shape[1:]), dtype=xb.dtype, device=xb.device, memory_format=layout
+            )
             y = torch.empty((n,), dtype=yb.dtype, device=yb.device)
         if len(keep):
             dest = torch.as_tensor(rows[keep], device=xb.device)

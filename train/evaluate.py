@@ -12,8 +12,10 @@ grid, the per-image worst case, intervals, and the gradient-masking sanity check
 Each file is written to a temporary name and renamed, so a killed evaluation never leaves a
 half-written file, and bad input (unknown attack, eps outside [0, 255], --n-examples outside
 the split, a model whose output is not (N, classes), AutoAttack on a model that is random in
-eval mode) is refused before anything is written. Evaluation runs in fp32 with the model in
-eval mode: attacks should not be weakened by reduced precision. Randomness comes from
+eval mode) is refused before anything is written. Evaluation runs in full fp32 (TF32 off for
+cuDNN convolutions and CUDA matmuls inside `evaluate`, the previous flags restored after it;
+see `satpipe.precision.fp32_math`) with the model in eval mode: attacks should not be weakened
+by reduced precision. Randomness comes from
 generators seeded by (attack seed, batch), or, for the reference AutoAttack code, a seed
 derived from the attack seed: the same call gives the same numbers (on CPU bit for bit).
 """
@@ -31,6 +33,7 @@ from torch import nn
 
 from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
+from satpipe.precision import configure, fp32_math
 from satpipe.stats import accuracy_interval
 from satpipe.train import results as res
 from satpipe.train.attacks import ATTACKS
@@ -59,7 +62,8 @@ __all__ = [
 
 def clean_accuracy(model: nn.Module, loader, amp: bool = False) -> float:
     """Fraction of `loader`'s rows that `model` (put in eval mode, then restored) classifies
-    correctly; `amp` uses bf16 autocast on CUDA."""
+    correctly; `amp` uses bf16 autocast on CUDA, and without it the model runs in full fp32
+    (TF32 off inside, see `satpipe.precision.fp32_math`)."""
     import contextlib
 
     was = model.training
@@ -73,7 +77,7 @@ def clean_accuracy(model: nn.Module, loader, amp: bool = False) -> float:
         else contextlib.nullcontext()
     )
     try:
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), fp32_math(), autocast:
             for x, _, y in loader:
                 correct += (model(x).argmax(1) == y).sum()
                 n += len(y)
@@ -94,6 +98,11 @@ def evaluate(run: str | os.PathLike, **options: Any) -> dict[str, Any]:
         The results dict written to OUT/results.json (accuracies in %, eps keys in /255 units).
     """
     cfg = EvalConfig(run=str(run), **options)
+    with fp32_math():  # no TF32 in the attacks' convolutions and matmuls
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: EvalConfig) -> dict[str, Any]:
     ckpt, model, state, loader = _open_for_eval(cfg)
     num_classes = state["model"]["num_classes"]
     data = load_eval_set(loader, cfg.n_examples, cfg.subset_seed)
@@ -130,17 +139,22 @@ def _open_for_eval(cfg: EvalConfig):
             "it holds now"
         )
     dev = resolve_device(cfg.device)
+    configure(dev, cfg.deterministic)
     model, state = load_model(ckpt, dev)
     model.eval()
     if holder is not None:  # --allow-running: say which epoch, in the results too
         state["running"] = {"epoch": int(state.get("epoch", -1)) + 1, "pid": holder.get("pid"),
                             "host": holder.get("host")}  # fmt: skip
+    if dev.type == "cuda":  # the layout the loader's CUDA batches come in (and the trainer's)
+        model = model.to(memory_format=torch.channels_last)
     data = cfg.data or (state.get("config") or {}).get("data")
     if not data:
         raise SatpipeError(f"{ckpt}: checkpoint does not name its dataset; pass --data")
+    # Streaming: the evaluation keeps the rows it attacks (as floats, `load_eval_set`), not
+    # a resident uint8 copy of the whole split beside them.
     loader = make_loader(
         data, "test", None, batch_size=cfg.batch_size, shuffle=False, augment=False, device=dev,
-        storage_options=cfg.storage_options,
+        storage_options=cfg.storage_options, mode="streaming",
     )  # fmt: skip
     num_classes = state["model"]["num_classes"]
     if loader.num_classes != num_classes:

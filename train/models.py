@@ -201,6 +201,21 @@ def _per_channel(values, channels: int, key: str, what: str) -> torch.Tensor:
     return t.expand(channels).reshape(1, channels, 1, 1).clone()
 
 
+class GlobalAvgPool(nn.AdaptiveAvgPool2d):
+    """AdaptiveAvgPool2d(1), (B, C, H, W) -> (B, C, 1, 1). Under torch's deterministic mode on
+    CUDA it is a mean over H and W, whose backward is deterministic (adaptive_avg_pool2d's
+    CUDA backward has no deterministic implementation and raises there); elsewhere it is
+    AdaptiveAvgPool2d itself, the same bits as before."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+            return x.mean(dim=(2, 3), keepdim=True)
+        return super().forward(x)
+
+
 class _Classifier(nn.Module):
     """features -> global average pool -> linear; `normalize` is set by create_model."""
 
@@ -238,7 +253,7 @@ class SmallCNN(_Classifier):
                 *_conv_bn_relu(2 * width, 2 * width),
             ),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.fc = nn.Linear(2 * width, num_classes)
 
 
@@ -282,7 +297,7 @@ class ResNet(_Classifier):
                 layers.append(BasicBlock(cin, width, stride))
                 cin = width
             self.features.add_module(f"layer{i + 1}", nn.Sequential(*layers))
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.fc = nn.Linear(cin, num_classes)
 
 

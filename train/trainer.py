@@ -23,7 +23,9 @@ Determinism: every random draw of a training step (coins, noise, SAT components,
 starts) comes from a generator seeded by (seed, epoch, step, rank), the loader's order and
 augmentation are functions of (seed, epoch, rank), and the model starts from `seed`. So on CPU a
 run resumed after epoch e ends with the same weights, bit for bit, as one never interrupted.
-On CUDA: bf16 autocast and channels_last (fast, not bit-exact).
+On CUDA: bf16 autocast and channels_last, cuDNN autotuning (fast, not bit-exact); with
+`deterministic` (deterministic kernels, no autotuning) the same holds on one GPU of one model
+and software stack (docs/gpu.md says what is bitwise where).
 
 Under torchrun (WORLD_SIZE set) the model is wrapped in DDP; each rank reads its own shard of
 every epoch, rank 0 alone evaluates, logs and writes checkpoints.
@@ -52,6 +54,7 @@ from torch import nn
 
 from satpipe.data.outputs import check_run_output
 from satpipe.errors import SatpipeError, os_error_line
+from satpipe.precision import configure
 from satpipe.progress import progress
 from satpipe.seeding import generator
 from satpipe.train.alpha_schedules import alpha_at, expected_map_share
@@ -122,7 +125,10 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore `rng_state()`'s states. CUDA: only `device`'s own generator (this process's
+    GPU), from the state saved for the same index; a checkpoint saved on 8 GPUs resumes on 1,
+    and a state for an index this machine lacks is not restored (nothing draws from it)."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
@@ -130,8 +136,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or device is None or device.type != "cuda":
+        return
+    index = 0 if device.index is None else device.index
+    if index < len(saved):
+        torch.cuda.set_rng_state(saved[index], index)
 
 
 @contextlib.contextmanager
@@ -500,6 +510,9 @@ def _open_run(config: TrainConfig, state: dict[str, Any] | None) -> _Run:
         variant.check_saliency(config.saliency, view.method)
     map_rows = _pairing(config)
     rank, world, _, device = init_distributed(config.device)
+    # Deterministic algorithms with --deterministic, else cuDNN's autotuner on CUDA (the
+    # batch shapes are fixed). Recorded: config.json holds `deterministic`.
+    configure(device, config.deterministic)
     held_out = _held_out(config)
     train_loader, test_loader = _loaders(config, variant, rank, world, device, held_out, map_rows)
     h, w, c = train_loader.image_shape
@@ -516,7 +529,7 @@ def _open_run(config: TrainConfig, state: dict[str, Any] | None) -> _Run:
     if state is not None:
         raw.load_state_dict(state["model"]["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], device)
         start = int(state["epoch"]) + 1
     model = raw
     if world > 1:

@@ -56,6 +56,7 @@ from torch import nn
 
 from satpipe.errors import SatpipeError
 from satpipe.registry import Registry
+from satpipe.seeding import derive_seed
 from satpipe.train.attacks import fgsm_rs, input_grad, model_mode, nfgsm, pgd, trades_attack
 from satpipe.train.losses import (
     energy_loss,
@@ -170,7 +171,7 @@ class Variant(TrainingVariant):
         # One coin per batch: heads (probability p_mix) trains on the cheap perturbation.
         cheap = False
         if self.attack != "none" and self.mix != "none":
-            cheap = bool(torch.rand((), generator=generator, device=x.device) < cfg.p_mix)
+            cheap = _coin(cfg.p_mix, generator)
         counts = None  # what x_sat took from the map, when this batch trains on it
         if self.attack == "none":
             x_in = x
@@ -267,9 +268,22 @@ PAPER_VARIANTS: tuple[str, ...] = tuple(name for name, _, _ in _PAPER)
 # Cheap-robustness baselines (issue 18)
 
 
-def _coin(p: float, generator: torch.Generator | None, device: torch.device) -> bool:
-    """One coin per batch, heads with probability p (the SAT mixes' coin)."""
-    return bool(torch.rand((), generator=generator, device=device) < p)
+COIN_STREAM = 0xC014  # tags the coin's host stream apart from the step's device stream
+
+
+def _coin(p: float, generator: torch.Generator | None) -> bool:
+    """One coin per batch, heads with probability p (the mixed variants' coin), drawn on the
+    host: the branch is a Python decision, and reading a draw made on a GPU back would stall
+    the step until the device catches up (a host sync per step).
+
+    A CPU generator (or none: the global CPU one) is drawn from directly, as always; a device
+    generator seeds a CPU one from its own seed (a function of the step's coordinates, read
+    on the host without a sync), so the coin stays a function of (seed, epoch, step, rank)."""
+    if generator is not None and generator.device.type != "cpu":
+        generator = torch.Generator().manual_seed(
+            derive_seed(generator.initial_seed(), COIN_STREAM)
+        )
+    return bool(torch.rand((), generator=generator) < p)
 
 
 @dataclass(frozen=True)
@@ -301,7 +315,7 @@ class FastAT(TrainingVariant):
     def step(self, model, x, s, y, *, epoch, cfg, generator=None, attack_model=None):
         self.require_saliency(s)
         attack_model = model if attack_model is None else attack_model
-        cheap = self.mix == "sat" and _coin(cfg.p_mix, generator, x.device)
+        cheap = self.mix == "sat" and _coin(cfg.p_mix, generator)
         counts = None
         if cheap:
             x_in, counts = sat_perturb_counted(x, s, cfg.eps, sat_alpha(epoch, cfg), generator)

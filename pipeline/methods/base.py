@@ -13,7 +13,7 @@ parameters do not require grad (so no weight gradients are ever built); both are
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
 
@@ -92,6 +92,19 @@ class Method:
         to is refused here, before any work, in one line."""
         return self
 
+    def for_device(
+        self,
+        device: torch.device | str,
+        batch_size: int,
+        input_shape: tuple[int, int, int],
+        recorded: Mapping[str, Any] | None = None,
+    ) -> Method:
+        """A copy with device-dependent parameters left unset (None) filled in for
+        `batch_size` images of `input_shape` (C, H, W) on `device`: from `recorded` (the params
+        of the store being resumed) when it has them, else `satpipe.defaults`. Results depend
+        on these, so the runner records the filled-in params."""
+        return self
+
     def __call__(
         self,
         model: nn.Module | None,
@@ -114,9 +127,7 @@ class Method:
             )
         if self.needs_model and model is None:
             raise SatpipeError(f"method '{self.name}' needs a model (pass --model CKPT)")
-        use_amp = amp and self.amp_safe and self.needs_model
-        ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
-        with frozen(model), ctx:
+        with frozen(model), self.autocast(x.device.type, amp):
             maps = self._attribute(model, x, target, generator)
         maps = maps.detach().float()
         b, c, h, w = x.shape
@@ -124,6 +135,14 @@ class Method:
         if tuple(maps.shape) != expected:
             raise SatpipeError(f"{self.name}: produced {tuple(maps.shape)}, expected {expected}")
         return maps
+
+    def autocast(self, device_type: str, amp: bool):
+        """The autocast context this method's model passes run under: bf16 when `amp` is
+        asked for and the method is `amp_safe`, else none (fp32). Benchmarks time the
+        forward+backward floor under the same context."""
+        if amp and self.amp_safe and self.needs_model:
+            return torch.autocast(device_type, dtype=torch.bfloat16)
+        return nullcontext()
 
     def _attribute(
         self,

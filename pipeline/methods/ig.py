@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients
 
+from satpipe.defaults import ig_internal_batch
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods.base import Method, check_positive
 from satpipe.pipeline.methods.registry import register_method
@@ -39,8 +40,9 @@ class IntegratedGradientsMethod(Method):
     steps: quadrature points (default 50). baseline x': "black" (zeros, default), "blur"
     (x blurred with a Gaussian of std `blur_sigma` pixels), "uniform" (U(0, 1) noise from the
     generator). internal_batch_size: images per forward pass across steps, at least one
-    step of the whole batch (default 64: one step per pass, so the runner's --batch-size is
-    the pass size; see smoothgrad for why small passes on a CPU, large batches on a GPU).
+    step of the whole batch (default per device, `satpipe.defaults.ig_internal_batch`: 64 on
+    a CPU, one step per pass, so the runner's --batch-size is the pass size; on CUDA whole
+    steps filling a GPU-sized pass).
     Completeness: the map sums to logit(x) - logit(x') up to quadrature error. Not
     `amp_safe`: completeness is the point of IG and bf16 breaks it. Output (B, C, H, W).
     """
@@ -48,7 +50,7 @@ class IntegratedGradientsMethod(Method):
     steps: int = 50
     baseline: str = "black"
     blur_sigma: float = 4.0
-    internal_batch_size: int = 64
+    internal_batch_size: int | None = None
 
     uses_generator = True
 
@@ -69,6 +71,15 @@ class IntegratedGradientsMethod(Method):
     def passes_per_image(self) -> int:
         return self.steps
 
+    def for_device(self, device, batch_size, input_shape, recorded=None) -> Method:
+        if self.internal_batch_size is not None:
+            return self
+        internal = (recorded or {}).get("internal_batch_size")
+        if internal is None:
+            _, h, w = input_shape
+            internal = ig_internal_batch(device, batch_size, h, w)
+        return dataclasses.replace(self, internal_batch_size=int(internal))
+
     def make_baseline(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """The baseline x' for batch x (B, C, H, W), same shape, in [0, 1]."""
         if self.baseline == "black":
@@ -80,7 +91,10 @@ class IntegratedGradientsMethod(Method):
     def _attribute(self, model, x, target, generator) -> torch.Tensor:
         # captum evaluates internal_batch_size // B steps of the whole batch per pass; at
         # least one step per pass (captum warns below that), so never fewer than B images.
-        internal = max(self.internal_batch_size, x.shape[0])
+        internal = self.internal_batch_size
+        if internal is None:
+            internal = ig_internal_batch(x.device, x.shape[0], *x.shape[-2:])
+        internal = max(internal, x.shape[0])
         return IntegratedGradients(model).attribute(
             x.detach().clone(),
             baselines=self.make_baseline(x.detach(), generator),

@@ -16,6 +16,7 @@ import dataclasses
 import torch
 from captum.attr import Saliency
 
+from satpipe.defaults import samples_per_pass
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods.base import Method, check_positive
 from satpipe.pipeline.methods.registry import register_method
@@ -29,15 +30,16 @@ class SmoothGrad(Method):
     samples: noisy copies per image (default 10). sigma: noise std as a fraction of the input
     range; inputs live in [0, 1], so the std is `sigma` in pixel units (default 0.15; the noisy
     copies are not clamped, as in captum). samples_batch_size: noisy copies per image per
-    forward pass (one pass sees B * samples_batch_size images; default 1, so the runner's
-    --batch-size is the pass size: on a CPU, passes of ~64 small images ran 1.5-2.4x faster
-    per image than passes of 640 (cache); on a GPU raise --batch-size instead).
+    forward pass (one pass sees B * samples_batch_size images; default per device, see
+    `satpipe.defaults.samples_per_pass`: 1 on a CPU, where the runner's --batch-size is the
+    pass size and small passes run fastest; on CUDA as many as fill a GPU-sized pass). The
+    chunking decides the order of the noise draws, so the value used is recorded.
     Output (B, C, H, W) float32.
     """
 
     samples: int = 10
     sigma: float = 0.15
-    samples_batch_size: int = 1
+    samples_batch_size: int | None = None
 
     amp_safe = True
     uses_generator = True
@@ -51,9 +53,21 @@ class SmoothGrad(Method):
     def passes_per_image(self) -> int:
         return self.samples
 
+    def for_device(self, device, batch_size, input_shape, recorded=None) -> SmoothGrad:
+        if self.samples_batch_size is not None:
+            return self
+        chunk = (recorded or {}).get("samples_batch_size")
+        if chunk is None:
+            _, h, w = input_shape
+            chunk = samples_per_pass(device, batch_size, h, w, self.samples)
+        return dataclasses.replace(self, samples_batch_size=int(chunk))
+
     def _attribute(self, model, x, target, generator) -> torch.Tensor:
         saliency = Saliency(model)
-        chunk = min(self.samples, self.samples_batch_size)
+        per_pass = self.samples_batch_size
+        if per_pass is None:
+            per_pass = samples_per_pass(x.device, x.shape[0], *x.shape[-2:], self.samples)
+        chunk = min(self.samples, per_pass)
         full, rest = divmod(self.samples, chunk)
         total = None
         for k in [chunk] * full + ([rest] if rest else []):

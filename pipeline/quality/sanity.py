@@ -94,12 +94,15 @@ def randomisation_curve(
     seed: int = 0,
     batch_size: int = 64,
     on_step: Callable[[], None] | None = None,
+    amp: bool = False,
 ) -> list[tuple[str, torch.Tensor]]:
     """[(block randomised last, per-image correlation (B,)), ...] for images x (B, C, H, W) in
     [0, 1], labels y (B,) and their stored maps (B, H, W, Cs); step 0 is ("none", intact model).
 
     The model itself is not changed (a deep copy is randomised). Every step draws the method's
-    noise from the same generators, so only the weights differ between steps."""
+    noise from the same generators, so only the weights differ between steps. `amp`: the bf16
+    autocast the store's maps were computed under (its compute.amp), so that step 0 recomputes
+    them as they were made."""
     work = copy.deepcopy(model).eval()
     steps = [("none", None), *cascade_blocks(work)]
     out = []
@@ -109,7 +112,7 @@ def randomisation_curve(
         rho = []
         for a in range(0, len(x), batch_size):
             g = generator(seed, SANITY_STREAM, a, device=x.device)
-            raw = method(work, x[a : a + batch_size], y[a : a + batch_size], generator=g)
+            raw = method(work, x[a : a + batch_size], y[a : a + batch_size], generator=g, amp=amp)
             maps = normalize(raw, normalization).permute(0, 2, 3, 1)
             rho.append(rank_correlation(maps, stored[a : a + batch_size].float()))
         out.append((name, torch.cat(rho)))

@@ -13,6 +13,7 @@ and score; faithfulness and sanity hold their `n` images.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from satpipe.data.store import (
     shard_rows,
     shard_slices,
 )
+from satpipe.defaults import batch_size as default_batch_size
 from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.config import DEFAULT_SCORE_N, ScoreConfig
@@ -163,6 +165,9 @@ def _open(config: ScoreConfig) -> _Job:
         saliency.split(config.split),
         resolve_device(config.device),
     )
+    if config.batch_size is None:  # the device's default, recorded in the settings
+        h, w, _ = dataset.image_shape
+        job.config = dataclasses.replace(config, batch_size=default_batch_size(job.device, h, w))
     _check_inventory(config.saliency, f"{config.split}/saliency", job.maps)
     job.target = _localisation_target(job.view)
     if job.target is not None and job.want("localisation"):
@@ -386,6 +391,7 @@ def _sanity(job: _Job) -> None:
             config.seed,
             config.batch_size,
             on_step=advance,
+            amp=bool((attrs.get("compute") or {}).get("amp")),
         )
     last = curve[-1][1].cpu().numpy()
     job.results["randomisation"] = _summary("randomisation", last, np.zeros_like(last), config.seed)

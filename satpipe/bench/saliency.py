@@ -2,7 +2,8 @@
 memory of the runner at two dataset sizes. Every figure is a ratio or a count within one run.
 
 efficiency = img/s(method) x passes_per_image / img/s(forward+backward), both measured here on
-the same model, batch size and device, in alternation (so both see the same machine load): 1.0
+the same model, batch size, device and autocast (bf16 where the method runs under it, else
+fp32), in alternation (so both see the same machine load): 1.0
 means a method costs exactly its passes, nothing more. Grad-CAM++ exceeds 1: its backward
 stops at the CAM layer.
 """
@@ -22,6 +23,7 @@ from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import SaliencyBenchConfig
 from satpipe.bench.stores import random_dataset, untrained_checkpoint
 from satpipe.bench.timing import Timings, alternate, forward_backward, peak_rss
+from satpipe.defaults import batch_size as default_batch_size
 from satpipe.device import resolve_device
 from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods import get_method, model_methods
@@ -42,11 +44,11 @@ EFFICIENCY_LIMITS = {
 
 
 def batch_size_for(config: SaliencyBenchConfig, device: torch.device) -> int:
-    """Images per method call: as configured, else 64 on a CPU and 1024 on CUDA (where small
-    batches leave the GPU idle)."""
+    """Images per method call: as configured, else the saliency runner's default for the
+    device (`satpipe.defaults.batch_size`: 64 on a CPU, GPU-sized on CUDA)."""
     if config.batch_size is not None:
         return config.batch_size
-    return 1024 if device.type == "cuda" else 64
+    return default_batch_size(device, config.size, config.size)
 
 
 def run(config: SaliencyBenchConfig) -> dict[str, Any]:
@@ -115,6 +117,20 @@ def paired_timings(
     )  # fmt: skip
 
 
+def method_floor(
+    net: torch.nn.Module, method, amp: bool
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The floor `method` is divided by: one plain forward+backward pass of `net`, under the
+    autocast the method's own passes run under (bf16 when it uses amp, else fp32), so that
+    efficiency compares like with like."""
+
+    def floor_pass(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with method.autocast(x.device.type, amp):
+            return forward_backward(net, x, y)
+
+    return floor_pass
+
+
 def bench_methods(config: SaliencyBenchConfig, num_classes: int = 10) -> dict[str, Any]:
     """{"forward_backward_img_s": r, "methods": {name: {img_s, passes_per_image, efficiency}}}
     on random images and an untrained `config.model` (speed does not depend on the weights)."""
@@ -127,9 +143,6 @@ def bench_methods(config: SaliencyBenchConfig, num_classes: int = 10) -> dict[st
     batches = _random_batches(config, dev, num_classes)
     n = sum(len(y) for _, y in batches)
 
-    def floor_pass(x, y):
-        return forward_backward(net, x, y)  # the method's floor: one plain pass
-
     out: dict[str, Any] = {}
     floors: list[float] = []
     use_amp = config.amp and dev.type == "cuda"
@@ -137,12 +150,18 @@ def bench_methods(config: SaliencyBenchConfig, num_classes: int = 10) -> dict[st
         for name in methods:
             method = get_method(name, **config.params.get(name, {}))
             method = method.resolve(net, (3, config.size, config.size))
+            # Device-dependent sizes (SmoothGrad's copies per pass, IG's pass), recorded.
+            method = method.for_device(
+                dev, batch_size_for(config, dev), (3, config.size, config.size)
+            )
             if not method.needs_model:
                 raise SatpipeError(f"bench: method '{name}' uses no model; nothing to time")
             gen_dev = torch.Generator(device=dev).manual_seed(config.seed)
 
             def call(x, y, method=method, gen_dev=gen_dev):
                 return method(net, x, y, generator=gen_dev, amp=use_amp)
+
+            floor_pass = method_floor(net, method, use_amp)
 
             passes = method.passes_per_image
             t = paired_timings(
