@@ -10,7 +10,8 @@ The public API, for training loops and notebooks of your own (imported on first 
     ds = sp.SaliencyDataset("d.zarr", "s.zarr", split="train", transform=None)
     image, smap, label = ds[i]          # (C,H,W) f32 [0,1], (Cs,H,W) f32 [-1,1], int64
     sp.compute_saliency(model, "d.zarr", "s.zarr", "smoothgrad", samples=20)
-    x_sat = sp.sat_perturb(x, s, 8 / 255, sp.alpha_schedule(epoch))
+    alpha = sp.alpha_at("progress", 0.6, epoch, step, steps_per_epoch, epochs)  # noise -> maps
+    x_sat = sp.sat_perturb(x, s, 8 / 255, alpha)
     r = sp.robust_accuracy(model, x, y, attack="pgd", eps=8 / 255)  # .accuracy .interval
     sp.get_method("ig", steps=32); sp.create_model("resnet10", 10); sp.load_model("m.pt")
     sp.open_dataset("d.zarr").attrs; sp.open_saliency("s.zarr").attrs
@@ -29,6 +30,8 @@ _API = {
     "compute_saliency": "satpipe.pipeline.compute",
     "sat_perturb": "satpipe.train.perturb",
     "alpha_schedule": "satpipe.train.perturb",
+    "alpha_at": "satpipe.train.alpha_schedules",
+    "ALPHA_SCHEDULES": "satpipe.train.alpha_schedules",
     "uniform_noise": "satpipe.train.perturb",
     "robust_accuracy": "satpipe.train.robust",
     "RobustAccuracy": "satpipe.train.robust",

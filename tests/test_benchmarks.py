@@ -252,8 +252,13 @@ def test_the_moved_parts_report_headline_rows_and_text():
          "epoch_seconds": 5.0, "target": 0.02,
          "sizes": {"rows": 64, "image": [8, 8, 3], "model": "smallcnn", "variant": "original"},
          "first_epoch_seconds": {"checked": 5.05, "unchecked": 5.0},
-         "resident_load_seconds": {"checked": 0.3, "unchecked": 0.2}}  # fmt: skip
-    assert [r["passed"] for r in integrity.headline(i)] == [True, None, None]
+         "resident_load_seconds": {"checked": 0.3, "unchecked": 0.2},
+         "checkpoint": {"bytes": 1e8, "tensors": 10, "checked_over_unchecked": 2.0,
+                        "digest_s": 0.15, "file_sha256_s": 0.17, "load_unchecked_s": 0.1,
+                        "load_checked_s": 0.2},
+         "metadata": {"refuse_claim_s": 6e-4, "check_honest_s": 7e-4,
+                      "store_info_refuse_s": 6e-4, "claimed_rows": 1e9}}  # fmt: skip
+    assert [r["passed"] for r in integrity.headline(i)] == [True, None, None, None, True]
     assert integrity.format_report(i).splitlines()[0].endswith("= 0.0100 (target <= 0.02)")
 
 

@@ -78,8 +78,9 @@ def test_cifar100_plan_counts_each_step_and_prices_it(tmp_path):
     assert sum(n.startswith("saliency") for n in steps) == 8
     assert sum(n.startswith("score") for n in steps) == 8
     runs = [s for n, s in steps.items() if n.startswith("evaluate")]
-    assert len(runs) == 2 + 8 and all(r.count == 3 for r in runs)
-    assert sum(n.startswith("train") for n in steps) == 10
+    # original, +noise, SAT on each of the 8 stores and its shuffled twin (the content control)
+    assert len(runs) == 2 + 8 * 2 and all(r.count == 3 for r in runs)
+    assert sum(n.startswith("train") for n in steps) == 2 + 8 * 2
     # SmoothGrad-50 over the split, and its score: the cascade re-runs it once per block.
     assert steps["saliency std smoothgrad"].passes == 50_000 * 50
     blocks = len(cascade_blocks(create_model("resnet34", 100)))
