@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.loader import _check_saliency_done
 from satpipe.data.store import check_pairing, open_dataset, open_saliency, shard_rows
 from satpipe.data.streaming import ShardReader
-from satpipe.errors import SatpipeError
 
 DEFAULT_CACHE_BYTES = 512 << 20  # per process: a CIFAR-sized split with its maps fits whole
 

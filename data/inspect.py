@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from satpipe.core.errors import SatpipeError
+from satpipe.core.progress import progress
 from satpipe.data.integrity import (
     EVERY_CHUNK,
     SHARD_SHA256,
@@ -50,8 +52,6 @@ from satpipe.data.store import (
     storage_errors,
     unreadable_metadata,
 )
-from satpipe.errors import SatpipeError
-from satpipe.progress import progress
 
 # At most this many example rows are named in one problem line.
 EXAMPLES = 3

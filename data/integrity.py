@@ -36,7 +36,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 
 # Recorded in a store's `satpipe` attributes, list `features`.
 EVERY_CHUNK = "every-chunk"  # every chunk is stored, even one equal to the fill value

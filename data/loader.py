@@ -47,6 +47,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from satpipe.core.errors import SatpipeError, note
+from satpipe.core.options import check_choice
+from satpipe.core.progress import progress
+from satpipe.core.seeding import derive_seed, generator
 from satpipe.data.augment import crop_flip, draw_crop_flip
 from satpipe.data.store import (
     DatasetView,
@@ -61,10 +65,6 @@ from satpipe.data.store import (
     shard_slices,
 )
 from satpipe.data.streaming import ShardReader, StreamStats, plan_segments, stream_batches
-from satpipe.errors import SatpipeError, note
-from satpipe.options import check_choice
-from satpipe.progress import progress
-from satpipe.seeding import derive_seed, generator
 
 
 class LoaderMode(str, Enum):

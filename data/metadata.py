@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 
 MAX_DEPTH = 64
 META = "zarr.json"

@@ -11,7 +11,7 @@ satpipe store for `store publish`, a run directory for `train`. It never removes
 - a file, a directory of someone else's files, or a store of another kind.
 
 Each refusal is one line naming the path and what it holds. The lock of a local store lives
-beside it (`NAME.zarr.lock`, see satpipe.locks), so it exists before the store does and
+beside it (`NAME.zarr.lock`, see satpipe.core.locks), so it exists before the store does and
 survives the store's replacement; URL stores (s3://...) are not locked.
 """
 
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from satpipe.errors import SatpipeError
-from satpipe.locks import WriterLock
+from satpipe.core.errors import SatpipeError
+from satpipe.core.locks import WriterLock
 
 ATTR = "satpipe"
 STORE_KINDS = ("dataset", "saliency")

@@ -16,6 +16,8 @@ from typing import Any
 
 import fsspec
 
+from satpipe.core.errors import SatpipeError
+from satpipe.core.progress import progress
 from satpipe.data.outputs import prepare_output, refuse_chained, store_lock
 from satpipe.data.store import (
     ATTR,
@@ -28,8 +30,6 @@ from satpipe.data.store import (
     saliency_inventory,
     storage_errors,
 )
-from satpipe.errors import SatpipeError
-from satpipe.progress import progress
 
 ROOT_META = "zarr.json"
 # Objects are moved in batches of about this many bytes: large enough for s3fs to run the

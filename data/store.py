@@ -32,6 +32,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from satpipe import __version__
+from satpipe.core.errors import SatpipeError, note, os_error_line
 from satpipe.data.integrity import (
     DATASET_FEATURES,
     EVERY_CHUNK,
@@ -46,7 +47,6 @@ from satpipe.data.integrity import (
 )
 from satpipe.data.metadata import check_metadata
 from satpipe.data.outputs import prepare_output, store_lock
-from satpipe.errors import SatpipeError, note, os_error_line
 
 FORMAT = 1
 ATTR = "satpipe"

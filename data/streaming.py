@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.integrity import ShardCheck
 from satpipe.data.store import open_group
-from satpipe.errors import SatpipeError
 
 Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]  # images, maps, labels (NHWC)
 

@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from satpipe.core.errors import SatpipeError, note
 from satpipe.data.quality_text import quality_lines
 from satpipe.data.shelf import HEADLINE_SCORES, describe_store
 from satpipe.data.store import storage_errors, url_to_fs, write_errors
-from satpipe.errors import SatpipeError, note
 
 CARD = "README.md"
 GALLERY = "gallery.png"

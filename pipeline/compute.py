@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.pipeline.config import SaliencyConfig
 from satpipe.pipeline.runner import compute_saliency as run_config
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from satpipe.device import DETERMINISTIC_HELP, DEVICE_HELP
-from satpipe.errors import SatpipeError
-from satpipe.options import check_choice, coerce_fields, option, storage_options_field
+from satpipe.core.device import DETERMINISTIC_HELP, DEVICE_HELP
+from satpipe.core.errors import SatpipeError
+from satpipe.core.options import check_choice, coerce_fields, option, storage_options_field
 
 _NORMALIZATIONS = "satpipe.data.store:Normalization"
 
@@ -41,7 +41,7 @@ class SaliencyConfig:
     batch_size: int | None = option(
         None,
         "Images per method call (default: the store's on a resume, else 64 on a CPU and a "
-        "GPU-sized batch on CUDA, see satpipe.defaults; recorded).",
+        "GPU-sized batch on CUDA, see satpipe.core.defaults; recorded).",
     )
     device: str = option("auto", DEVICE_HELP)
     workers: int | None = option(

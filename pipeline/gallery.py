@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.store import check_pairing, open_dataset, open_saliency
-from satpipe.errors import SatpipeError
 
 # Scores shown under a column's title when the store has them: (score, abbreviation).
 TITLE_SCORES = (("pointing-game", "PG"), ("relevance-mass", "RM"), ("sign-agreement", "SA"))

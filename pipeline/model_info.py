@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.pipeline.methods.gradcam_pp import cam_layer_name
 from satpipe.pipeline.methods.layers import guided_plan
 from satpipe.train.models import input_norm, load_model, probe_model

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.store import Normalization
-from satpipe.errors import SatpipeError
 
 __all__ = ["Normalization", "normalize"]
 

@@ -22,7 +22,7 @@ and their noise generators draw different numbers).
 
 Executors: in-process (default), or dask.distributed with `workers=N` (a LocalCluster of N
 single-threaded processes, or one worker per GPU; dask-cuda's LocalCUDACluster when it is
-installed, each worker on its own GPU: see `satpipe.cluster.worker_device`) or
+installed, each worker on its own GPU: see `satpipe.core.cluster.worker_device`) or
 `scheduler="tcp://..."` (an existing cluster whose workers see the same files).
 Each worker process loads the model once and keeps it in `_MODEL_CACHE` for later tasks.
 """
@@ -42,14 +42,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from satpipe.cluster import dask_client, run_tasks, worker_device
+from satpipe.core.cluster import dask_client, run_tasks, worker_device
+from satpipe.core.defaults import batch_size as default_batch_size
+from satpipe.core.device import resolve_device
+from satpipe.core.errors import SatpipeError, note
+from satpipe.core.precision import configure
+from satpipe.core.progress import progress
+from satpipe.core.seeding import MASK63, seed_words
 from satpipe.data.loader import to_float_batch
 from satpipe.data.outputs import refuse_chained, refuse_inputs, store_lock
 from satpipe.data.store import ATTR, SPLITS, open_dataset, open_group, shard_rows, store_exists
 from satpipe.data.streaming import read_checked
-from satpipe.defaults import batch_size as default_batch_size
-from satpipe.device import resolve_device
-from satpipe.errors import SatpipeError, note
 from satpipe.pipeline.config import SaliencyConfig
 from satpipe.pipeline.methods import Method, get_method
 from satpipe.pipeline.normalize import normalize
@@ -62,9 +65,6 @@ from satpipe.pipeline.saliency_store import (
     unmark_lost_shards,
     write_shard,
 )
-from satpipe.precision import configure
-from satpipe.progress import progress
-from satpipe.seeding import MASK63, seed_words
 from satpipe.train.models import load_model, probe_model
 
 __all__ = ["SaliencyConfig", "compute_saliency", "run_shard", "shard_seed", "state_dict_sha256"]
@@ -143,7 +143,7 @@ def _module_copy(module: nn.Module, device: str) -> nn.Module:
 
 
 def _worker_device(device: str) -> str:
-    """This worker's device (see `satpipe.cluster.worker_device`: dask-cuda's workers use
+    """This worker's device (see `satpipe.core.cluster.worker_device`: dask-cuda's workers use
     cuda:0, their own GPU; a plain LocalCluster's worker k uses cuda:k mod the GPU count)."""
     return worker_device(device)
 

@@ -25,6 +25,7 @@ from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 
 from satpipe import __version__
+from satpipe.core.errors import SatpipeError, note
 from satpipe.data.integrity import (
     SALIENCY_FEATURES,
     shard_key,
@@ -46,7 +47,6 @@ from satpipe.data.store import (
     write_attrs,
     write_errors,
 )
-from satpipe.errors import SatpipeError, note
 
 # How long a run waits for a store another process is creating to get its attributes.
 CREATION_WAIT_S = 30.0

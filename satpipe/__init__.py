@@ -33,15 +33,15 @@ _API = {
     "alpha_at": "satpipe.train.alpha_schedules",
     "ALPHA_SCHEDULES": "satpipe.train.alpha_schedules",
     "uniform_noise": "satpipe.train.perturb",
-    "robust_accuracy": "satpipe.train.robust",
-    "RobustAccuracy": "satpipe.train.robust",
+    "robust_accuracy": "satpipe.train.eval.robust",
+    "RobustAccuracy": "satpipe.train.eval.robust",
     "get_method": "satpipe.pipeline.methods",
     "create_model": "satpipe.train.models",
     "load_model": "satpipe.train.models",
     "open_dataset": "satpipe.data.store",
     "open_saliency": "satpipe.data.store",
     "make_loader": "satpipe.data.loader",
-    "SatpipeError": "satpipe.errors",
+    "SatpipeError": "satpipe.core.errors",
 }
 
 __all__ = ["__version__", *_API]

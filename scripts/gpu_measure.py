@@ -40,7 +40,7 @@ def _sync(dev: torch.device) -> None:
 
 
 def saliency_part(args, dev: torch.device, share_s: float) -> dict[str, Any]:
-    from satpipe import defaults
+    from satpipe.core import defaults
     from satpipe.pipeline.methods import get_method
     from satpipe.train.models import create_model
 
@@ -136,7 +136,7 @@ def training_part(args, dev: torch.device, root: Path) -> dict[str, Any]:
 
 
 def autoattack_part(args, dev: torch.device, root: Path, training: dict) -> dict[str, Any]:
-    from satpipe.train.evaluate import evaluate
+    from satpipe.train.eval.evaluate import evaluate
 
     run = (training.get("runs", {}).get("pgd-sat/resident") or {}).get("run")
     run = run or (training.get("runs", {}).get("pgd-sat/streaming") or {}).get("run")
@@ -214,7 +214,7 @@ def main() -> int:
     args.deadline = time.monotonic() + args.budget
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from satpipe.device import resolve_device
+    from satpipe.core.device import resolve_device
 
     dev = resolve_device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"

@@ -11,15 +11,15 @@ import torch
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.loader import make_loader
-from satpipe.errors import SatpipeError
 from satpipe.train import trainer
 from satpipe.train.alpha_schedules import ALPHA_SCHEDULES, alpha_at, expected_map_share
 from satpipe.train.checkpoint import load_checkpoint
 from satpipe.train.config import TrainConfig, run_config, upgrade_saved
+from satpipe.train.eval.results import saliency_use
 from satpipe.train.pairing import derangement
 from satpipe.train.perturb import alpha_schedule, sat_perturb, sat_perturb_counted
-from satpipe.train.results import saliency_use
 from satpipe.train.trainer import train
 from tests.conftest import write_colour_dataset, write_tiny_dataset, write_tiny_saliency
 from tests.test_loader import row_ids, write_index_pair

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from satpipe.train.attacks import fgsm, input_grad, pgd, trades_attack
+from satpipe.train.eval.attacks import fgsm, input_grad, pgd, trades_attack
 from satpipe.train.losses import trades_loss
 
 EPS = 8 / 255

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from satpipe.errors import SatpipeError
-from satpipe.train.attacks import (
+from satpipe.core.errors import SatpipeError
+from satpipe.train.eval.attacks import (
     ATTACKS,
     AttackContext,
     attack_set,
@@ -17,7 +17,7 @@ from satpipe.train.attacks import (
     n_target_classes,
     pgd,
 )
-from satpipe.train.attacks.reference import standard_autoattack
+from satpipe.train.eval.attacks.reference import standard_autoattack
 from tests.test_attacks import colour_data
 
 EPS = 4 / 255

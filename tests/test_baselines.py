@@ -10,9 +10,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from satpipe.cli import app
-from satpipe.errors import SatpipeError
-from satpipe.train.attacks import fgsm_rs, project
+from satpipe.core.errors import SatpipeError
 from satpipe.train.config import TrainConfig
+from satpipe.train.eval.attacks import fgsm_rs, project
 from satpipe.train.losses import igr_loss, rrr_loss, sgt_loss
 from satpipe.train.perturb import saliency_mask
 from satpipe.train.schedules import lr_at

@@ -193,7 +193,7 @@ def test_a_part_command_takes_its_quick_sizes_under_the_flags_given(monkeypatch)
 
 def test_peak_rss_probe_reads_the_child_peak_and_its_result():
     from satpipe.bench.timing import peak_rss
-    from satpipe.errors import SatpipeError
+    from satpipe.core.errors import SatpipeError
 
     code = "block = bytearray(args['mib'] * 2**20)\nresult['n'] = len(block) // 2**20"
     out = peak_rss(code, {"mib": 64}, "a 64 MiB block")
@@ -204,7 +204,7 @@ def test_peak_rss_probe_reads_the_child_peak_and_its_result():
 
 def test_bench_configs_parse_the_command_line_values():
     from satpipe.bench.config import LoaderBenchConfig, SaliencyBenchConfig, TrainBenchConfig
-    from satpipe.errors import SatpipeError
+    from satpipe.core.errors import SatpipeError
 
     cfg = SaliencyBenchConfig(params={"smoothgrad.samples": 50, "ig": {"steps": 4}})
     assert cfg.params == {"smoothgrad": {"samples": "50"}, "ig": {"steps": 4}}

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.train.config import EvalConfig
-from satpipe.train.correctness import load_correct, write_correct
-from satpipe.train.evalset import stratified_order
+from satpipe.train.eval.per_image import load_correct, write_correct
+from satpipe.train.eval.subset import stratified_order
 
 
 def test_correctness_file_round_trips_and_reads_without_satpipe(tmp_path):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-import satpipe.cluster as cluster
-import satpipe.reproduce as rp
-from satpipe.device import resolve_device
-from satpipe.errors import SatpipeError
+import satpipe.core.cluster as cluster
+import satpipe.reproduce.run as rp
+from satpipe.core.device import resolve_device
+from satpipe.core.errors import SatpipeError
 from satpipe.train import distributed, trainer
 from satpipe.train.models import create_model
 
@@ -303,7 +303,7 @@ def test_sizes_left_to_the_device_are_recorded_and_kept_on_resume(tiny):
 
 
 def test_device_defaults_grow_on_cuda():
-    from satpipe import defaults
+    from satpipe.core import defaults
 
     assert defaults.batch_size("cpu", 32, 32) == 64
     assert defaults.batch_size(torch.device("cuda", 1), 32, 32) == 1024

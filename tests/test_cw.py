@@ -11,9 +11,9 @@ from torch import nn
 
 pytest.importorskip("torchattacks", reason="cw-l2 runs on torchattacks; `make venv` installs it")
 
-from satpipe.train.attacks import ATTACKS, AttackContext, cw_l2, min_norm_set  # noqa: E402
 from satpipe.train.config import TrainConfig  # noqa: E402
-from satpipe.train.evaluate import evaluate  # noqa: E402
+from satpipe.train.eval.attacks import ATTACKS, AttackContext, cw_l2, min_norm_set  # noqa: E402
+from satpipe.train.eval.evaluate import evaluate  # noqa: E402
 from satpipe.train.trainer import train  # noqa: E402
 from tests.conftest import write_colour_dataset  # noqa: E402
 

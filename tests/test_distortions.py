@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from satpipe.train.distortions import (
+from satpipe.train.eval.distortions import (
     BG_GREY,
     DISTORTIONS,
     GREY_WEIGHTS,
@@ -84,7 +84,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_eval_reports_accuracy_per_level_with_intervals_and_a_plot(trained_run):
-    from satpipe.train.evaluate import evaluate
+    from satpipe.train.eval.evaluate import evaluate
 
     results = evaluate(
         trained_run, eps=(0, 8), batch_size=32, device="cpu", strict=False,
@@ -109,8 +109,8 @@ def test_eval_reports_accuracy_per_level_with_intervals_and_a_plot(trained_run):
      "which --distortions does not run"),
 ])  # fmt: skip
 def test_bad_distortion_options_are_one_line(trained_run, options, message):
-    from satpipe.errors import SatpipeError
-    from satpipe.train.evaluate import evaluate
+    from satpipe.core.errors import SatpipeError
+    from satpipe.train.eval.evaluate import evaluate
 
     with pytest.raises(SatpipeError, match=message.replace("[", r"\[").replace("]", r"\]")):
         evaluate(trained_run, device="cpu", **options)

@@ -6,11 +6,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.loader import make_loader
-from satpipe.errors import SatpipeError
-from satpipe.train import evaluate as evaluate_module
 from satpipe.train.config import TrainConfig
-from satpipe.train.evaluate import evaluate, failed_checks, robustness, sanity_checks
+from satpipe.train.eval import evaluate as evaluate_module
+from satpipe.train.eval.evaluate import evaluate, failed_checks, robustness, sanity_checks
 from satpipe.train.models import load_model
 from satpipe.train.trainer import train
 from tests.conftest import write_colour_dataset
@@ -197,7 +197,7 @@ def one_thread():
 
 
 def test_autoattack_subset_correctness_file_and_robustbench(trained_run, tmp_path, one_thread):
-    from satpipe.train.correctness import load_correct
+    from satpipe.train.eval.per_image import load_correct
 
     run, _ = trained_run
     out = tmp_path / "aa"

@@ -15,14 +15,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.store import open_saliency
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods import get_method, model_methods
 from satpipe.pipeline.methods.layers import find_cam_layer
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
 from satpipe.train.checkpoint import model_record, save_checkpoint
 from satpipe.train.config import TrainConfig
-from satpipe.train.evaluate import evaluate
+from satpipe.train.eval.evaluate import evaluate
 from satpipe.train.models import create_model, input_norm
 from satpipe.train.trainer import train
 from tests.conftest import write_colour_dataset, write_tiny_saliency

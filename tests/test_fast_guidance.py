@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from satpipe.errors import SatpipeError
-from satpipe.train.attacks import nfgsm
+from satpipe.core.errors import SatpipeError
+from satpipe.train.eval.attacks import nfgsm
 from satpipe.train.losses import energy_loss, gradalign_penalty, input_x_gradient
 from satpipe.train.variants import VARIANTS, VariantConfig
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 import zarr
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.train.checkpoint import load_checkpoint
 
 from .conftest import write_tiny_dataset

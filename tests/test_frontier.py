@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from satpipe.stats import wilson
-from satpipe.train.frontier import (
+from satpipe.core.stats import wilson
+from satpipe.reproduce.frontier import (
     pareto_front,
     robust_accuracy,
     run_record,

@@ -23,9 +23,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import IMPORTERS, import_dataset
 from satpipe.data.store import open_dataset
-from satpipe.errors import SatpipeError
 
 RNG = np.random.default_rng(0)
 SIDE = 8

@@ -37,7 +37,7 @@ from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
 from satpipe.train import trainer
 from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
 from satpipe.train.config import TrainConfig
-from satpipe.train.evaluate import evaluate
+from satpipe.train.eval.evaluate import evaluate
 from satpipe.train.models import create_model
 from satpipe.train.variants import VARIANTS
 from tests.conftest import write_tiny_dataset

@@ -102,7 +102,7 @@ def test_the_guard_restores_the_best_epoch_and_stops_on_a_collapse(colour, tmp_p
     train(run_config(run, resume=True))
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
     # The evaluation says so too.
-    from satpipe.train.evaluate import evaluate
+    from satpipe.train.eval.evaluate import evaluate
 
     results = evaluate(run, eps=(1,), steps=1, device="cpu", strict=False)
     assert results["stopped"]["restored_epoch"] == best_epoch and results["guard"]["fired"]

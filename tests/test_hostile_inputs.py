@@ -17,20 +17,20 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.cli._common import config_options
+from satpipe.core.errors import SatpipeError
 from satpipe.data.inspect import store_info, verify_store
 from satpipe.data.loader import make_loader
 from satpipe.data.metadata import json_depth
 from satpipe.data.store import DatasetWriter, open_dataset, open_saliency
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.config import SaliencyConfig
 from satpipe.pipeline.runner import compute_saliency
 from satpipe.train.checkpoint import load_checkpoint, state_digest
 from satpipe.train.config import EvalConfig, ModelImportConfig, TrainConfig
-from satpipe.train.evaluate import evaluate
+from satpipe.train.eval.evaluate import evaluate
+from satpipe.train.eval.staleness import stale_reason
 from satpipe.train.model_import import import_model
 from satpipe.train.models import create_model, load_model
 from satpipe.train.runlock import RunLock
-from satpipe.train.staleness import stale_reason
 from satpipe.train.trainer import train
 
 from .conftest import write_tiny_dataset

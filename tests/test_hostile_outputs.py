@@ -13,10 +13,10 @@ import zarr
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.outputs import is_run_dir, lock_path, prepare_output, store_lock
 from satpipe.data.publish import publish_store
 from satpipe.data.shapes import make_shapes
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.config import SaliencyConfig, ScoreConfig
 from satpipe.pipeline.quality import score_store
 from satpipe.pipeline.runner import compute_saliency

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from zarr.codecs import Crc32cCodec
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.inspect import format_info, store_info, verify_store
 from satpipe.data.store import (
     ATTR,
@@ -22,7 +23,6 @@ from satpipe.data.store import (
     shard_slices,
     write_attrs,
 )
-from satpipe.errors import SatpipeError
 
 from .conftest import write_tiny_dataset
 

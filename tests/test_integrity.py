@@ -19,15 +19,15 @@ import zarr
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.inspect import format_info, store_info, verify_store
 from satpipe.data.loader import make_loader
 from satpipe.data.publish import publish_store
 from satpipe.data.store import ATTR, DatasetWriter, open_dataset, open_saliency
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
 from satpipe.train.checkpoint import load_checkpoint
 from satpipe.train.config import TrainConfig
-from satpipe.train.evaluate import evaluate
+from satpipe.train.eval.evaluate import evaluate
 from satpipe.train.trainer import train
 
 from .conftest import write_tiny_dataset

@@ -17,17 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"data": "satpipe.data", "pipeline": "satpipe.pipeline", "train": "satpipe.train"}
 CORE = {
     "satpipe",
-    "satpipe.errors",
-    "satpipe.progress",
-    "satpipe.registry",
-    "satpipe.options",
-    "satpipe.seeding",
-    "satpipe.device",
-    "satpipe.defaults",
-    "satpipe.precision",
-    "satpipe.cluster",
-    "satpipe.stats",
-    "satpipe.locks",
+    "satpipe.core.errors",
+    "satpipe.core.progress",
+    "satpipe.core.registry",
+    "satpipe.core.options",
+    "satpipe.core.seeding",
+    "satpipe.core.device",
+    "satpipe.core.defaults",
+    "satpipe.core.precision",
+    "satpipe.core.cluster",
+    "satpipe.core.stats",
+    "satpipe.core.locks",
 }
 ALLOWED = {
     "satpipe.data": {"satpipe.data"},
@@ -94,8 +94,8 @@ def test_the_layer_check_itself_catches_violations():
     assert not allowed("satpipe.data.store", "satpipe.train.models")
     assert not allowed("satpipe.train.trainer", "satpipe.pipeline.methods")
     assert not allowed("satpipe.pipeline.runner", "satpipe.train.checkpoint")
-    assert not allowed("satpipe.stats", "satpipe.data.store")
+    assert not allowed("satpipe.core.stats", "satpipe.data.store")
     assert allowed("satpipe.pipeline.runner", "satpipe.train.models.load_model")
     assert allowed("satpipe.reproduce", "satpipe.pipeline.runner")
-    assert allowed("satpipe.data.store", "satpipe.errors.SatpipeError")
+    assert allowed("satpipe.data.store", "satpipe.core.errors.SatpipeError")
     assert module_name(ROOT / "data" / "importers" / "__init__.py") == "satpipe.data.importers"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.augment import CropFlip, crop_flip, draw_crop_flip
 from satpipe.data.loader import make_loader
 from satpipe.data.store import (
@@ -21,7 +22,6 @@ from satpipe.data.store import (
     write_attrs,
 )
 from satpipe.data.streaming import plan_segments
-from satpipe.errors import SatpipeError
 
 from .conftest import write_tiny_dataset
 

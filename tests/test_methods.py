@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from captum.attr import GuidedBackprop, NoiseTunnel, Saliency
 from torch import nn
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.pipeline.methods import METHODS, get_method, method_params
 from satpipe.pipeline.normalize import normalize
 from satpipe.train.models import create_model

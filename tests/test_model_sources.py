@@ -13,7 +13,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from satpipe.cli import app
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.train.checkpoint import file_sha256, load_checkpoint, model_record, save_checkpoint
 from satpipe.train.config import ModelImportConfig, TrainConfig
 from satpipe.train.model_import import import_model

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
 from satpipe.train.models import MODELS, create_model, load_model
 

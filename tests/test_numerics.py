@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from satpipe import precision
-from satpipe.train import evaluate as evaluate_module
+from satpipe.core import precision
 from satpipe.train.checkpoint import model_record, save_checkpoint
+from satpipe.train.eval import evaluate as evaluate_module
 from satpipe.train.models import create_model
 from tests.conftest import write_tiny_dataset
 
@@ -117,7 +117,7 @@ def test_evaluation_keeps_only_the_rows_it_attacks(ckpt, monkeypatch):
 
 def test_the_eval_set_keeps_the_batches_layout(ckpt):
     from satpipe.data.loader import make_loader
-    from satpipe.train.evalset import load_eval_set
+    from satpipe.train.eval.subset import load_eval_set
 
     _, data = ckpt
     for channels_last in (True, False):

@@ -12,10 +12,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import Sample, SplitArrays, import_dataset, write_dataset
 from satpipe.data.importers.common import seeded_split
 from satpipe.data.store import open_dataset
-from satpipe.errors import SatpipeError
 
 RNG = np.random.default_rng(5)
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-import satpipe.reproduce as rp
+import satpipe.reproduce.run as rp
 import satpipe.train.trainer as trainer
-from satpipe import fastdev, plan
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import import_dataset
 from satpipe.data.store import open_dataset
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.quality.sanity import cascade_blocks
-from satpipe.presets import PRESETS
+from satpipe.reproduce import fastdev, plan
+from satpipe.reproduce.presets import PRESETS
 from satpipe.train.models import create_model
 from tests.conftest import write_tiny_dataset
 from tests.formats import write_cifar100, write_flowers17, write_tinyimagenet

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.train.perturb import alpha_schedule, sat_perturb, uniform_noise
 
 EPS = 8 / 255

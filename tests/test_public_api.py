@@ -109,7 +109,7 @@ def test_two_workers_and_two_ranks_cover_the_split_once(pair):
 
 
 def test_bad_pairs_splits_and_transforms_are_one_line(pair, tmp_path):
-    from satpipe.errors import SatpipeError
+    from satpipe.core.errors import SatpipeError
 
     data, sal = pair
     other = write_tiny_dataset(tmp_path / "other.zarr", seed=1)
@@ -159,7 +159,7 @@ def test_compute_saliency_from_a_module_equals_its_checkpoint(pair, tmp_path):
 
 
 def test_compute_saliency_refuses_bad_models_and_methods(pair, tmp_path):
-    from satpipe.errors import SatpipeError
+    from satpipe.core.errors import SatpipeError
 
     data, _ = pair
 
@@ -176,8 +176,8 @@ def test_compute_saliency_refuses_bad_models_and_methods(pair, tmp_path):
 
 
 def test_robust_accuracy_equals_satpipe_eval(pair, tmp_path):
-    from satpipe.train.correctness import load_correct
-    from satpipe.train.evaluate import evaluate
+    from satpipe.train.eval.evaluate import evaluate
+    from satpipe.train.eval.per_image import load_correct
 
     data, _ = pair
     torch.manual_seed(0)
@@ -200,7 +200,7 @@ def test_robust_accuracy_equals_satpipe_eval(pair, tmp_path):
 
 
 def test_robust_accuracy_refuses_bad_input():
-    from satpipe.errors import SatpipeError
+    from satpipe.core.errors import SatpipeError
 
     model, x, y = Net(), torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     with pytest.raises(SatpipeError, match="unknown attack 'pgdd'; choose one of"):

@@ -14,9 +14,9 @@ import torch
 import zarr
 from torch import nn
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.inspect import format_info, store_info, verify_store
 from satpipe.data.store import open_saliency
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.config import ScoreConfig
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.methods.base import Method

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from satpipe.stats import wilson
-from satpipe.train import quality_report as qr
+from satpipe.core.stats import wilson
+from satpipe.reproduce import quality_report as qr
 
 
 def _record(

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from satpipe.cli import app
-from satpipe.errors import SatpipeError
-from satpipe.registry import Registry, load_all
+from satpipe.core.errors import SatpipeError
+from satpipe.core.registry import Registry, load_all
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
 

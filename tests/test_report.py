@@ -3,15 +3,15 @@ import math
 import numpy as np
 import pytest
 
-from satpipe.stats import wilson
-from satpipe.train.claims import (
+from satpipe.core.stats import wilson
+from satpipe.reproduce.claims import (
     claims_markdown,
     ordering_claims,
     pair_claims,
     time_claims,
 )
-from satpipe.train.correctness import write_correct
-from satpipe.train.report import markdown_table, robustness_plot, summarize, time_table
+from satpipe.reproduce.tables import markdown_table, robustness_plot, summarize, time_table
+from satpipe.train.eval.per_image import write_correct
 
 N = 400
 
@@ -151,7 +151,7 @@ def test_a_small_gap_inside_its_noise_is_not_significant(tmp_path):
     for r in records:  # SAT gets 3 more images right than plain at eps 2: well inside noise
         if r["variant"] == "sat":
             path = tmp_path / r["correct"]
-            from satpipe.train.correctness import load_correct
+            from satpipe.train.eval.per_image import load_correct
 
             c = load_correct(path)
             bits = {m: c.entries[m].copy() for m in c.measurements()}
@@ -171,8 +171,8 @@ def test_pair_claims_refuse_unpaired_images_and_time_claims(tmp_path):
     assert claims[0]["claim"] == "sat > original"
     assert {r["eps"]: r["verdict"] for r in claims[0]["rows"]}["1"] == "holds"
     # A row evaluated on other images cannot be paired: a one-line error, not a silent test.
-    from satpipe.errors import SatpipeError
-    from satpipe.train.correctness import load_correct
+    from satpipe.core.errors import SatpipeError
+    from satpipe.train.eval.per_image import load_correct
 
     c = load_correct(tmp_path / "sat/seed0/correct.npz")
     bits = {m: c.entries[m] for m in c.measurements()}

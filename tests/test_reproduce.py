@@ -6,9 +6,9 @@ import re
 import pytest
 import torch
 
-import satpipe.reproduce as rp
+import satpipe.reproduce.run as rp
 import satpipe.train.trainer as trainer
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 
 
 @pytest.fixture

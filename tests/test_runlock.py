@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from satpipe import locks
 from satpipe.cli import app
-from satpipe.errors import SatpipeError
+from satpipe.core import locks
+from satpipe.core.errors import SatpipeError
 from satpipe.train.checkpoint import load_checkpoint
 from satpipe.train.config import TrainConfig
 from satpipe.train.runlock import LOCK_NAME, RunLock
@@ -37,7 +37,7 @@ time.sleep(120)
 # Processes that race for one lock once a start file appears; each prints what it got.
 RACER = """
 import os, sys, time
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.train.runlock import RunLock
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.001)

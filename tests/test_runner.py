@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.store import check_pairing, open_dataset, open_saliency
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.normalize import normalize
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency, shard_seed

@@ -18,6 +18,7 @@ import zarr
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.inspect import store_info, verify_store
 from satpipe.data.publish import publish_store
 from satpipe.data.store import (
@@ -27,7 +28,6 @@ from satpipe.data.store import (
     remove_store,
     store_exists,
 )
-from satpipe.errors import SatpipeError
 from satpipe.train.checkpoint import file_sha256, model_record, save_checkpoint
 from satpipe.train.models import create_model
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.store import open_saliency
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.saliency_store import (
     done_shards,
     mark_complete,

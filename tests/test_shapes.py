@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.shapes import (
     SHAPES,
     block_rng,
@@ -18,7 +19,6 @@ from satpipe.data.shapes import (
     split_labels,
 )
 from satpipe.data.store import open_dataset
-from satpipe.errors import SatpipeError
 
 
 def _small(path, **kw):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from satpipe.stats import (
+from satpipe.core.stats import (
     accuracy_interval,
     holm,
     mcnemar,
@@ -85,7 +85,7 @@ def test_spearman_agrees_with_scipy_on_ties():
 def test_paired_test_p_value_matches_mcnemar_and_its_interval():
     from scipy.stats import norm
 
-    from satpipe.stats import paired_test, significance
+    from satpipe.core.stats import paired_test, significance
 
     rng = np.random.default_rng(4)
     n = 2000

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import zarr
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.store import (
     DatasetWriter,
     compute_fingerprint,
@@ -10,7 +11,6 @@ from satpipe.data.store import (
     open_saliency,
     row_layout,
 )
-from satpipe.errors import SatpipeError
 
 from .conftest import write_tiny_dataset
 

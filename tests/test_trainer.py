@@ -5,7 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 from satpipe.cli import app
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.train import trainer
 from satpipe.train.checkpoint import load_checkpoint
 from satpipe.train.config import TrainConfig, run_config

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.train.losses import trades_loss
 from satpipe.train.perturb import alpha_schedule, sat_perturb
 from satpipe.train.variants import PAPER_VARIANTS, VARIANTS, Cost, VariantConfig

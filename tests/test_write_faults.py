@@ -23,9 +23,9 @@ import zarr
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import import_dataset
 from satpipe.data.store import open_dataset, open_saliency
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
 from satpipe.train import checkpoint as checkpoint_module
 from satpipe.train.checkpoint import load_checkpoint

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from satpipe.errors import SatpipeError
-from satpipe.registry import Registry
+from satpipe.core.errors import SatpipeError
+from satpipe.core.registry import Registry
 
 DEFAULT_HORIZON = 100.0  # the paper's epochs
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from satpipe import __version__
-from satpipe.errors import SatpipeError, first_line, note
+from satpipe.core.errors import SatpipeError, first_line, note
 
 FORMAT = 1
 

@@ -15,10 +15,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from satpipe.data.metadata import bounded_json
-from satpipe.device import DETERMINISTIC_HELP, DEVICE_HELP
-from satpipe.errors import SatpipeError
-from satpipe.options import (
+from satpipe.core.device import DETERMINISTIC_HELP, DEVICE_HELP
+from satpipe.core.errors import SatpipeError
+from satpipe.core.options import (
     check_choice,
     coerce_fields,
     field_default,
@@ -26,6 +25,7 @@ from satpipe.options import (
     parse_list,
     storage_options_field,
 )
+from satpipe.data.metadata import bounded_json
 
 
 class Optimizer(str, Enum):
@@ -281,15 +281,16 @@ def train_config(given: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**given)
 
 
-_ATTACKS = "satpipe.train.attacks:ATTACKS"
-_DISTORTIONS = "satpipe.train.distortions:DISTORTIONS"
+_ATTACKS = "satpipe.train.eval.attacks:ATTACKS"
+_DISTORTIONS = "satpipe.train.eval.distortions:DISTORTIONS"
 # Attacks whose eps grid always includes 0: the "eps = 0 gives the clean accuracy" check.
 ZERO_EPS_ATTACKS = ("fgsm", "pgd")
 
 
 @dataclass
 class EvalConfig:
-    """`satpipe eval`: robustness of a trained model on the test split (satpipe.train.evaluate).
+    """`satpipe eval`: robustness of a trained model on the test split
+    (satpipe.train.eval.evaluate).
 
     eps and step sizes in /255 units. Every attack in `attacks` runs at every eps of `eps`
     (`attack_eps` overrides that per attack, e.g. {"autoattack": (8,)}; an L2 attack runs at
@@ -403,7 +404,7 @@ class EvalConfig:
 
     def levels(self, distortion: str) -> tuple[float, ...]:
         """The levels `distortion` is evaluated at: --distortion-levels, else the SAT code's."""
-        from satpipe.train.distortions import DISTORTIONS
+        from satpipe.train.eval.distortions import DISTORTIONS
 
         return self.distortion_levels.get(distortion, DISTORTIONS.get(distortion).levels)
 
@@ -422,7 +423,7 @@ class EvalConfig:
 
     def _default_grid(self, attack: str) -> tuple[float, ...]:
         """--eps, or the attack's own grid when it has one (an L2 attack: its radii)."""
-        from satpipe.train.attacks import ATTACKS
+        from satpipe.train.eval.attacks import ATTACKS
 
         own = ATTACKS.get(attack).default_eps
         return self.eps if own is None else own
@@ -454,7 +455,7 @@ def _eps_tuple(value: Any) -> tuple[float, ...]:
 
 
 def _levels(name: str, value: Any) -> tuple[float, ...]:
-    from satpipe.train.distortions import check_level
+    from satpipe.train.eval.distortions import check_level
 
     if isinstance(value, str):
         values = parse_list(value, float, "--distortion-levels")
@@ -480,7 +481,7 @@ def _positive_int(value: Any, flag: str) -> int:
 
 
 def _components(names) -> tuple[str, ...]:
-    from satpipe.train.attacks import ATTACKS
+    from satpipe.train.eval.attacks import ATTACKS
 
     standard = ATTACKS.get("autoattack").components
     out = tuple(dict.fromkeys(check_choice(n, _ATTACKS, "attack") for n in names))

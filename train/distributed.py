@@ -13,13 +13,13 @@ import os
 import torch
 import torch.distributed as dist
 
-from satpipe.device import resolve_device
+from satpipe.core.device import resolve_device
 
 
 def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]:
     """(rank, world_size, local_rank, device) from the torchrun environment.
 
-    device: as `satpipe.device.resolve_device` takes it; under torchrun "cuda" (or "auto" on a
+    device: as `satpipe.core.device.resolve_device` takes it; under torchrun "cuda" (or "auto" on a
     GPU machine) means `cuda:LOCAL_RANK` for each process. Initialises the default process
     group once (NCCL on CUDA, gloo on CPU); calling it again returns the same answer.
     """

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from satpipe.core.errors import SatpipeError
+from satpipe.core.seeding import generator
 from satpipe.data.store import open_dataset
-from satpipe.errors import SatpipeError
-from satpipe.seeding import generator
-from satpipe.train.attacks import model_mode, pgd
+from satpipe.train.eval.attacks import model_mode, pgd
 
 GUARD_STREAM = 0x6A2D  # tags the guard's draws apart from every other seeded stream
 

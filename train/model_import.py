@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from satpipe.core.errors import SatpipeError, first_line
 from satpipe.data.outputs import prepare_file_output
-from satpipe.errors import SatpipeError, first_line
 from satpipe.train.checkpoint import (
     check_finite,
     file_sha256,

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from satpipe.errors import SatpipeError
-from satpipe.registry import Registry
+from satpipe.core.errors import SatpipeError
+from satpipe.core.registry import Registry
 
 ENTRY_POINT_GROUP = "satpipe.models"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from satpipe.errors import SatpipeError, first_line
-from satpipe.registry import Registry
+from satpipe.core.errors import SatpipeError, first_line
+from satpipe.core.registry import Registry
 from satpipe.train.checkpoint import file_sha256, load_checkpoint
 from satpipe.train.model_sources import (
     MODEL_SOURCES,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from satpipe.errors import SatpipeError
-from satpipe.seeding import derive_seed
+from satpipe.core.errors import SatpipeError
+from satpipe.core.seeding import derive_seed
 
 PAIRING_FILE = "pairing.json"
 PAIRING_STREAM = 0x9A1  # tags the pairing's stream apart from every other seeded stream

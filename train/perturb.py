@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 
 
 def alpha_schedule(epoch: int, base: float = 0.6) -> float:

@@ -4,7 +4,7 @@
         ...   # only this process writes checkpoints and metrics into run_dir
 
 The lock itself (holder named, a killed holder's lock taken over, racing processes: one wins)
-is satpipe.locks.WriterLock, which every store writer uses too.
+is satpipe.core.locks.WriterLock, which every store writer uses too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from satpipe.locks import WriterLock, held_by_other
+from satpipe.core.locks import WriterLock, held_by_other
 
 LOCK_NAME = "train.lock"
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from satpipe.registry import Registry
+from satpipe.core.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -52,22 +52,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from satpipe.core.errors import SatpipeError, os_error_line
+from satpipe.core.precision import configure
+from satpipe.core.progress import progress
+from satpipe.core.seeding import generator
 from satpipe.data.outputs import check_run_output
-from satpipe.errors import SatpipeError, os_error_line
-from satpipe.precision import configure
-from satpipe.progress import progress
-from satpipe.seeding import generator
 from satpipe.train.alpha_schedules import alpha_at, expected_map_share
 from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
 from satpipe.train.config import RESUMABLE_CHANGES, TrainConfig, upgrade_saved
 from satpipe.train.distributed import barrier, cleanup, init_distributed, sync_buffers
-from satpipe.train.evaluate import clean_accuracy
+from satpipe.train.eval.evaluate import clean_accuracy
+from satpipe.train.eval.staleness import mark_stale
 from satpipe.train.guard import OverfitGuard, held_out_rows
 from satpipe.train.models import create_model, probe_model
 from satpipe.train.pairing import PAIRING_FILE, check_recorded, pairing_record, run_pairing
 from satpipe.train.runlock import RunLock
 from satpipe.train.schedules import SCHEDULES, lr_at
-from satpipe.train.staleness import mark_stale
 from satpipe.train.variants import VARIANTS, TrainingVariant, VariantConfig
 
 __all__ = ["TrainConfig", "run_finished", "train", "train_one_epoch"]
@@ -451,7 +451,7 @@ def _sat_record(stats: dict[str, Any], alpha_fn: Callable[[int], float], steps: 
 def _warn_low_share(run: _Run) -> None:
     """One line on stderr when less than half of the run's SAT perturbation came from the map
     (not for `constant`, where the user set the share with --alpha-base)."""
-    from satpipe.train.results import saliency_share
+    from satpipe.train.eval.results import saliency_share
 
     share = saliency_share(run.dir)
     if share is None or share >= 0.5 or run.config.alpha_schedule == "constant":

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 
 # Saliency-store methods that are weak saliency (+1 on the object, -1 elsewhere, from the
 # dataset's masks or boxes): the pipeline's `mask` and `bbox` (tests/test_baselines.py checks

@@ -54,10 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from satpipe.errors import SatpipeError
-from satpipe.registry import Registry
-from satpipe.seeding import derive_seed
-from satpipe.train.attacks import fgsm_rs, input_grad, model_mode, nfgsm, pgd, trades_attack
+from satpipe.core.errors import SatpipeError
+from satpipe.core.registry import Registry
+from satpipe.core.seeding import derive_seed
+from satpipe.train.eval.attacks import fgsm_rs, input_grad, model_mode, nfgsm, pgd, trades_attack
 from satpipe.train.losses import (
     energy_loss,
     gradalign_penalty,

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from satpipe.core.errors import SatpipeError
+from satpipe.core.options import check_choice, option, storage_options_field
+from satpipe.core.registry import Registry
 from satpipe.data.outputs import refuse_chained, refuse_inputs
-from satpipe.errors import SatpipeError
-from satpipe.options import check_choice, option, storage_options_field
-from satpipe.registry import Registry
 
 # name -> fn(src, out, **options) -> out; the summary is the fn's first docstring line.
 IMPORTERS: Registry[Callable[..., str]] = Registry("dataset format", plural="importers")

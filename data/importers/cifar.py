@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import ResizePolicy, check_output
 from satpipe.data.importers.writer import write_dataset
-from satpipe.errors import SatpipeError
 
 CIFAR10_CLASSES = (
     "airplane",

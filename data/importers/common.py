@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.outputs import prepare_output, refuse_chained
 from satpipe.data.store import store_exists, unfinished_dataset
-from satpipe.errors import SatpipeError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 BLOCK_ROWS = 256

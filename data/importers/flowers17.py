@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import (
     ResizePolicy,
@@ -34,7 +35,6 @@ from satpipe.data.importers.common import (
     seeded_split,
 )
 from satpipe.data.importers.writer import Sample, write_dataset
-from satpipe.errors import SatpipeError
 
 FLOWER_CLASSES = (
     "Daffodil",

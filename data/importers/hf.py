@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from satpipe.core.errors import SatpipeError, first_line
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import ResizePolicy, check_output, read_text, seeded_split
 from satpipe.data.importers.writer import Sample, write_dataset
-from satpipe.errors import SatpipeError, first_line
 
 TEST_NAMES = ("test", "validation", "valid", "val")
 IMAGE_NAMES = ("image", "img")

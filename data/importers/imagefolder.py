@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import (
     ResizePolicy,
@@ -30,7 +31,6 @@ from satpipe.data.importers.common import (
     seeded_split,
 )
 from satpipe.data.importers.writer import Sample, write_dataset
-from satpipe.errors import SatpipeError
 
 
 def _scan(tree: Path, root: Path, classes: list[str], masks: Path | None) -> list[Sample]:

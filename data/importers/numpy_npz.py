@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import ResizePolicy, check_output, seeded_split
 from satpipe.data.importers.writer import SplitArrays, write_dataset
-from satpipe.errors import SatpipeError
 
 LAYOUTS = ("auto", "nhwc", "nchw")
 KNOWN = {f"{k}_{s}" for k in ("x", "y", "masks", "boxes") for s in ("train", "test")}

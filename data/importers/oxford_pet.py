@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import (
     ResizePolicy,
@@ -32,7 +33,6 @@ from satpipe.data.importers.common import (
     seeded_split,
 )
 from satpipe.data.importers.writer import Sample, write_dataset
-from satpipe.errors import SatpipeError
 
 
 def trimap_mask(path: Path) -> np.ndarray:

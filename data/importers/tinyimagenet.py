@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import (
     ResizePolicy,
@@ -27,7 +28,6 @@ from satpipe.data.importers.common import (
     require_dir,
 )
 from satpipe.data.importers.writer import Sample, write_dataset
-from satpipe.errors import SatpipeError
 
 
 def _lines(path: Path) -> list[tuple[int, list[str]]]:

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from satpipe.core.errors import SatpipeError
+from satpipe.core.progress import progress
 from satpipe.data.importers.common import (
     RESIZE_METHOD,
     ResizePolicy,
@@ -47,8 +49,6 @@ from satpipe.data.importers.common import (
     resize_policy,
 )
 from satpipe.data.store import DatasetWriter
-from satpipe.errors import SatpipeError
-from satpipe.progress import progress
 
 BLOCK_ROWS = 256
 GREY_MODES = frozenset({"L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "1", "F", "La"})

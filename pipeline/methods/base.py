@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 
 
 @contextmanager
@@ -101,7 +101,7 @@ class Method:
     ) -> Method:
         """A copy with device-dependent parameters left unset (None) filled in for
         `batch_size` images of `input_shape` (C, H, W) on `device`: from `recorded` (the params
-        of the store being resumed) when it has them, else `satpipe.defaults`. Results depend
+        of the store being resumed) when it has them, else `satpipe.core.defaults`. Results depend
         on these, so the runner records the filled-in params."""
         return self
 

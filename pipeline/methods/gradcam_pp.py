@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.pipeline.methods.base import Method, input_leaf, target_logit_sum
 from satpipe.pipeline.methods.layers import find_cam_layer
 from satpipe.pipeline.methods.registry import register_method

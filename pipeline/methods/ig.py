@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients
 
-from satpipe.defaults import ig_internal_batch
-from satpipe.errors import SatpipeError
+from satpipe.core.defaults import ig_internal_batch
+from satpipe.core.errors import SatpipeError
 from satpipe.pipeline.methods.base import Method, check_positive
 from satpipe.pipeline.methods.registry import register_method
 
@@ -40,7 +40,7 @@ class IntegratedGradientsMethod(Method):
     steps: quadrature points (default 50). baseline x': "black" (zeros, default), "blur"
     (x blurred with a Gaussian of std `blur_sigma` pixels), "uniform" (U(0, 1) noise from the
     generator). internal_batch_size: images per forward pass across steps, at least one
-    step of the whole batch (default per device, `satpipe.defaults.ig_internal_batch`: 64 on
+    step of the whole batch (default per device, `satpipe.core.defaults.ig_internal_batch`: 64 on
     a CPU, one step per pass, so the runner's --batch-size is the pass size; on CUDA whole
     steps filling a GPU-sized pass).
     Completeness: the map sums to logit(x) - logit(x') up to quadrature error. Not

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 
 # Names of torch functions (and Tensor methods) that are rectifier-like activations.
 ACTIVATION_FUNCTIONS = frozenset(

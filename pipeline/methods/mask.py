@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.pipeline.methods.base import Method
 from satpipe.pipeline.methods.registry import register_method
 

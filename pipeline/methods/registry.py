@@ -7,9 +7,9 @@ import types
 import typing
 from typing import Any
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
+from satpipe.core.registry import Registry
 from satpipe.pipeline.methods.base import Method
-from satpipe.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("saliency method", plural="methods")
 

@@ -16,8 +16,8 @@ import dataclasses
 import torch
 from captum.attr import Saliency
 
-from satpipe.defaults import samples_per_pass
-from satpipe.errors import SatpipeError
+from satpipe.core.defaults import samples_per_pass
+from satpipe.core.errors import SatpipeError
 from satpipe.pipeline.methods.base import Method, check_positive
 from satpipe.pipeline.methods.registry import register_method
 
@@ -31,7 +31,7 @@ class SmoothGrad(Method):
     range; inputs live in [0, 1], so the std is `sigma` in pixel units (default 0.15; the noisy
     copies are not clamped, as in captum). samples_batch_size: noisy copies per image per
     forward pass (one pass sees B * samples_batch_size images; default per device, see
-    `satpipe.defaults.samples_per_pass`: 1 on a CPU, where the runner's --batch-size is the
+    `satpipe.core.defaults.samples_per_pass`: 1 on a CPU, where the runner's --batch-size is the
     pass size and small passes run fastest; on CUDA as many as fill a GPU-sized pass). The
     chunking decides the order of the noise draws, so the value used is recorded.
     Output (B, C, H, W) float32.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from satpipe.registry import Registry
+from satpipe.core.registry import Registry
 
 FAMILIES = ("localisation", "faithfulness", "sanity")
 

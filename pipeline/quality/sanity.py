@@ -31,11 +31,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from satpipe.core.seeding import derive_seed, generator
 from satpipe.pipeline.methods.base import Method
 from satpipe.pipeline.normalize import normalize
 from satpipe.pipeline.quality.localisation import average_ranks
 from satpipe.pipeline.quality.registry import Score, register_score
-from satpipe.seeding import derive_seed, generator
 
 FLAG_AT = 0.5  # mean rank correlation with the weights gone at or above which a store is flagged
 SANITY_STREAM = 0x5A17  # tags this check's random streams apart from every other one

@@ -23,6 +23,12 @@ import numpy as np
 import torch
 
 from satpipe import __version__
+from satpipe.core.defaults import batch_size as default_batch_size
+from satpipe.core.device import resolve_device
+from satpipe.core.errors import SatpipeError
+from satpipe.core.progress import progress
+from satpipe.core.seeding import derive_seed, generator
+from satpipe.core.stats import mean_interval
 from satpipe.data.store import (
     check_pairing,
     now_iso,
@@ -31,17 +37,11 @@ from satpipe.data.store import (
     shard_rows,
     shard_slices,
 )
-from satpipe.defaults import batch_size as default_batch_size
-from satpipe.device import resolve_device
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.config import DEFAULT_SCORE_N, ScoreConfig
 from satpipe.pipeline.quality.faithfulness import faithfulness_batch, taken_counts
 from satpipe.pipeline.quality.localisation import boxes_to_masks, localisation_batch
 from satpipe.pipeline.quality.registry import SCORES, family_scores
 from satpipe.pipeline.quality.sanity import FLAG_AT, cascade_blocks, randomisation_curve
-from satpipe.progress import progress
-from satpipe.seeding import derive_seed, generator
-from satpipe.stats import mean_interval
 
 FAITH_STREAM = 0xFA17  # tags the faithfulness orders apart from every other random stream
 SUBSET_STREAM = 0x5B5E

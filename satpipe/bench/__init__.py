@@ -44,7 +44,7 @@ from satpipe.bench.config import (
     SaliencyBenchConfig,
     TrainBenchConfig,
 )
-from satpipe.registry import Registry
+from satpipe.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Benchmark:
             return dict(self.quick)
         if not self.cpu:
             return {}
-        from satpipe.device import resolve_device
+        from satpipe.core.device import resolve_device
 
         return dict(self.cpu) if resolve_device(device).type == "cpu" else {}
 
@@ -195,7 +195,7 @@ def bench_all(config: BenchAllConfig) -> dict[str, Any]:
     suffix .md (the headline table)."""
     import torch
 
-    from satpipe.device import resolve_device
+    from satpipe.core.device import resolve_device
 
     parts = list(config.parts or [name for name, e in BENCHMARKS.items() if e.in_all])
     report: dict[str, Any] = {

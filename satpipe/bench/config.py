@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from satpipe.device import DEVICE_HELP
-from satpipe.errors import SatpipeError
-from satpipe.options import check_choice, coerce_fields, option, parse_pairs
+from satpipe.core.device import DEVICE_HELP
+from satpipe.core.errors import SatpipeError
+from satpipe.core.options import check_choice, coerce_fields, option, parse_pairs
 from satpipe.train.config import MODEL_HELP, check_model_options
 
 _METHODS = "satpipe.pipeline.methods:METHODS"

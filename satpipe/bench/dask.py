@@ -20,7 +20,7 @@ from satpipe.bench import headline_row
 from satpipe.bench.config import DaskBenchConfig
 from satpipe.bench.stores import random_dataset, untrained_checkpoint
 from satpipe.bench.timing import alternate
-from satpipe.cluster import dask_client
+from satpipe.core.cluster import dask_client
 
 TARGET = 1.8
 

@@ -28,10 +28,10 @@ from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import DatasetBenchConfig
 from satpipe.bench.stores import random_pair
 from satpipe.bench.timing import alternate
+from satpipe.core.progress import progress
 from satpipe.data.dataset import SaliencyDataset
 from satpipe.data.loader import make_loader
 from satpipe.data.store import now_iso, open_dataset, open_saliency
-from satpipe.progress import progress
 
 SIDES = ("dataset_workers", "dataset_persistent", "dataset_inline", "pairloader", "tensordataset")
 

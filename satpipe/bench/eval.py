@@ -3,7 +3,7 @@
     satpipe bench eval --model resnet10 --n-images 1024 --batch-size 512 --device cuda
 
 On one model and one set of images it times PGD-5 (2/255, random start) and standard AutoAttack
-(`satpipe.train.attacks`, the reference code) at `eps`, and reports per attack:
+(`satpipe.train.eval.attacks`, the reference code) at `eps`, and reports per attack:
 
 - images_per_s: evaluated images per second (the whole attack, clean pass included);
 - passes: the model calls the attack made, as image-forwards with and without a gradient
@@ -38,8 +38,8 @@ from satpipe import __version__
 from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import EvalBenchConfig
 from satpipe.bench.timing import alternate, torch_threads
-from satpipe.device import resolve_device
-from satpipe.train.attacks import AttackContext, attack_set, clean_correct
+from satpipe.core.device import resolve_device
+from satpipe.train.eval.attacks import AttackContext, attack_set, clean_correct
 
 SHARE_TARGET = 0.9  # PGD-5: at least 90% of its time in the model's passes
 
@@ -104,12 +104,12 @@ def _host_syncs(model, x, y, clean, ctx, batch_size) -> float | None:
 
 
 def _model_and_data(model, checkpoint, data, n, size, classes, device, seed):
-    from satpipe.seeding import generator
+    from satpipe.core.seeding import generator
     from satpipe.train.models import create_model, load_model
 
     if checkpoint is not None:
         from satpipe.data.loader import make_loader
-        from satpipe.train.evalset import load_eval_set
+        from satpipe.train.eval.subset import load_eval_set
 
         net, state = load_model(checkpoint, device)
         data = data or (state.get("config") or {}).get("data")

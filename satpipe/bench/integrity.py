@@ -39,11 +39,11 @@ from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import IntegrityBenchConfig
 from satpipe.bench.timing import alternate
 from satpipe.bench.trust import checkpoint_costs, metadata_costs
+from satpipe.core.device import resolve_device
 from satpipe.data.integrity import shard_digest
 from satpipe.data.loader import make_loader
 from satpipe.data.store import open_dataset, shard_rows, shard_slices
 from satpipe.data.synthetic import write_random_dataset
-from satpipe.device import resolve_device
 from satpipe.train.config import TrainConfig
 from satpipe.train.models import create_model
 from satpipe.train.trainer import build_optimizer, train_one_epoch

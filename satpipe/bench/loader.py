@@ -25,10 +25,10 @@ from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import LoaderBenchConfig
 from satpipe.bench.stores import random_pair
 from satpipe.bench.timing import alternate, peak_rss
+from satpipe.core.device import resolve_device
+from satpipe.core.progress import progress
 from satpipe.data.loader import make_loader
 from satpipe.data.store import now_iso
-from satpipe.device import resolve_device
-from satpipe.progress import progress
 from satpipe.train.models import create_model
 
 MODES = ("resident", "streaming")

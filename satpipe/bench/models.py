@@ -32,8 +32,8 @@ from satpipe import __version__
 from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import ModelsBenchConfig
 from satpipe.bench.timing import Timings, alternate, forward_backward, torch_threads
-from satpipe.device import resolve_device
-from satpipe.errors import SatpipeError
+from satpipe.core.device import resolve_device
+from satpipe.core.errors import SatpipeError
 from satpipe.pipeline.methods import get_method
 from satpipe.train.models import create_model, input_norm
 

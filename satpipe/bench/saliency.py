@@ -23,11 +23,11 @@ from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import SaliencyBenchConfig
 from satpipe.bench.stores import random_dataset, untrained_checkpoint
 from satpipe.bench.timing import Timings, alternate, forward_backward, peak_rss
-from satpipe.defaults import batch_size as default_batch_size
-from satpipe.device import resolve_device
-from satpipe.errors import SatpipeError
+from satpipe.core.defaults import batch_size as default_batch_size
+from satpipe.core.device import resolve_device
+from satpipe.core.errors import SatpipeError
+from satpipe.core.progress import progress
 from satpipe.pipeline.methods import get_method, model_methods
-from satpipe.progress import progress
 from satpipe.train.models import create_model
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -45,7 +45,7 @@ EFFICIENCY_LIMITS = {
 
 def batch_size_for(config: SaliencyBenchConfig, device: torch.device) -> int:
     """Images per method call: as configured, else the saliency runner's default for the
-    device (`satpipe.defaults.batch_size`: 64 on a CPU, GPU-sized on CUDA)."""
+    device (`satpipe.core.defaults.batch_size`: 64 on a CPU, GPU-sized on CUDA)."""
     if config.batch_size is not None:
         return config.batch_size
     return default_batch_size(device, config.size, config.size)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from satpipe.errors import SatpipeError
+from satpipe.core.errors import SatpipeError
 from satpipe.pipeline.methods.base import frozen, input_leaf, target_logit_sum
 
 

@@ -32,9 +32,9 @@ from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import TrainBenchConfig
 from satpipe.bench.stores import random_pair
 from satpipe.bench.timing import Timings, alternate, time_once
+from satpipe.core.device import resolve_device
+from satpipe.core.errors import SatpipeError
 from satpipe.data.loader import make_loader
-from satpipe.device import resolve_device
-from satpipe.errors import SatpipeError
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.normalize import normalize
 from satpipe.train.config import TrainConfig

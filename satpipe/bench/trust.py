@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
+from satpipe.core.errors import SatpipeError
 from satpipe.data.inspect import store_info
 from satpipe.data.metadata import check_metadata
 from satpipe.data.synthetic import write_random_dataset
-from satpipe.errors import SatpipeError
 from satpipe.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint, state_digest
 
 RESNET50_PARAMS = 25_557_032  # float32: 102 MB

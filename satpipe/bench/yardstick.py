@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from satpipe.bench.timing import alternate, forward_backward, torch_threads
-from satpipe.device import resolve_device
+from satpipe.core.device import resolve_device
 from satpipe.train.models import create_model
 
 YARDSTICK = "smallcnn input-gradient forward+backward, 32x32, batch 64"

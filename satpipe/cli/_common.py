@@ -1,5 +1,5 @@
 """What every command module shares: the Typer apps, one-line errors, and the builder that
-turns a typed config dataclass (`satpipe.options`) into a command's options.
+turns a typed config dataclass (`satpipe.core.options`) into a command's options.
 
 A config-built command has one option per field, default and help taken from the field, so a
 default is written once (in the config) and a flag the user did not give never overrides what
@@ -20,8 +20,8 @@ from typing import Any
 import typer
 from typer.core import TyperCommand
 
-from satpipe.errors import SatpipeError
-from satpipe.options import (
+from satpipe.core.errors import SatpipeError
+from satpipe.core.options import (
     field_default,
     field_kind,
     flag_name,

@@ -7,7 +7,7 @@ import dataclasses
 import typer
 
 from satpipe.cli._common import app, friendly_errors
-from satpipe.registry import REGISTRY_MODULES, load_all, load_registry
+from satpipe.core.registry import REGISTRY_MODULES, load_all, load_registry
 
 
 def registry_markdown() -> str:

@@ -14,7 +14,7 @@ from satpipe.cli._common import (
     storage_options,
     sub_app,
 )
-from satpipe.options import parse_pairs
+from satpipe.core.options import parse_pairs
 from satpipe.pipeline.config import SaliencyConfig
 
 show_app = sub_app("show", "Pictures for a person to look at.")

@@ -13,7 +13,7 @@ from satpipe.cli._common import (
     storage_options,
     sub_app,
 )
-from satpipe.errors import printable
+from satpipe.core.errors import printable
 from satpipe.pipeline.config import ScoreConfig
 
 store_app = sub_app("store", "Inspect, verify, score and publish stores.")

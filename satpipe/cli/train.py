@@ -16,7 +16,7 @@ def _train(given):
 
 
 def _eval(given):
-    from satpipe.train.evaluate import evaluate, masking_warning, results_markdown
+    from satpipe.train.eval.evaluate import evaluate, masking_warning, results_markdown
 
     results = evaluate(**given)
     warning = masking_warning(results)

@@ -1,0 +1,935 @@
+"""`satpipe reproduce`: the paper's grid end to end (the one module that uses all three packages).
+
+Steps, each skipped when its output exists and is complete, so a killed run resumes:
+
+1. data          out/data/NAME.zarr           built-in `shapes`, or imported from --data-root
+2. weak saliency out/saliency/mask.zarr        masks or boxes as +-1 maps (no model)
+3. sources       out/sources/{std,adv}/       source models: standard and PGD-trained
+4. saliency      out/saliency/SRC-METHOD.zarr  maps for the method study (and CONTROL.zarr)
+5. quality       every store scored (`satpipe store score`), recorded in its provenance
+6. runs          out/runs/ROW/seedK/          students: train, then evaluate (results.json)
+7. report        table.md, results.json, robustness.png, saliency.png, time.md, claims.md,
+                 saliency-quality.md, quality-vs-robustness.png, and for presets with a
+                 `frontier`: frontier.png, frontier.md; with `distortions`: distortions.png
+
+One bar follows the whole grid with an ETA (each step weighted by its estimated work,
+satpipe.reproduce.grid); time.md records the wall time of the run.
+
+Independent runs of step 5 go to dask workers with `jobs > 1` or a `scheduler` address. What
+is reported is what was measured: no preset is tuned to make a claim hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from satpipe.core.cluster import ONE_THREAD_ENV, dask_client, run_tasks
+from satpipe.core.device import DEVICE_HELP
+from satpipe.core.errors import SatpipeError
+from satpipe.core.options import coerce_fields, option
+from satpipe.core.progress import grid_progress, progress
+from satpipe.reproduce import fastdev
+from satpipe.reproduce.plan import check_annotations, print_plan
+from satpipe.reproduce.presets import METHOD_LABELS, PRESETS, SOURCES, Preset
+
+
+@dataclass
+class ReproduceConfig:
+    """What `satpipe reproduce` fills in. `seeds`/`epochs` override the preset (smoke runs)."""
+
+    preset: str = option(
+        "quick", "The grid to run (`satpipe list presets`).", short="-p",
+        choices="satpipe.reproduce.presets:PRESETS",
+    )  # fmt: skip
+    out: str | None = option(None, "Report folder (default: results/PRESET).", short="-o")
+    data_root: str | None = option(None, "Folder with the real data set (paper presets).")
+    jobs: int = option(
+        1, "Runs in parallel on a local dask cluster (on GPUs: at most one per GPU, each on "
+        "its own).", short="-j",
+    )  # fmt: skip
+    scheduler: str | None = option(None, "dask scheduler address to run on.")
+    device: str = option("auto", DEVICE_HELP)
+    seeds: tuple[int, ...] | None = option(None, "Override the preset's seeds, e.g. 0,1.")
+    epochs: int | None = option(None, "Override the preset's epochs.")
+    fast_dev_run: bool = option(
+        False, "Smoke run: every step on a few hundred rows, one epoch, fewest samples/steps "
+        "(default out: results/PRESET-fast-dev-run).",
+    )  # fmt: skip
+    plan: bool = option(True, "Print the grid's steps and their estimated cost first.")
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        self.preset = PRESETS.entry(self.preset).name
+        if self.out is None:
+            suffix = "-fast-dev-run" if self.fast_dev_run else ""
+            self.out = f"results/{self.preset}{suffix}"
+        if self.jobs < 1:
+            raise SatpipeError(f"--jobs must be >= 1, got {self.jobs}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One student run of step 5: a row of the table, at one seed."""
+
+    row: str
+    group: str  # "weak" (the nine-variant grid), "methods" (the saliency-method study) or
+    # "frontier" (a baseline only the frontier asks for)
+    variant: str
+    seed: int
+    saliency: str | None
+    out: str
+    options: tuple[tuple[str, Any], ...] = ()  # TrainConfig fields on top of the preset's
+    content: bool = False  # a row of the content test (the preset's content_* evaluation)
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def build_data(preset: Preset, out: Path, data_root: str | None) -> str:
+    """Step 1: the dataset store (reused when complete)."""
+    from satpipe.data.store import open_dataset
+
+    uri = out / "data" / f"{preset.name}.zarr"
+    if _complete(open_dataset, uri):
+        return str(uri)
+    uri.parent.mkdir(parents=True, exist_ok=True)
+    if preset.dataset == "shapes":
+        from satpipe.data.shapes import make_shapes
+
+        # A half-written store from a killed run is replaced, never trusted.
+        return make_shapes(str(uri), overwrite=True, **preset.dataset_options)
+    if not data_root:
+        raise SatpipeError(
+            f"preset '{preset.name}' imports {preset.dataset}: pass --data-root with its files"
+        )
+    from satpipe.data.importers import import_dataset
+
+    return import_dataset(
+        preset.dataset, data_root, str(uri), overwrite=True, **preset.dataset_options
+    )
+
+
+def build_saliency(
+    data: str, out: Path, method: str, params: dict[str, Any], model: str | None, device: str
+) -> str:
+    """Steps 2 and 4: a saliency store; the runner itself skips shards already done."""
+    from satpipe.data.store import open_saliency
+    from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
+
+    if _complete(open_saliency, out):
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = SaliencyConfig(
+        method=method, data=data, out=str(out), model=model, params=params, device=device
+    )
+    return compute_saliency(config)
+
+
+def build_quality(
+    store: str, data: str, model: str | None, preset: Preset, device: str
+) -> dict[str, Any]:
+    """Step 5: the store's quality scores, or the ones it records when they were made with
+    the same settings and judge model (a resumed run does not score twice)."""
+    from satpipe.data.store import open_saliency
+    from satpipe.pipeline.config import ScoreConfig
+    from satpipe.pipeline.quality import score_store
+    from satpipe.train.checkpoint import file_sha256
+
+    rows = int(preset.dataset_options.get("n_train", preset.score_n))
+    n = min(preset.score_n, rows)
+    config = ScoreConfig(store, data=data, model=model, n=n, device=device)
+    recorded = open_saliency(store).attrs.get("quality") or {}
+    settings = recorded.get("settings") or {}
+    sha = file_sha256(model) if model else None
+    if (
+        settings.get("n") == config.n
+        and settings.get("seed") == config.seed
+        and settings.get("steps") == config.steps
+        and settings.get("scores") == "all"
+        and (settings.get("model") or {}).get("sha256") == sha
+    ):
+        return recorded
+    return score_store(config)
+
+
+def train_config(preset: Preset, **fields: Any):
+    """A TrainConfig with the preset's optimisation and attack settings."""
+    from satpipe.train.config import TrainConfig
+
+    base = dict(
+        model=preset.student,
+        epochs=preset.epochs,
+        batch_size=preset.batch_size,
+        lr=preset.lr,
+        lr_schedule=preset.lr_schedule,
+        eps=preset.eps,
+        attack_steps=preset.attack_steps,
+        attack_step_size=preset.attack_step_size,
+        alpha_schedule=preset.alpha_schedule,
+        alpha_horizon=preset.alpha_horizon,
+    )
+    base.update(fields)
+    return TrainConfig(**base)
+
+
+def train_resumable(config) -> Path:
+    """Train, or resume a killed run, or skip a finished one (its checkpoint has every pass,
+    or the overfitting guard stopped it)."""
+    from satpipe.train.trainer import run_finished, train
+
+    run = Path(config.out)
+    ckpt = run / "checkpoint.pt"
+    if ckpt.is_file():
+        if run_finished(config):
+            return run
+        return train(replace(config, resume=True))
+    # A run killed before its first checkpoint left at most logs: start it over.
+    return train(replace(config, overwrite=True))
+
+
+def build_source(preset: Preset, data: str, out: Path, kind: str, device: str) -> str:
+    """Step 3: a source model (`std`: original training, `adv`: PGD training)."""
+    variant, _ = SOURCES[kind]
+    config = train_config(
+        preset,
+        variant=variant,
+        data=data,
+        out=str(out),
+        model=preset.source_arch,
+        epochs=preset.source_epochs,
+        device=device,
+    )
+    return str(train_resumable(config) / "checkpoint.pt")
+
+
+def run_student(spec: RunSpec, preset: Preset, data: str, device: str) -> dict[str, Any]:
+    """Step 5 for one run: train (or resume/skip), evaluate unless results of this very
+    checkpoint exist already."""
+    from satpipe.train.eval.evaluate import evaluate
+
+    results_path = Path(spec.out) / "results.json"
+    config = train_config(
+        preset,
+        variant=spec.variant,
+        data=data,
+        saliency=spec.saliency,
+        out=spec.out,
+        seed=spec.seed,
+        device=device,
+        **dict(spec.options),
+    )
+    run = train_resumable(config)
+    options = eval_options(preset, spec.seed, spec.content)
+    if results_path.is_file():
+        from satpipe.train.eval.staleness import mark_if_stale
+
+        mark_if_stale(run)  # results of an earlier checkpoint say so, even if eval fails now
+        results = json.loads(results_path.read_text())
+        if not results.get("stale") and _evaluated_as(results, run, config.epochs, options):
+            return results
+    # Not strict: a run that fails a sanity check is reported (marked in table.md, named on
+    # stderr), not allowed to stop the rest of the grid.
+    return evaluate(run, device=device, strict=False, **options)
+
+
+def eval_options(preset: Preset, seed: int, content: bool = False) -> dict[str, Any]:
+    """`evaluate` options of one run: the paper's protocol (FGSM, PGD over the preset's eps
+    grid, the run's seed for the random starts) plus the preset's AutoAttack column; a row of
+    the content test (`content`) with the preset's cheaper content_* settings."""
+    eps = preset.content_eval_eps if content and preset.content_eval_eps else preset.eval_eps
+    options: dict[str, Any] = dict(
+        attacks=("fgsm", "pgd"), eps=eps, steps=preset.eval_steps,
+        step_size=preset.eval_step_size, seeds=(seed,),
+    )  # fmt: skip
+    checks = preset.check_examples
+    if content and preset.content_check_examples is not None:
+        checks = preset.content_check_examples
+    if checks is not None:
+        options["check_examples"] = checks
+    if preset.distortions:
+        options["distortions"] = preset.distortions
+    seeds = preset.autoattack_seeds
+    if preset.autoattack_eps is None or (seeds is not None and seed not in seeds):
+        return options
+    if content and not preset.content_autoattack:
+        return options
+    options["attacks"] += ("autoattack",)
+    options["attack_eps"] = {"autoattack": (preset.autoattack_eps,)}
+    if preset.autoattack_examples is not None:
+        options["attack_examples"] = {"autoattack": preset.autoattack_examples}
+    if preset.autoattack_components is not None:
+        options["autoattack_components"] = preset.autoattack_components
+    return options
+
+
+def _evaluated_as(results: dict[str, Any], run: Path, epochs: int, options) -> bool:
+    """Whether a results.json is this run's evaluation with these options (else: redo it)."""
+    from satpipe.train.config import EvalConfig
+
+    wanted = EvalConfig(run=str(run), **options).to_dict()
+    from satpipe.train.checkpoint import file_sha256
+
+    return (
+        results.get("epochs") == epochs
+        and results.get("checkpoint_sha256") == file_sha256(run / "checkpoint.pt")
+        and results.get("eval") == wanted
+        and (run / str((results.get("correct") or {}).get("file"))).is_file()
+    )
+
+
+SHUFFLED = " shuffled"  # the twin of a SAT row: the same store, maps given to other images
+NO_SALIENCY = "SAT without saliency"  # SAT with constant alpha = 1: sign noise only
+CONTENT_VARIANTS = ("sat", "original-noise")  # the weak grid's rows of the content test
+_SHUFFLED_OPTIONS = (("saliency_pairing", "shuffled"),)
+_NO_SALIENCY_OPTIONS = (("alpha_base", 1.0), ("alpha_schedule", "constant"))
+
+
+def plan_runs(
+    preset: Preset,
+    out: Path,
+    seeds: Sequence[int],
+    weak: str | None,
+    study: dict[tuple, str],
+    frontier_seeds: Sequence[int] | None = None,
+    grid_seeds: Sequence[int] | None = None,
+) -> list[RunSpec]:
+    """Every student run: the nine-variant grid on weak saliency with the content test's rows
+    (SAT's shuffled twin, SAT without saliency), the method study (each SAT row with its
+    shuffled twin), then the frontier's baselines that the grid does not run already (at
+    `frontier_seeds`). The content test runs at `seeds`, the rest at `grid_seeds` (None:
+    `seeds`)."""
+    from satpipe.train.variants import PAPER_VARIANTS, VARIANTS
+
+    specs: list[RunSpec] = []
+    rest = tuple(grid_seeds) if grid_seeds else tuple(seeds)
+
+    def add(row, group, variant, saliency, seeds_=rest, options=(), content=False) -> None:
+        needs = VARIANTS.get(variant).needs_saliency
+        for seed in seeds_:
+            run_dir = out / "runs" / _slug(row) / f"seed{seed}"
+            specs.append(RunSpec(row, group, variant, seed, saliency if needs else None,
+                                 str(run_dir), tuple(options), content))  # fmt: skip
+
+    def content(row, group, saliency, twin: bool = True) -> None:
+        """A SAT row of the content test, and its shuffled twin."""
+        add(row, group, "sat", saliency, seeds, content=True)
+        if preset.shuffled_twins and twin:
+            add(row + SHUFFLED, "content", "sat", saliency, seeds, _SHUFFLED_OPTIONS, True)
+
+    grid = tuple(preset.variants or PAPER_VARIANTS) if weak else ()
+    for variant in grid:
+        if variant == "sat":
+            content(variant, "weak", weak)
+        else:
+            on_test = variant in CONTENT_VARIANTS
+            add(variant, "weak", variant, weak, seeds if on_test else rest, content=on_test)
+    if weak and preset.no_saliency_row:
+        add(NO_SALIENCY, "content", "sat", weak, seeds, _NO_SALIENCY_OPTIONS, True)
+    for variant in preset.study_baselines:
+        add(variant, "methods", variant, None, seeds)
+    for (source, method), store in study.items():
+        # A model-free control's maps know nothing of the image: no twin to compare.
+        content(study_row(preset, source, method), "methods", store, twin=source is not None)
+    for variant in preset.frontier:
+        if variant in grid:
+            continue  # the grid's runs are the frontier's points
+        if VARIANTS.get(variant).needs_saliency and not weak:
+            raise SatpipeError(
+                f"preset '{preset.name}': frontier variant '{variant}' needs the weak-saliency "
+                "store, and the preset has no weak_method"
+            )
+        options = sorted(preset.frontier_options.get(variant, {}).items())
+        add(variant, "frontier", variant, weak, frontier_seeds or rest, options)
+    return specs
+
+
+def frontier_eps(preset: Preset) -> float:
+    """The eps (/255) the frontier reports: the training eps when the evaluation grid has it,
+    else the grid's largest (the paper presets evaluate at 1-3/255 only)."""
+    return preset.eps if preset.eps in preset.eval_eps else max(preset.eval_eps)
+
+
+def study_row(preset: Preset, source: str | None, method: str) -> str:
+    """The table row of SAT on the maps of `method` from `source` (None: a model-free control)."""
+    label = METHOD_LABELS.get(method, method)
+    if source is None:
+        return f"SAT {label}"
+    return f"SAT {preset.source_arch}-{SOURCES[source][1]}-{label}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9+.-]+", "-", text.lower()).strip("-")
+
+
+def _complete(opener: Callable, uri: Path) -> bool:
+    if not uri.exists():
+        return False
+    try:
+        return bool(opener(str(uri), require_complete=False).complete)
+    except SatpipeError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+
+
+def reproduce(config: ReproduceConfig) -> Path:
+    """Run the preset's whole grid into `config.out` and write the report; returns the folder."""
+    from satpipe.bench.yardstick import yardstick_rate
+
+    rate_before = yardstick_rate(config.device)
+    started = time.perf_counter()
+    preset = PRESETS.get(config.preset)
+    if config.fast_dev_run:
+        preset = fastdev.fast_dev_preset(preset)
+    if config.epochs is not None:
+        preset = replace(preset, epochs=config.epochs, source_epochs=config.epochs)
+    seeds = tuple(config.seeds) if config.seeds else preset.seeds
+    out = Path(config.out)
+    fastdev.check_out_folder(out, config.fast_dev_run)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "preset.json").write_text(json.dumps(asdict(preset), indent=2) + "\n")
+    frontier_seeds = tuple(config.seeds) if config.seeds else preset.frontier_seeds
+    grid_seeds = tuple(config.seeds) if config.seeds else preset.grid_seeds
+    plan = _GridPlan(preset, out, seeds, frontier_seeds, grid_seeds)
+    with grid_progress(f"reproduce {preset.name}", plan.total) as bar:
+        with plan.step(bar, "data"):
+            data = build_data(preset, out, config.data_root)
+            if config.fast_dev_run and preset.dataset != "shapes":
+                data = fastdev.subset_data(data, out / "data" / f"{preset.name}-rows.zarr")
+        # Before any training: the weak method's masks/boxes are there, and what it will cost.
+        check_annotations(preset, data)
+        if config.plan:
+            text = print_plan(preset, data, config.device, seeds, frontier_seeds)
+            (out / "plan.md").write_text(text)
+            print(text, file=sys.stderr)
+        stores, sources = _build_stores(preset, out, data, config.device, plan, bar)
+        # Model-free stores (masks, random) are judged by the standard source when there is one.
+        judge = sources.get("std") or next(iter(sources.values()), None)
+        for store in stores:
+            with plan.step(bar, f"score {store.label}"):
+                store.quality = build_quality(
+                    store.uri, data, sources.get(store.source, judge), preset, config.device
+                )
+        weak = next((s.uri for s in stores if s.row == "sat" and s.source is None), None)
+        study = {(s.source, s.method): s.uri for s in stores if s.row != "sat"}
+        specs = plan_runs(preset, out, seeds, weak, study, frontier_seeds, grid_seeds)
+        results = _run_all(specs, preset, data, config, on_done=plan.run_done(bar))
+        records = [_record(spec, res, out) for spec, res in zip(specs, results, strict=True)]
+        frontier = _frontier_records(preset, specs, results)
+        with plan.step(bar, "report"):
+            write_report(
+                out, preset, records, data, [s.uri for s in stores], frontier,
+                _concurrency(config),
+            )  # fmt: skip
+            write_quality_report(out, preset, records, stores, source_accuracy(sources, data))
+    seconds = time.perf_counter() - started
+    write_wall_time(out, seconds, (rate_before, yardstick_rate(config.device)), config.device)
+    if config.fast_dev_run:
+        fastdev.mark_smoke_pages(out, data)
+    return out
+
+
+@dataclass
+class _Store:
+    """A saliency store of the grid: whose maps (source None: model-free), which SAT row
+    trains on it, and its quality record once scored."""
+
+    label: str
+    source: str | None
+    method: str
+    uri: str
+    row: str
+    quality: dict[str, Any] | None = None
+
+
+def _planned_stores(preset: Preset, out: Path) -> list[_Store]:
+    """Every saliency store of the grid, in build order: weak maps, the study's, controls."""
+    stores = []
+    if preset.weak_method:
+        uri = out / "saliency" / f"{preset.weak_method}.zarr"
+        stores.append(_Store(preset.weak_method, None, preset.weak_method, str(uri), "sat"))
+    for source in preset.study_sources if preset.study_methods else ():
+        for method in preset.study_methods:
+            uri = out / "saliency" / f"{source}-{_slug(method)}.zarr"
+            row = study_row(preset, source, method)
+            stores.append(_Store(f"{source} {method}", source, method, str(uri), row))
+    for control in preset.study_controls:
+        uri = out / "saliency" / f"{_slug(control)}.zarr"
+        stores.append(_Store(control, None, control, str(uri), study_row(preset, None, control)))
+    return stores
+
+
+def _frontier_records(
+    preset: Preset, specs: list[RunSpec], results: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Frontier records (satpipe.reproduce.frontier) of the runs of the preset's frontier variants:
+    the weak grid's and the frontier's own (never the method study's)."""
+    from satpipe.reproduce.frontier import run_record
+
+    wanted, eps = set(preset.frontier), frontier_eps(preset)
+    return [
+        run_record(res, variant=spec.variant, seed=spec.seed, eps=eps, options=dict(spec.options))
+        for spec, res in zip(specs, results, strict=True)
+        if spec.variant in wanted and spec.group in ("weak", "frontier")
+    ]
+
+
+def _concurrency(config: ReproduceConfig) -> str:
+    if config.scheduler:
+        return f"Runs went to the dask scheduler {config.scheduler}: times may overlap."
+    if config.jobs > 1:
+        return f"{config.jobs} runs trained at a time, sharing the machine: times include that."
+    return "One run trained at a time."
+
+
+def _build_stores(preset, out, data, device, plan, bar) -> tuple[list[_Store], dict[str, str]]:
+    """Steps 2-4: every store of the grid, and the source checkpoints {kind: path}."""
+    stores = _planned_stores(preset, out)
+    sources: dict[str, str] = {}
+    for store in stores:
+        if store.source is not None and store.source not in sources:
+            with plan.step(bar, f"source {store.source}"):
+                sources[store.source] = build_source(
+                    preset, data, out / "sources" / store.source, store.source, device
+                )
+        params = preset.method_params.get(store.method, {})
+        with plan.step(bar, store.label):
+            build_saliency(
+                data, Path(store.uri), store.method, params, sources.get(store.source), device
+            )
+    return stores, sources
+
+
+class _GridPlan:
+    """The grid's steps and their estimated work (satpipe.reproduce.grid), for the one bar."""
+
+    def __init__(
+        self,
+        preset: Preset,
+        out: Path,
+        seeds: Sequence[int],
+        frontier_seeds: Sequence[int] | None,
+        grid_seeds: Sequence[int] | None = None,
+    ) -> None:
+        from satpipe.reproduce import grid
+
+        self.name = preset.name
+        work: dict[str, float] = {"data": grid.data_work(preset)}
+        for store in _planned_stores(preset, out):
+            if store.source is not None:
+                variant = SOURCES[store.source][0]
+                work[f"source {store.source}"] = grid.train_work(
+                    preset, variant, preset.source_epochs
+                )
+            work[store.label] = grid.saliency_work(preset, store.method)
+            work[f"score {store.label}"] = grid.score_work(preset, store.method, preset.score_n)
+        stores = _planned_stores(preset, out)
+        weak = next((s.uri for s in stores if s.row == "sat" and s.source is None), None)
+        study = {(s.source, s.method): s.uri for s in stores if s.row != "sat"}
+        self.runs = {
+            spec.out: grid.run_work(preset, spec.variant, spec.content)
+            for spec in plan_runs(preset, out, seeds, weak, study, frontier_seeds, grid_seeds)
+        }
+        work["report"] = 0.01 * sum(work.values())
+        self.work = work
+        self.total = sum(work.values()) + sum(self.runs.values())
+
+    @contextlib.contextmanager
+    def step(self, bar, name: str) -> Iterator[None]:
+        """Say that step `name` runs; advance the bar by its work when it is done."""
+        bar.describe(f"reproduce {self.name}: {name}")
+        yield
+        bar.advance(self.work.get(name, 0.0))
+
+    def run_done(self, bar) -> Callable[[RunSpec], None]:
+        def done(spec: RunSpec) -> None:
+            bar.describe(f"reproduce {self.name}: runs (done: {spec.row}, seed {spec.seed})")
+            bar.advance(self.runs.get(spec.out, 0.0))
+
+        return done
+
+
+def _run_all(
+    specs: list[RunSpec],
+    preset: Preset,
+    data: str,
+    config: ReproduceConfig,
+    on_done: Callable[[RunSpec], None] | None = None,
+) -> list[dict[str, Any]]:
+    run = functools.partial(run_student, preset=preset, data=data, device=config.device)
+    on_done = on_done or (lambda spec: None)
+    with progress(f"reproduce {preset.name}: runs", len(specs)) as advance:
+        if config.jobs <= 1 and not config.scheduler:
+            results = []
+            for spec in specs:
+                results.append(run(spec))
+                advance()
+                on_done(spec)
+            return results
+        device, gpus = jobs_device(config.device)
+        run = functools.partial(_run_on_worker, preset=preset, data=data, device=device)
+        # One torch thread per worker process: jobs share the cores instead of fighting. On
+        # GPUs: one worker per GPU (at most), each training on its own.
+        with dask_client(config.jobs, config.scheduler, gpus=gpus, env=ONE_THREAD_ENV) as client:
+            return run_tasks(
+                client, run, specs, on_done=lambda i, _: (advance(), on_done(specs[i]))
+            )
+
+
+def jobs_device(device: str) -> tuple[str, int]:
+    """(device string the dask workers get, GPUs to spread them over) for `--jobs`.
+
+    A CUDA device without an index ("auto" on a GPU machine, "cuda") becomes "cuda" with one
+    worker per GPU, each mapped to its own by `satpipe.core.cluster.worker_device`; cpu and an
+    explicit cuda:N stay as given (every job on that one device)."""
+    from satpipe.core.device import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type != "cuda" or ":" in str(device):
+        return str(resolved) if resolved.type == "cpu" else str(device), 0
+    import torch
+
+    return "cuda", torch.cuda.device_count()
+
+
+def _run_on_worker(spec: RunSpec, preset: Preset, data: str, device: str) -> dict[str, Any]:
+    """`run_student` on the device of the dask worker running it."""
+    from satpipe.core.cluster import worker_device
+
+    return run_student(spec, preset=preset, data=data, device=worker_device(device))
+
+
+def _record(spec: RunSpec, results: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A report record (satpipe/reproduce/tables.py) from one run's results.json: accuracies and
+    image counts per attack and eps (eps > 0), the worst case, and the path of its correctness bits
+    (relative to `out`) for the paired tests."""
+    from satpipe.train.eval.results import epoch_times
+
+    run = Path(spec.out).relative_to(out)
+    record: dict[str, Any] = {
+        "row": spec.row,
+        "group": spec.group,
+        "variant": spec.variant,
+        "seed": spec.seed,
+        "clean": results["clean"],
+        "n": {"clean": results["n"]},
+        "train_time_s": results.get("train_time_s") or float("nan"),
+        # Results written before epoch times were recorded: read them from the run's metrics.
+        "epoch_time_s": results.get("epoch_time_s") or epoch_times(Path(spec.out)) or [],
+        "checks_passed": results.get("checks_passed"),
+        # What SAT took from its map (share) and how much it perturbed (mean |delta| / eps of
+        # the cheap perturbation: SAT's measured; uniform noise's expected |U(-1, 1)| = 0.5).
+        "saliency_share": (results.get("saliency_use") or {}).get("share"),
+        "map_delta": (results.get("saliency_use") or {}).get("map_delta"),
+        "perturbation": (results.get("saliency_use") or {}).get("perturbation")
+        or (0.5 if spec.variant.endswith("noise") else None),
+        "run": run.as_posix(),
+        "correct": (run / results["correct"]["file"]).as_posix(),
+    }
+    if results.get("distortions"):
+        record["distortions"] = results["distortions"]
+    cells = {a: entry["eps"] for a, entry in results["attacks"].items()}
+    cells["robust"] = results["robust"]
+    for attack, per_eps in cells.items():
+        kept = {k: c for k, c in per_eps.items() if float(k) > 0}
+        record[attack] = {k: c["accuracy"] for k, c in kept.items()}
+        record["n"][attack] = {k: c["n"] for k, c in kept.items()}
+    return record
+
+
+def write_report(
+    out: Path,
+    preset: Preset,
+    records: list[dict[str, Any]],
+    data: str,
+    gallery_store: str | Sequence[str] | None,
+    frontier: list[dict[str, Any]] | None = None,
+    concurrency: str = "",
+) -> Path:
+    """Step 7: table.md, time.md, claims.md, robustness.png, saliency.png (one column per store
+    in `gallery_store`), results.json, and with `frontier` records frontier.png and frontier.md;
+    one function per file, so a new section of the report is a new function here."""
+    from satpipe.reproduce import tables as report
+
+    summary = report.summarize(records)
+    write_table(out, preset, summary, records)
+    (out / "time.md").write_text("# Training wall time\n\n" + report.time_table(summary))
+    claims = write_claims(out, summary, records)
+    report.robustness_plot(summary, out / "robustness.png", _plot_title(preset))
+    if preset.distortions:
+        curves = report.pooled_distortions(records)
+        title = f"{preset.name}: accuracy under the SAT code's distortions (pooled over seeds)"
+        report.distortions_plot(curves, out / "distortions.png", title)
+    if gallery_store:
+        from satpipe.pipeline.gallery import saliency_gallery
+
+        saliency_gallery(gallery_store, data, str(out / "saliency.png"), n=8)
+    payload = {"preset": asdict(preset), "summary": summary, "claims": claims, "runs": records}
+    if frontier:
+        from satpipe.reproduce.frontier import write_frontier
+
+        title = f"{preset.name}: robustness against training time"
+        payload["frontier"] = write_frontier(out, frontier, title, concurrency)
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return out
+
+
+def _autoattack_label(preset: Preset) -> str:
+    if preset.autoattack_eps is None:
+        return ""
+    what = (
+        "AutoAttack (standard)" if preset.autoattack_components is None
+        else "AutoAttack custom (" + " + ".join(preset.autoattack_components) + ")"
+    )  # fmt: skip
+    images = (
+        "the whole test split" if preset.autoattack_examples is None
+        else f"the first {preset.autoattack_examples} images of a class-stratified order"
+    )  # fmt: skip
+    seeds = (
+        "" if preset.autoattack_seeds is None else f", seed {list(preset.autoattack_seeds)} runs"
+    )
+    return f"AA ε={preset.autoattack_eps:g}/255: {what} on {images}{seeds}"
+
+
+def _plot_title(preset: Preset) -> str:
+    return (
+        f"{preset.name}: PGD-{preset.eval_steps} (lines), AutoAttack (stars); "
+        "band 95% interval, bars ± std over seeds"
+    )
+
+
+def write_table(out: Path, preset: Preset, summary, records) -> Path:
+    """table.md: the paper's protocol (PGD) and the AutoAttack column, side by side."""
+    from satpipe.reproduce import tables as report
+
+    sections = [
+        f"# {preset.name}: accuracy (%) under {preset.eval_steps}-step PGD "
+        f"(step {preset.eval_step_size:g}/255, random start) and AutoAttack\n"
+    ]
+    groups = (
+        ("weak", "Weak saliency (masks/boxes)"),
+        ("content", "Content control: shuffled pairing (the same maps, another image's) and "
+                    "SAT without saliency (alpha = 1)"),
+        ("methods", "Saliency methods"),
+        ("frontier", "Cheap-robustness baselines (see frontier.md)"),
+    )  # fmt: skip
+    for group, title in groups:
+        table = report.markdown_table(summary, group, extra=("autoattack",))
+        if table:
+            sections.append(f"## {title}\n\n{table}")
+    shares = share_table(records)
+    if shares:
+        sections.append(shares)
+    seeds = sorted({r["seed"] for r in records})
+    sections.append(
+        f"{'mean ± std over seeds' if len(seeds) > 1 else 'seed'} {seeds} "
+        "[95% Wilson interval of the pooled count over the row's "
+        "seeds x test images]; best mean per column in bold. "
+        + (_autoattack_label(preset) + ". " if preset.autoattack_eps is not None else "")
+        + "Per-image results: each run's correct.npz; claims.md tests the orderings.\n"
+    )
+    failed = [f"{r} (seeds {summary[r]['checks_failed']})" for r in summary
+              if summary[r].get("checks_failed")]  # fmt: skip
+    if failed:
+        sections.append(
+            f"{report.FAILED_MARK} a gradient-masking sanity check failed on: "
+            + "; ".join(failed)
+            + ". Their accuracies may not mean robustness: see each run's results.md.\n"
+        )
+        print(f"satpipe: warning: sanity checks failed on {'; '.join(failed)}", file=sys.stderr)
+    path = out / "table.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def share_table(records: Sequence[dict[str, Any]]) -> str:
+    """table.md's section on what each SAT row took from its maps: the realised share of
+    perturbation elements from the map, the mean |delta| / eps of that part and of the whole
+    SAT perturbation, mean ± std over seeds ("" when no row recorded any)."""
+    import numpy as np
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("saliency_share") is not None:
+            rows.setdefault(r["row"], []).append(r)
+    if not rows:
+        return ""
+
+    def cell(runs, key: str, scale: float = 1.0, digits: int = 3) -> str:
+        values = [scale * r[key] for r in runs if r.get(key) is not None]
+        if not values:
+            return "–"
+        sd = f" ± {np.std(values):.{digits}f}" if len(values) > 1 else ""
+        return f"{np.mean(values):.{digits}f}{sd}"
+
+    lines = [
+        "## What SAT took from its maps",
+        "",
+        "Share: perturbation elements SAT took from the map (the rest are random signs), over "
+        "the whole run; |δ|/ε: mean size of the map part, and of SAT's whole perturbation "
+        "(1 for a sign, |s| for a map element). Mean ± std over seeds.",
+        "",
+        "| SAT row | seeds | share from the map (%) | map part \\|δ\\|/ε | whole \\|δ\\|/ε |",
+        "|---|---|---|---|---|",
+    ]
+    for row, runs in rows.items():
+        seeds = sorted(int(r["seed"]) for r in runs)
+        lines.append(
+            f"| {row} | {seeds} | {cell(runs, 'saliency_share', 100, 1)} | "
+            f"{cell(runs, 'map_delta')} | {cell(runs, 'perturbation')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_claims(out: Path, summary, records) -> list[dict[str, Any]]:
+    """claims.md: first the content test (SAT on each store against its shuffled twin, and
+    against SAT without saliency), then the paper's orderings and the source claim by paired
+    tests, and the training-time claims; a comparison of rows that perturbed by different
+    amounts says so."""
+    from satpipe.reproduce import claims as tests
+
+    adv, std = f"-{SOURCES['adv'][1]}-", f"-{SOURCES['std'][1]}-"
+    pairs = [(row, row.replace(adv, std)) for row in summary
+             if adv in row and not row.endswith(SHUFFLED)]  # fmt: skip
+    twins = [(row, row + SHUFFLED) for row in summary if row + SHUFFLED in summary]
+    claims = tests.pair_claims(
+        records, out, twins, "the map's content matters: SAT(store) > SAT(shuffled): "
+        "{better} > {worse}",
+    )  # fmt: skip
+    if NO_SALIENCY in summary:
+        claims += tests.pair_claims(
+            records, out, [(row, NO_SALIENCY) for row, _ in twins],
+            "the map adds to sign noise: {better} > {worse}",
+        )  # fmt: skip
+    claims += tests.ordering_claims(records, out, "weak")
+    claims += tests.pair_claims(records, out, pairs, "adversarial source > standard source "
+                                "({better} vs {worse})")  # fmt: skip
+    claims += tests.time_claims(records, "weak")
+    tests.note_perturbation_sizes(claims, records)
+    (out / "claims.md").write_text(tests.claims_markdown(claims))
+    return claims
+
+
+def source_accuracy(sources: dict[str, str], data: str) -> list[dict[str, Any]]:
+    """Each source model's clean test accuracy (%) after its last epoch, with its Wilson 95%
+    interval over the test split: [{kind, variant, arch, epochs, n, accuracy: Interval}]."""
+    from satpipe.core.stats import wilson
+    from satpipe.data.store import open_dataset
+
+    n = len(open_dataset(data).split("test"))
+    out = []
+    for kind, ckpt in sources.items():
+        lines = (Path(ckpt).parent / "metrics.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1])
+        acc = wilson(round(float(last["test_acc"]) * n), n).scaled(100)
+        out.append(
+            {
+                "kind": kind,
+                "variant": SOURCES[kind][0],
+                "epochs": last["epoch"] + 1,
+                "n": n,
+                "accuracy": acc,
+            }
+        )
+    return out
+
+
+def write_quality_report(
+    out: Path,
+    preset: Preset,
+    records: list[dict[str, Any]],
+    stores: Sequence[_Store],
+    sources: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Step 7, the saliency part: saliency-quality.md (with the source models' accuracy),
+    saliency-quality.json, quality-vs-robustness.png, and the claim's section of claims.md."""
+    from satpipe.reproduce import quality_report as qr
+
+    points = [
+        {
+            "label": s.label,
+            "store": Path(s.uri).relative_to(out).as_posix(),
+            "row": s.row,
+            "quality": s.quality,
+            "mean_abs": mean_abs_saliency(s.uri),  # SAT's map part perturbs by this x eps
+        }
+        for s in stores
+    ]
+    cpoints = qr.claim_points(points, records, preset.claim_score, root=out)
+    claims = qr.quality_claims(cpoints, preset.claim_score)
+    (out / "saliency-quality.md").write_text(
+        qr.saliency_quality_markdown(points, cpoints, preset.claim_score, sources)
+    )
+    title = f"{preset.name}: saliency quality vs SAT's robustness gain"
+    png = out / "quality-vs-robustness.png"
+    qr.quality_robustness_plot(cpoints, png, preset.claim_score, title)
+    with (out / "claims.md").open("a") as f:
+        f.write("\n" + qr.quality_claims_markdown(claims))
+    payload = {"sources": sources, "points": points, "claim_points": cpoints, "claims": claims}
+    (out / "saliency-quality.json").write_text(
+        json.dumps(payload, indent=2, default=_jsonable) + "\n"
+    )
+
+
+def mean_abs_saliency(uri: str, split: str = "train") -> float:
+    """Mean |s| over every element of a store's `split` maps (read a shard at a time): how
+    much of eps SAT's map part perturbs by (masks: 1; signed-maxabs maps: mostly less)."""
+    import numpy as np
+
+    from satpipe.data.store import open_saliency, shard_rows, shard_slices
+
+    maps = open_saliency(uri, require_complete=False).split(split)
+    total, count = 0.0, 0
+    for sl in shard_slices(int(maps.shape[0]), shard_rows(maps)):
+        block = np.abs(np.asarray(maps[sl], dtype=np.float64))
+        total += float(block.sum())
+        count += block.size
+    return total / max(count, 1)
+
+
+def _jsonable(value: Any) -> Any:
+    as_dict = getattr(value, "as_dict", None)
+    return as_dict() if callable(as_dict) else str(value)
+
+
+def write_wall_time(
+    out: Path, seconds: float, rates: tuple[tuple[float, float], ...], device: str = "cpu"
+) -> None:
+    """The run's wall time, appended to time.md (steps resumed from an earlier run took none
+    of it), with the machine's yardstick (typical, best img/s; satpipe.bench.yardstick)
+    measured before and after the grid and, on a CPU, the time scaled to the reference machine
+    the budgets are written for, by the typical rates."""
+    from satpipe.bench.yardstick import REFERENCE_IMG_S, YARDSTICK, scaled_minutes
+    from satpipe.core.device import resolve_device
+
+    (before, best_before), (after, best_after) = rates
+    lo, hi = sorted((before, after))
+    kind = resolve_device(device).type
+    text = (
+        f"\nWhole grid, this invocation: {seconds:.0f} s wall time "
+        f"({seconds / 60:.1f} min), data to report.\n\n"
+        f"Machine yardstick ({YARDSTICK}, {kind}), typical (fastest) "
+        f"call: {before:.0f} ({best_before:.0f}) img/s before the grid, {after:.0f} "
+        f"({best_after:.0f}) after.\n"
+    )
+    if kind == "cpu":
+        text += (
+            f"On a CPU at {REFERENCE_IMG_S:.0f} img/s (the machine the time budgets are "
+            f"written for) this invocation would take about "
+            f"{scaled_minutes(seconds, lo):.1f}-{scaled_minutes(seconds, hi):.1f} min "
+            "(wall time x typical yardstick / reference).\n"
+        )
+    with (out / "time.md").open("a") as f:
+        f.write(text)
