@@ -6,12 +6,12 @@ control, each source x method of the study)::
     {"label": "std smoothgrad", "store": "saliency/std-smoothgrad.zarr", "row": "SAT ...",
      "quality": <the store's provenance `quality` record (satpipe store score)>}
 
-and the run records of `satpipe reproduce` (satpipe/reproduce/tables.py's format, plus `n`,
-the number of test images each accuracy was measured on). A point's y is the robustness gain
-of its SAT row over the matching noise baseline (`original-noise`: the same training with
-uniform noise instead of the map) at each PGD eps, with a 95% interval; its x is the store's quality score
-(`sign-agreement` by default: the share of the map's positive mass on the object, which is what
-SAT's -s perturbation acts with), with its interval over images. The claim is the rank
+and the run records of `satpipe reproduce` (satpipe/reproduce/tables.py's format, plus `n`, the
+number of test images each accuracy was measured on). A point's y is the robustness gain of its
+SAT row over the matching noise baseline (`original-noise`: the same training with uniform
+noise instead of the map) at each PGD eps, with a 95% interval; its x is the store's quality
+score (`sign-agreement` by default: the share of the map's positive mass on the object, which
+is what SAT's -s perturbation acts with), with its interval over images. The claim is the rank
 correlation of x and y over the points (satpipe.core.stats.spearman, bootstrap over points).
 
 Writes saliency-quality.md, quality-vs-robustness.png, and a section for claims.md. Nothing here
