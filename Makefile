@@ -34,6 +34,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/lint_imports.py  # the layer contract in pyproject ([tool.importlinter])
 
 # docs/reference.md: every registry's names and summaries (a test keeps it current).
 reference: $(STAMP)
