@@ -662,6 +662,7 @@ def write_report(
     in `gallery_store`), results.json, and with `frontier` records frontier.png and frontier.md;
     one function per file, so a new section of the report is a new function here."""
     from satpipe.reproduce import tables as report
+    from satpipe.train.eval.distortions import distortions_plot
 
     summary = report.summarize(records)
     write_table(out, preset, summary, records)
@@ -671,7 +672,7 @@ def write_report(
     if preset.distortions:
         curves = report.pooled_distortions(records)
         title = f"{preset.name}: accuracy under the SAT code's distortions (pooled over seeds)"
-        report.distortions_plot(curves, out / "distortions.png", title)
+        distortions_plot(curves, out / "distortions.png", title)
     if gallery_store:
         from satpipe.pipeline.gallery import saliency_gallery
 

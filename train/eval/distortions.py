@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,4 +155,42 @@ def distortion_correct(
                 for i in range(0, len(y), batch_size)
             ])  # fmt: skip
             out[level_key(level)] = right.cpu().numpy()
+    return out
+
+
+def distortions_plot(curves: dict[str, dict[str, Any]], out: str | Path, title: str = "") -> Path:
+    """Accuracy against each distortion's level (the SAT code's contrast / low-pass / high-pass
+    tests): one panel per distortion, one line per entry of `curves` ({label: results.json's
+    `distortions`}), shaded band = its 95% Wilson interval. Levels are drawn in ascending order
+    (log scale for the filters' std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(n for c in curves.values() for n in c))
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(3.6 * len(names), 3.6), dpi=120, sharey=True, squeeze=False
+    )
+    for ax, name in zip(axes[0], names, strict=True):
+        for label, table in curves.items():
+            if name not in table:
+                continue
+            cells = sorted(table[name]["levels"].items(), key=lambda kv: float(kv[0]))
+            xs = [float(k) for k, _ in cells]
+            ax.plot(xs, [c["accuracy"] for _, c in cells], marker="o", ms=3, label=label)
+            ax.fill_between(xs, [c["interval"]["low"] for _, c in cells],
+                            [c["interval"]["high"] for _, c in cells], alpha=0.2)  # fmt: skip
+            ax.set_xlabel(table[name]["level"])
+        if name != "contrast":
+            ax.set_xscale("log", base=2)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("accuracy (%)")
+    fig.suptitle(title or "Accuracy under distortions; band: 95% interval", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
     return out

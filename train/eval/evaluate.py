@@ -305,7 +305,7 @@ def write_outputs(out_dir: Path, results: dict[str, Any], data: EvalSet, measure
     elif stale.exists():
         stale.unlink()  # from an earlier evaluation with AutoAttack: not this one's
     if results.get("distortions"):
-        from satpipe.reproduce.tables import distortions_plot
+        from satpipe.train.eval.distortions import distortions_plot
 
         title = f"{results.get('variant') or 'model'} ({results['arch']}): distortions"
         distortions_plot({title: results["distortions"]}, out_dir / "distortions.png")
