@@ -1,4 +1,5 @@
-"""Dataset sources, importers, the store schema and the streaming loader.
+"""Dataset sources, importers, the store schema and the loaders.
 
-Depends on nothing else in satpipe (dependencies point one way: pipeline, train -> data).
+Imports only `satpipe.core` (errors, registry, progress, ...): every stage above reads and
+writes stores through this package, never the other way (the contract in pyproject.toml).
 """

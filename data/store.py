@@ -31,8 +31,8 @@ import zarr.core.buffer
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
-from satpipe import __version__
 from satpipe.core.errors import SatpipeError, note, os_error_line
+from satpipe.core.version import __version__
 from satpipe.data.integrity import (
     DATASET_FEATURES,
     EVERY_CHUNK,

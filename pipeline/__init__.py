@@ -1,1 +1,2 @@
-"""The saliency stage: methods registry, normalisation, saliency stores and the shard runner."""
+"""The saliency stage: methods registry, normalisation, saliency stores, the shard runner and
+the quality scores. Uses `satpipe.train` only through its model-loading API."""

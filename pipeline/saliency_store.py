@@ -24,8 +24,8 @@ import zarr.errors
 from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 
-from satpipe import __version__
 from satpipe.core.errors import SatpipeError, note
+from satpipe.core.version import __version__
 from satpipe.data.integrity import (
     SALIENCY_FEATURES,
     shard_key,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from satpipe.core.version import __version__
 
 # name -> module that defines it (imported on first access: PEP 562)
 _API = {

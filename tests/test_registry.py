@@ -6,8 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from satpipe.cli import app
+from satpipe.cli.listing import load_all
 from satpipe.core.errors import SatpipeError
-from satpipe.core.registry import Registry, load_all
+from satpipe.core.registry import Registry
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
 

@@ -1,1 +1,2 @@
-"""The trainer: models, perturbations, attacks, losses, variants, loop, evaluation, reports."""
+"""The trainer: models, perturbations, schedules, losses, variants, the loop, checkpoints, and
+(in `eval/`) robustness evaluation. Imports `satpipe.data` and `satpipe.core` only."""

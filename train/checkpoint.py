@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from satpipe import __version__
 from satpipe.core.errors import SatpipeError, first_line, note
+from satpipe.core.version import __version__
 
 FORMAT = 1
 

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from satpipe import __version__
 from satpipe.core.defaults import batch_size as default_batch_size
 from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
 from satpipe.core.seeding import derive_seed, generator
 from satpipe.core.stats import mean_interval
+from satpipe.core.version import __version__
 from satpipe.data.store import (
     check_pairing,
     now_iso,

@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from satpipe import __version__
 from satpipe.bench.config import (
     BenchAllConfig,
     DaskBenchConfig,
@@ -45,6 +44,7 @@ from satpipe.bench.config import (
     TrainBenchConfig,
 )
 from satpipe.core.registry import Registry
+from satpipe.core.version import __version__
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from satpipe import __version__
 from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import EvalBenchConfig
 from satpipe.bench.timing import alternate, torch_threads
 from satpipe.core.device import resolve_device
+from satpipe.core.version import __version__
 from satpipe.train.eval.attacks import AttackContext, attack_set, clean_correct
 
 SHARE_TARGET = 0.9  # PGD-5: at least 90% of its time in the model's passes

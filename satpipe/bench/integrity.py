@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from satpipe import __version__
 from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import IntegrityBenchConfig
 from satpipe.bench.timing import alternate
 from satpipe.bench.trust import checkpoint_costs, metadata_costs
 from satpipe.core.device import resolve_device
+from satpipe.core.version import __version__
 from satpipe.data.integrity import shard_digest
 from satpipe.data.loader import make_loader
 from satpipe.data.store import open_dataset, shard_rows, shard_slices

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from satpipe import __version__
 from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import ModelsBenchConfig
 from satpipe.bench.timing import Timings, alternate, forward_backward, torch_threads
 from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
+from satpipe.core.version import __version__
 from satpipe.pipeline.methods import get_method
 from satpipe.train.models import create_model, input_norm
 

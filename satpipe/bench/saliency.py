@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from satpipe import __version__
 from satpipe.bench import device_name, headline_row
 from satpipe.bench.config import SaliencyBenchConfig
 from satpipe.bench.stores import random_dataset, untrained_checkpoint
@@ -27,6 +26,7 @@ from satpipe.core.defaults import batch_size as default_batch_size
 from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
+from satpipe.core.version import __version__
 from satpipe.pipeline.methods import get_method, model_methods
 from satpipe.train.models import create_model
 

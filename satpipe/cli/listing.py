@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import typer
 
 from satpipe.cli._common import app, friendly_errors
-from satpipe.core.registry import REGISTRY_MODULES, load_all, load_registry
+from satpipe.core.errors import SatpipeError
+from satpipe.core.registry import CATALOG, Registry
+
+# Where each catalogued registry lives, so `satpipe list` imports exactly these modules. Module
+# paths only: the names themselves live in the registries. The shell knows every layer; the
+# registry type in satpipe.core knows none of them.
+REGISTRY_MODULES: dict[str, str] = {
+    "models": "satpipe.train.models",
+    "model-sources": "satpipe.train.model_sources",
+    "methods": "satpipe.pipeline.methods",
+    "scores": "satpipe.pipeline.quality",
+    "variants": "satpipe.train.variants",
+    "schedules": "satpipe.train.schedules",
+    "alpha-schedules": "satpipe.train.alpha_schedules",
+    "attacks": "satpipe.train.eval.attacks",
+    "distortions": "satpipe.train.eval.distortions",
+    "importers": "satpipe.data.importers",
+    "presets": "satpipe.reproduce.presets",
+    "benchmarks": "satpipe.bench",
+}
+
+
+def load_registry(plural: str) -> Registry:
+    """The catalogued registry `plural`, importing the module that fills it."""
+    if plural not in REGISTRY_MODULES:
+        valid = ", ".join(REGISTRY_MODULES)
+        raise SatpipeError(f"unknown listing '{plural}'; choose one of all, {valid}")
+    importlib.import_module(REGISTRY_MODULES[plural])
+    return CATALOG[plural]
+
+
+def load_all() -> dict[str, Registry]:
+    """Every catalogued registry, filled, in REGISTRY_MODULES order."""
+    return {plural: load_registry(plural) for plural in REGISTRY_MODULES}
 
 
 def registry_markdown() -> str:

@@ -14,15 +14,15 @@ importers, presets, attacks, quality scores, ... (timm's `register_model` / `cre
 Every registry made here is listed in `CATALOG` under its plural, which is what `satpipe list`
 prints and what the CLI's choices and the docs' tables are made from, so no name is ever kept in
 a second, hand-synced list. The module imports nothing heavy (no torch), so a registry can be
-declared anywhere, and the CLI can name one without importing its entries.
+declared anywhere. Which module fills which registry is the shell's knowledge
+(`satpipe.cli.listing.REGISTRY_MODULES`): this layer names nothing above it.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -32,23 +32,6 @@ T = TypeVar("T")
 
 # plural ("models") -> the registry; filled as registries are created (modules imported).
 CATALOG: dict[str, Registry] = {}
-
-# Where each catalogued registry lives, so `satpipe list` can import exactly these modules.
-# Module paths only: the names themselves live in the registries.
-REGISTRY_MODULES: dict[str, str] = {
-    "models": "satpipe.train.models",
-    "model-sources": "satpipe.train.model_sources",
-    "methods": "satpipe.pipeline.methods",
-    "scores": "satpipe.pipeline.quality",
-    "variants": "satpipe.train.variants",
-    "schedules": "satpipe.train.schedules",
-    "alpha-schedules": "satpipe.train.alpha_schedules",
-    "attacks": "satpipe.train.eval.attacks",
-    "distortions": "satpipe.train.eval.distortions",
-    "importers": "satpipe.data.importers",
-    "presets": "satpipe.reproduce.presets",
-    "benchmarks": "satpipe.bench",
-}
 
 
 @dataclass(frozen=True)
@@ -138,23 +121,3 @@ def _first_line(value: Any) -> str:
     paragraph = " ".join((doc or "").strip().split("\n\n", 1)[0].split())
     sentence = re.match(r"(.+?[.!?])(?:\s|$)", paragraph)
     return sentence.group(1) if sentence else paragraph
-
-
-def load_registry(plural: str) -> Registry:
-    """The catalogued registry `plural`, importing the module that fills it."""
-    if plural not in REGISTRY_MODULES:
-        valid = ", ".join(REGISTRY_MODULES)
-        raise SatpipeError(f"unknown listing '{plural}'; choose one of all, {valid}")
-    importlib.import_module(REGISTRY_MODULES[plural])
-    return CATALOG[plural]
-
-
-def load_all() -> dict[str, Registry]:
-    """Every catalogued registry, filled, in REGISTRY_MODULES order."""
-    return {plural: load_registry(plural) for plural in REGISTRY_MODULES}
-
-
-def lazy(plural: str) -> Callable[[], Registry]:
-    """A zero-argument loader of registry `plural` (for CLI choices built without importing
-    torch until a command actually needs the names)."""
-    return lambda: load_registry(plural)
