@@ -20,7 +20,7 @@ the batches of the mixed variants skip the K-step attack, which is why PGD-SAT a
 train faster than PGD and TRADES. (The authors' code also adds a random start before the SAT
 step in PGD-SAT; satpipe follows the paper's definition: x_sat as is.)
 
-The baselines (issue 18), each defined in its class docstring with its paper:
+The cheap-robustness baselines, each defined in its class docstring with its paper:
 
 | variant     | the batch trains on / loss                                    | passes F + B     |
 |-------------|---------------------------------------------------------------|------------------|
@@ -265,7 +265,7 @@ PAPER_VARIANTS: tuple[str, ...] = tuple(name for name, _, _ in _PAPER)
 
 
 # --------------------------------------------------------------------------------------------
-# Cheap-robustness baselines (issue 18)
+# Cheap-robustness baselines
 
 
 COIN_STREAM = 0xC014  # tags the coin's host stream apart from the step's device stream

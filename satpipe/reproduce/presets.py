@@ -149,7 +149,7 @@ _add(Preset(
 ))  # fmt: skip
 _add(Preset(
     # The `make demo` job: within 15 minutes on a 2-core CPU that runs smallcnn's input-gradient
-    # pass at ~500 img/s (issue 17; time.md scales the run's wall time to that machine).
+    # pass at ~500 img/s (time.md scales the run's wall time to that machine).
     #
     # Its first part is the content test, at three seeds (one seed's spread, 5-9 points at
     # 8/255, is larger than a test set's interval; the paired tests pool the seeds): SAT on the
@@ -163,10 +163,8 @@ _add(Preset(
     #
     # The data is made informative: light objects on dark backgrounds (one sign of evidence
     # per class), four clutter passes and the full grating. A standard source has to learn to
-    # ignore a busy background, and then its plain gradients localise: on the standard
-    # source, SmoothGrad's relevance mass went from 1.76x the object's area share (one clutter
-    # pass, half grating, 2000 rows, 8 epochs) to 2.16-2.26x over three data/training seeds
-    # with 3000 rows and 12 epochs. Both sources reach >= 98% on 1000 test images.
+    # ignore a busy background, and then its plain gradients localise (docs/history.md has the
+    # search that found these settings).
     # `progress`: 3 epochs sweep the paper's 100-epoch alpha curve (about 80% of SAT's
     # elements from the map; the per-epoch formula took 5%).
     name="quick",
