@@ -31,7 +31,7 @@ import zarr.core.buffer
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
-from satpipe.core.errors import SatpipeError, note, os_error_line
+from satpipe.core.errors import SatpipeError, note, quote
 from satpipe.core.version import __version__
 from satpipe.data.integrity import (
     DATASET_FEATURES,
@@ -108,17 +108,12 @@ def storage_errors(uri: str):
     except SatpipeError:
         raise
     except _transport_errors() as exc:
-        raise SatpipeError(f"{uri}: storage unreachable or refused ({_one_line(exc)})") from exc
+        raise SatpipeError(f"{uri}: storage unreachable or refused ({quote(exc, 300)})") from exc
     except TypeError as exc:
         # fsspec passes storage options on as keyword arguments; an unknown one lands here.
         if "unexpected keyword" not in str(exc):
             raise
-        raise SatpipeError(f"{uri}: storage option not understood ({_one_line(exc)})") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+        raise SatpipeError(f"{uri}: storage option not understood ({quote(exc, 300)})") from exc
 
 
 @contextmanager
@@ -133,7 +128,7 @@ def write_errors(uri: str, what: str):
         raise
     except (OSError, *_transport_errors()) as exc:
         where = f": {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
-        raise SatpipeError(f"{uri}: cannot write {what}{where} ({os_error_line(exc)})") from exc
+        raise SatpipeError(f"{uri}: cannot write {what}{where} ({quote(exc)})") from exc
 
 
 class _FriendlyStore(zarr.storage.WrapperStore):
@@ -569,7 +564,7 @@ def _node(group, path: str):
         return None
     except (ValueError, TypeError) as exc:  # JSONDecodeError, invalid metadata
         raise _BrokenNode(
-            f"{path}: metadata unreadable ({_one_line(exc)[:120]}; a half-written zarr.json?)"
+            f"{path}: metadata unreadable ({quote(exc, 120)}; a half-written zarr.json?)"
         ) from exc
 
 
@@ -593,7 +588,7 @@ def unreadable_metadata(group, uri: str = "") -> list[str]:
                 json.loads(raw.to_bytes() if raw is not None else b"")
             except ValueError as exc:
                 problems.append(
-                    f"{rel}: metadata unreadable ({_one_line(exc)[:80]}; a half-written copy?)"
+                    f"{rel}: metadata unreadable ({quote(exc, 80)}; a half-written copy?)"
                 )
     return problems
 
@@ -664,7 +659,7 @@ def _saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
         try:
             flags = np.asarray(done[:])
         except (ValueError, RuntimeError, OSError) as exc:  # a damaged or half-copied marker
-            problems.append(f"{split}/done: unreadable ({_one_line(exc)[:120]})")
+            problems.append(f"{split}/done: unreadable ({quote(exc, 120)})")
             continue
         if attrs.get("complete") and not (flags == 1).all():
             left = np.flatnonzero(flags != 1).tolist()
@@ -681,7 +676,7 @@ def _saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
             try:
                 sizes = np.asarray(sizes_array[:]).tolist()
             except (ValueError, RuntimeError, OSError) as exc:
-                problems.append(f"{split}/bytes: unreadable ({_one_line(exc)[:120]})")
+                problems.append(f"{split}/bytes: unreadable ({quote(exc, 120)})")
                 continue
         wanted[f"{split}/saliency"] = (maps, np.flatnonzero(flags == 1).tolist(), sizes)
     return problems + inventory_problems(wanted)

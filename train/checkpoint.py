@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from satpipe.core.errors import SatpipeError, first_line, note
+from satpipe.core.errors import SatpipeError, note, quote
 from satpipe.core.version import __version__
 
 FORMAT = 1
@@ -120,9 +120,9 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
-        raise SatpipeError(f"{path}: not a satpipe checkpoint ({first_line(exc)})") from exc
+        raise SatpipeError(f"{path}: not a satpipe checkpoint ({quote(exc)})") from exc
     except Exception as exc:  # a damaged zip or pickle trips torch's reader anywhere
-        raise SatpipeError(f"{path}: damaged checkpoint ({first_line(exc)})") from exc
+        raise SatpipeError(f"{path}: damaged checkpoint ({quote(exc)})") from exc
     meta = state.get("satpipe") if isinstance(state, dict) else None
     if not isinstance(meta, dict) or meta.get("kind") != "checkpoint":
         raise SatpipeError(f"{path}: not a satpipe checkpoint (no 'satpipe' header)")

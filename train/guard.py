@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from satpipe.core.errors import SatpipeError
+from satpipe.core.modules import model_state
 from satpipe.core.seeding import generator
 from satpipe.data.store import open_dataset
-from satpipe.train.eval.attacks import model_mode, pgd
+from satpipe.train.eval.attacks import pgd
 
 GUARD_STREAM = 0x6A2D  # tags the guard's draws apart from every other seeded stream
 
@@ -81,7 +82,7 @@ class OverfitGuard:
     def accuracy(self, model: nn.Module, epoch: int) -> float:
         """PGD accuracy (fraction) of `model` on the held-out rows after `epoch`."""
         correct = torch.zeros((), dtype=torch.int64, device=self.x.device)
-        with model_mode(model, False):
+        with model_state(model, training=False):
             for b, start in enumerate(range(0, len(self.y), self.batch_size)):
                 x = self.x[start : start + self.batch_size]
                 y = self.y[start : start + self.batch_size]

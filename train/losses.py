@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from satpipe.core.modules import input_leaf
+
 
 def trades_loss(
     logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0
@@ -28,10 +30,6 @@ def trades_loss(
     return natural + beta * robust
 
 
-def _input_leaf(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().clone().requires_grad_(True)
-
-
 def rrr_loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, relevant: torch.Tensor, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +48,7 @@ def rrr_loss(
         relevant: (B, 1 or C, H, W) in {0, 1}, broadcast over colour channels.
         lam: lambda_1 of the paper (>= 0).
     """
-    x = _input_leaf(x)
+    x = input_leaf(x)
     logits = model(x)
     log_p = F.log_softmax(logits.float(), dim=1)
     (g,) = torch.autograd.grad(log_p.sum(), x, create_graph=True)
@@ -71,7 +69,7 @@ def igr_loss(
 
     Args: as `rrr_loss`; lam >= 0.
     """
-    x = _input_leaf(x)
+    x = input_leaf(x)
     logits = model(x)
     ce = F.cross_entropy(logits.float(), y, reduction="none")
     (g,) = torch.autograd.grad(ce.sum(), x, create_graph=True)
@@ -150,7 +148,7 @@ def input_x_gradient(
     As the authors' IxGAttributor: grad of the target logits w.r.t. the input times the input,
     `.sum(dim=1)`. The model is called once, in its current mode.
     """
-    x = _input_leaf(x)
+    x = input_leaf(x)
     logits = model(x)
     target = logits.float().gather(1, y.view(-1, 1)).sum()
     (g,) = torch.autograd.grad(target, x, create_graph=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from satpipe.core.errors import SatpipeError, first_line
+from satpipe.core.errors import SatpipeError, quote
 from satpipe.data.outputs import prepare_file_output
 from satpipe.train.checkpoint import (
     check_finite,
@@ -62,7 +62,7 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> tuple[di
         try:
             return dict(load_file(str(path), device="cpu")), None
         except Exception as exc:  # safetensors raises its own SafetensorError
-            raise SatpipeError(f"{path}: not a safetensors file ({first_line(exc)})") from None
+            raise SatpipeError(f"{path}: not a safetensors file ({quote(exc)})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -75,7 +75,7 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> tuple[di
             "refuses to run; save model.state_dict() instead of the model"
         ) from None
     except (RuntimeError, EOFError, ValueError, AttributeError) as exc:
-        raise SatpipeError(f"{path}: not a torch weights file ({first_line(exc)})") from None
+        raise SatpipeError(f"{path}: not a torch weights file ({quote(exc)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("satpipe"), dict):
         raise SatpipeError(f"{path}: is a satpipe checkpoint already; use it as it is")
     if key is not None:

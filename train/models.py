@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from satpipe.core.errors import SatpipeError, first_line
+from satpipe.core.errors import SatpipeError, quote
 from satpipe.core.registry import Registry
 from satpipe.train.checkpoint import file_sha256, load_checkpoint
 from satpipe.train.model_sources import (
@@ -154,7 +154,7 @@ def probe_model(model: nn.Module, input_shape: Sequence[int], what: str = "model
         with torch.no_grad():
             out = model(torch.full((1, c, h, w), 0.5, device=device))
     except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as exc:
-        first = first_line(exc, 200)
+        first = quote(exc, 200)
         raise SatpipeError(f"{what} cannot take {c}-channel {h}x{w} images ({first})") from None
     finally:
         model.train(was_training)
@@ -350,7 +350,7 @@ def build_model(record: dict[str, Any]) -> nn.Module:
         )
         model.load_state_dict(record["state_dict"])
     except (KeyError, RuntimeError, TypeError) as exc:
-        first = first_line(exc, 200)
+        first = quote(exc, 200)
         raise SatpipeError(f"cannot rebuild the model from its record ({first})") from exc
     return model
 

@@ -52,7 +52,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from satpipe.core.errors import SatpipeError, os_error_line
+from satpipe.core.errors import SatpipeError, quote
 from satpipe.core.precision import configure
 from satpipe.core.progress import progress
 from satpipe.core.seeding import generator
@@ -368,7 +368,7 @@ def _writing(path: Path, what: str):
     try:
         yield
     except OSError as exc:
-        raise SatpipeError(f"{path}: cannot write {what} ({os_error_line(exc)})") from exc
+        raise SatpipeError(f"{path}: cannot write {what} ({quote(exc)})") from exc
 
 
 def _train_locked(config: TrainConfig) -> Path:

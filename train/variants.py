@@ -55,9 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from satpipe.core.errors import SatpipeError
+from satpipe.core.modules import model_state
 from satpipe.core.registry import Registry
 from satpipe.core.seeding import derive_seed
-from satpipe.train.eval.attacks import fgsm_rs, input_grad, model_mode, nfgsm, pgd, trades_attack
+from satpipe.train.eval.attacks import fgsm_rs, input_grad, nfgsm, pgd, trades_attack
 from satpipe.train.losses import (
     energy_loss,
     gradalign_penalty,
@@ -183,7 +184,7 @@ class Variant(TrainingVariant):
             if cheap:
                 x_in, counts = self.cheap_input(x, s, epoch, cfg, generator)
             else:
-                with model_mode(attack_model, False):
+                with model_state(attack_model, training=False):
                     x_in = pgd(
                         attack_model,
                         x,
@@ -320,7 +321,7 @@ class FastAT(TrainingVariant):
         if cheap:
             x_in, counts = sat_perturb_counted(x, s, cfg.eps, sat_alpha(epoch, cfg), generator)
         else:
-            with model_mode(attack_model, False):
+            with model_state(attack_model, training=False):
                 x_in = fgsm_rs(
                     attack_model, x, y, cfg.eps, cfg.fgsm_step_ratio * cfg.eps, generator
                 )
@@ -480,7 +481,7 @@ class SaliencyGuided(TrainingVariant):
         attack_model = model if attack_model is None else attack_model
         # The plain gradient of the true-class logit, as the authors' captum Saliency(abs=False)
         # computes it (tests/test_baselines.py checks it against captum).
-        with model_mode(attack_model, False), torch.enable_grad():
+        with model_state(attack_model, training=False), torch.enable_grad():
             x_req = x.detach().clone().requires_grad_(True)
             target = attack_model(x_req).float().gather(1, y.view(-1, 1)).sum()
             grad = input_grad(target, x_req)
@@ -510,7 +511,7 @@ class NoiseFGSM(TrainingVariant):
 
     def step(self, model, x, s, y, *, epoch, cfg, generator=None, attack_model=None):
         attack_model = model if attack_model is None else attack_model
-        with model_mode(attack_model, False):
+        with model_state(attack_model, training=False):
             x_adv = nfgsm(attack_model, x, y, cfg.eps, cfg.nfgsm_noise, 1.0, generator)
         logits = model(x_adv)
         return StepOutput(F.cross_entropy(logits.float(), y), logits, True)
@@ -546,7 +547,7 @@ class GradAlign(TrainingVariant):
     def step(self, model, x, s, y, *, epoch, cfg, generator=None, attack_model=None):
         attack_model = model if attack_model is None else attack_model
         x = x.detach()
-        with model_mode(attack_model, False), torch.enable_grad():
+        with model_state(attack_model, training=False), torch.enable_grad():
             x_req = x.clone().requires_grad_(True)
             grad_x = input_grad(F.cross_entropy(attack_model(x_req).float(), y), x_req)
         step = min(cfg.fgsm_step_ratio * cfg.eps, cfg.eps)  # FGSM from 0, clipped to the ball
@@ -554,7 +555,7 @@ class GradAlign(TrainingVariant):
         eta = (2.0 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                - 1.0) * cfg.eps  # fmt: skip
         logits = model(x_adv)
-        with model_mode(attack_model, False):
+        with model_state(attack_model, training=False):
             reg = gradalign_penalty(attack_model, x, y, grad_x, eta, cfg.gradalign_lambda)
         return StepOutput(F.cross_entropy(logits.float(), y) + reg, logits, True)
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from satpipe.core.errors import SatpipeError
+from satpipe.core.errors import SatpipeError, quote
 from satpipe.data.outputs import prepare_output, refuse_chained
 from satpipe.data.store import store_exists, unfinished_dataset
 
@@ -73,11 +73,7 @@ def open_image(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise SatpipeError(f"{path}: not an image (PIL cannot identify it)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise SatpipeError(f"{path}: cannot decode image ({_one_line(exc)})") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+        raise SatpipeError(f"{path}: cannot decode image ({quote(exc, 300)})") from None
 
 
 def decode_rgb(path: str | Path) -> np.ndarray:
@@ -101,7 +97,7 @@ def decode_gray(path: str | Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise SatpipeError(f"{path}: not an image (PIL cannot identify it)") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise SatpipeError(f"{path}: cannot decode mask ({_one_line(exc)})") from None
+        raise SatpipeError(f"{path}: cannot decode mask ({quote(exc, 300)})") from None
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=-1)
     return arr.astype(np.int64)
@@ -123,7 +119,7 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise SatpipeError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
     except OSError as exc:
-        raise SatpipeError(f"{path}: cannot read ({_one_line(exc)})") from None
+        raise SatpipeError(f"{path}: cannot read ({quote(exc, 300)})") from None
     if "\x00" in text:
         raise SatpipeError(f"{path}: not a text file (it holds NUL bytes)")
     return text

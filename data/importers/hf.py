@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from satpipe.core.errors import SatpipeError, first_line
+from satpipe.core.errors import SatpipeError, quote
 from satpipe.data.importers import register_importer
 from satpipe.data.importers.common import ResizePolicy, check_output, read_text, seeded_split
 from satpipe.data.importers.writer import Sample, write_dataset
@@ -68,7 +68,7 @@ class _Rows(Sequence):
         try:
             block = self.ds.select_columns(columns)[rows.tolist()]
         except Exception as exc:  # datasets decodes the images here: PIL's and Arrow's errors
-            first = first_line(exc)
+            first = quote(exc)
             raise SatpipeError(
                 f"{self.where} rows {int(rows[0])}-{int(rows[-1])}: cannot decode "
                 f"({type(exc).__name__}: {first})"
@@ -119,7 +119,7 @@ def _check_files(src: Path) -> None:
             with pa.memory_map(str(path)) as stream:
                 pa.ipc.open_stream(stream).read_all().validate(full=True)
         except (pa.ArrowException, OSError, ValueError) as exc:
-            first = first_line(exc)
+            first = quote(exc)
             raise SatpipeError(f"{path}: not a whole Arrow stream ({first})") from None
 
 
@@ -153,7 +153,7 @@ def _load_split(datasets, folder: Path):
     try:
         return datasets.Dataset.load_from_disk(str(folder))
     except Exception as exc:  # datasets raises KeyError, TypeError, ValueError... for bad state
-        first = first_line(exc)
+        first = quote(exc)
         raise SatpipeError(
             f"{folder}: state.json or dataset_info.json is not what save_to_disk writes "
             f"({type(exc).__name__}: {first})"

@@ -5,6 +5,7 @@ Every method maps `(model, x in [0, 1] (B, C, H, W), target (B,))` to a raw attr
 (`satpipe.pipeline.normalize`). One file per method; importing this package registers them all.
 """
 
+from satpipe.core.modules import frozen
 from satpipe.pipeline.methods import (  # noqa: F401  (imported to register the methods)
     bbox,
     gbp,
@@ -16,7 +17,7 @@ from satpipe.pipeline.methods import (  # noqa: F401  (imported to register the 
     random_control,
     smoothgrad,
 )
-from satpipe.pipeline.methods.base import Method, frozen
+from satpipe.pipeline.methods.base import Method
 from satpipe.pipeline.methods.registry import (
     METHODS,
     get_method,

@@ -13,38 +13,15 @@ parameters do not require grad (so no weight gradients are ever built); both are
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from satpipe.core.errors import SatpipeError
-
-
-@contextmanager
-def frozen(model: nn.Module | None) -> Iterator[None]:
-    """Eval mode and no parameter gradients inside the block; the model's state is restored."""
-    if model is None:
-        yield
-        return
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-def input_leaf(x: torch.Tensor) -> torch.Tensor:
-    """A fresh leaf copy of `x` that requires grad (the caller's tensor is never modified)."""
-    return x.detach().clone().requires_grad_(True)
+from satpipe.core.modules import frozen
 
 
 def target_logit_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

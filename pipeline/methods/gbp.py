@@ -19,7 +19,8 @@ from captum.attr import GuidedBackprop
 from torch import nn
 
 from satpipe.core.errors import SatpipeError
-from satpipe.pipeline.methods.base import Method, input_leaf
+from satpipe.core.modules import input_leaf
+from satpipe.pipeline.methods.base import Method
 from satpipe.pipeline.methods.layers import OTHER_ACTIVATIONS, guided, guided_plan
 from satpipe.pipeline.methods.registry import register_method
 

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from satpipe.core.errors import SatpipeError
-from satpipe.pipeline.methods.base import Method, input_leaf, target_logit_sum
+from satpipe.core.modules import input_leaf
+from satpipe.pipeline.methods.base import Method, target_logit_sum
 from satpipe.pipeline.methods.layers import find_cam_layer
 from satpipe.pipeline.methods.registry import register_method
 from satpipe.train.models import get_submodule

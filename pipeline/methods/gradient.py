@@ -7,7 +7,8 @@ import dataclasses
 import torch
 from captum.attr import Saliency
 
-from satpipe.pipeline.methods.base import Method, input_leaf
+from satpipe.core.modules import input_leaf
+from satpipe.pipeline.methods.base import Method
 from satpipe.pipeline.methods.registry import register_method
 
 

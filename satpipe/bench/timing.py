@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from satpipe.core.errors import SatpipeError
-from satpipe.pipeline.methods.base import frozen, input_leaf, target_logit_sum
+from satpipe.core.modules import frozen, input_leaf
+from satpipe.pipeline.methods.base import target_logit_sum
 
 
 @contextmanager

@@ -41,15 +41,11 @@ def note(message: str) -> None:
     print(f"satpipe: note: {printable(message)}", file=sys.stderr, flush=True)
 
 
-def first_line(exc: BaseException, limit: int = 160) -> str:
-    """The first line of a library's error message (at most `limit` characters), or the
-    exception's type name when it has none: what a one-line error quotes of it."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
-
-
-def os_error_line(exc: BaseException) -> str:
-    """`[Errno 28] No space left on device` style text of an OS error, without the path
-    (the caller names the path)."""
+def quote(exc: BaseException, limit: int = 160) -> str:
+    """What a one-line error quotes of a library's exception: an OS error's `[Errno N] text`
+    (without the path: the caller names it), else its message on one line, cut to `limit`
+    characters with "...", else the exception's type name."""
     if isinstance(exc, OSError) and exc.strerror:
         return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else exc.strerror
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from satpipe.core.errors import SatpipeError, note, os_error_line
+from satpipe.core.errors import SatpipeError, note, quote
 
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, getattr(errno, "ENOTSUP", -1))
 
@@ -121,7 +121,7 @@ class WriterLock:
                     return self
             raise SatpipeError(f"{self.path}: lock changes hands too often; try again")
         except OSError as exc:
-            reason = os_error_line(exc)
+            reason = quote(exc)
             raise SatpipeError(f"{self.path}: cannot take the {self.what} lock ({reason})") from exc
 
     def _create(self) -> bool:

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from satpipe.core.errors import SatpipeError
+from satpipe.core.modules import model_state
 from satpipe.train.eval.attacks.base import Attack, AttackContext, register
-from satpipe.train.eval.attacks.reference import frozen_parameters
 
 # The SAT code's advertorch settings (advertorch defaults except the two it passes).
 SEARCH_STEPS = 3
@@ -119,7 +119,7 @@ def cw_l2(
     try:
         wrong = _predict(model, x) != y
         best_norm[wrong] = 0.0
-        with frozen_parameters(model), torch.enable_grad():
+        with model_state(model, param_grads=False), torch.enable_grad():
             for _ in range(search_steps):
                 success = torch.zeros(n, dtype=torch.bool, device=x.device)
                 for c in torch.unique(const).tolist():

@@ -13,25 +13,12 @@ mode it found it in. Attacks run under `torch.enable_grad()` so they also work i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from satpipe.core.modules import model_state
 from satpipe.train.eval.attacks.base import Attack, AttackContext, register
-
-
-@contextmanager
-def model_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
-    """Put `model` in train (True) or eval (False) mode for the block, then restore its mode."""
-    was = model.training
-    model.train(training)
-    try:
-        yield model
-    finally:
-        model.train(was)
 
 
 def input_grad(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +197,7 @@ def trades_attack(
         (B, C, H, W) tensor in [0, 1] within eps of x (up to the 0.001 start when steps=0).
     """
     x = x.detach()
-    with model_mode(model, False):
+    with model_state(model, training=False):
         with torch.no_grad():
             p_clean = F.softmax(model(x).float(), dim=1)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from satpipe.core.modules import model_state
 from satpipe.train.eval.attacks.base import Attack, AttackContext, register
 
 LIBRARY = "pyautoattack"
@@ -111,25 +112,15 @@ def library_warnings() -> Iterator[LibraryWarnings]:
         logger.removeHandler(handler)
 
 
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """requires_grad off on every parameter for the block, then restored: FAB calls
-    `.backward()`, which would otherwise compute (and leave behind) parameter gradients."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 def _component(name: str):
     def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: AttackContext):
         device = x.device
         aa = standard_autoattack(model, ctx, device)
-        with _seeded(device, ctx.library_seed()), frozen_parameters(model), torch.no_grad():
+        with (
+            _seeded(device, ctx.library_seed()),
+            model_state(model, param_grads=False),
+            torch.no_grad(),
+        ):
             return _perturb(aa, name, x.float(), y).detach()
 
     return run
