@@ -187,3 +187,19 @@ def test_fast_dev_run_of_a_paper_preset_on_its_real_format(tmp_path, name):
     assert len(data.split("train")) <= fastdev.FAST_DEV_ROWS["train"]
     for run in report["runs"]:
         assert run["n"]["autoattack"]["8"] <= fastdev.AUTOATTACK_EXAMPLES
+
+
+def test_the_plan_prices_the_runs_reproduce_makes():
+    """The quick grid: the content test at three seeds with its cheaper evaluation (8/255 only,
+    checks on 200, no AutoAttack), the PGD family at one seed with the full one."""
+    preset = PRESETS.get("quick")
+    steps = plan.grid_plan(
+        preset, {"train": 3000, "test": 1000}, 6, preset.seeds, preset.frontier_seeds,
+        preset.grid_seeds,
+    )  # fmt: skip
+    evals = {s.name.removeprefix("evaluate "): s for s in steps if s.name.startswith("evaluate")}
+    assert evals["pgd"].count == 1 and evals["sat shuffled"].count == 3
+    assert evals["pgd"].bound > 0 and evals["sat shuffled"].bound == 0
+    assert evals["sat"].detail.endswith("1 eps, checks on 200")
+    assert evals["pgd"].detail.endswith("2 eps, checks on 500")
+    assert evals["sat"].passes < evals["pgd"].passes

@@ -121,18 +121,24 @@ def autoattack_passes(preset: Preset, num_classes: int) -> float:
     return float(sum(per.get(c, AA_ITERATIONS) for c in components))
 
 
-def eval_passes(preset: Preset, n_test: int, num_classes: int, seed: int) -> tuple[float, float]:
-    """(passes of the PGD/FGSM protocol and the checks, upper bound of AutoAttack's) of one
-    student's evaluation."""
-    steps = preset.eval_steps
-    check_n = min(preset.check_examples or n_test, n_test)
-    protocol = n_test * (FORWARD + len(preset.eval_eps) * (1 + steps))
+def eval_passes(
+    preset: Preset, n_test: int, num_classes: int, seed: int, content: bool = False
+) -> tuple[float, float, str]:
+    """(passes of the PGD/FGSM protocol and the checks, upper bound of AutoAttack's, a detail
+    line) of one student's evaluation, with the options `reproduce` evaluates it with (a row of
+    the content test: the preset's cheaper content_* settings)."""
+    from satpipe.reproduce.run import eval_options
+
+    options = eval_options(preset, seed, content)
+    steps, eps = options["steps"], options["eps"]
+    check_n = min(options.get("check_examples") or n_test, n_test)
+    protocol = n_test * (FORWARD + len(eps) * (1 + steps))
     protocol += check_n * LARGE_EPS_CHECKS * steps
-    aa_seeds = preset.autoattack_seeds
-    if preset.autoattack_eps is None or (aa_seeds is not None and seed not in aa_seeds):
-        return protocol, 0.0
-    aa_n = min(preset.autoattack_examples or n_test, n_test)
-    return protocol, aa_n * autoattack_passes(preset, num_classes)
+    detail = f"{n_test} images x {len(eps)} eps, checks on {check_n}"
+    if "autoattack" not in options["attacks"]:
+        return protocol, 0.0, detail
+    aa_n = min(options.get("attack_examples", {}).get("autoattack") or n_test, n_test)
+    return protocol, aa_n * autoattack_passes(preset, num_classes), detail
 
 
 def grid_plan(
@@ -141,11 +147,13 @@ def grid_plan(
     num_classes: int,
     seeds: Sequence[int],
     frontier_seeds: Sequence[int] | None = None,
+    grid_seeds: Sequence[int] | None = None,
 ) -> list[Step]:
-    """Every step of the preset's grid after the data, in run order, with its passes."""
+    """Every step of the preset's grid after the data, in run order, with its passes (the runs
+    `reproduce` makes: the content test at `seeds`, the rest at `grid_seeds`)."""
     from satpipe.pipeline.methods import get_method
     from satpipe.pipeline.quality.sanity import cascade_blocks
-    from satpipe.reproduce import _planned_stores, plan_runs
+    from satpipe.reproduce.run import _planned_stores, plan_runs
     from satpipe.train.models import create_model
 
     n_train, n_test = rows.get("train", 0), rows.get("test", 0)
@@ -179,20 +187,18 @@ def grid_plan(
                           grad=passes, detail=detail))  # fmt: skip
     weak = "weak" if preset.weak_method else None
     study = {(s.source, s.method): s.label for s in stores if s.row != "sat"}
-    specs = plan_runs(preset, _NOWHERE, seeds, weak, study, frontier_seeds)
-    runs: dict[tuple[str, str], list] = {}
+    specs = plan_runs(preset, _NOWHERE, seeds, weak, study, frontier_seeds, grid_seeds)
+    runs: dict[tuple[str, str, bool], list] = {}
     # One run per folder: a row the grid lists twice (a baseline in two tables) trains once.
     for spec in {s.out: s for s in specs}.values():
-        runs.setdefault((spec.row, spec.variant), []).append(spec)
-    for (row, variant), group in runs.items():
+        runs.setdefault((spec.row, spec.variant, spec.content), []).append(spec)
+    for (row, variant, content), group in runs.items():
         train = _train_passes(preset, variant, preset.epochs, n_train, n_test)
-        protocol, aa = eval_passes(preset, n_test, num_classes, group[0].seed)
+        protocol, aa, detail = eval_passes(preset, n_test, num_classes, group[0].seed, content)
         steps.append(Step(f"train {row}", preset.student, train=train, count=len(group),
                           detail=f"{variant}, {_epochs(preset.epochs)}"))  # fmt: skip
-        check_n = min(preset.check_examples or n_test, n_test)
         steps.append(Step(f"evaluate {row}", preset.student, grad=protocol, count=len(group),
-                          bound=aa, detail=f"{n_test} images x {len(preset.eval_eps)} eps, "
-                          f"checks on {check_n}"))  # fmt: skip
+                          bound=aa, detail=detail))  # fmt: skip
     return steps
 
 
@@ -312,13 +318,14 @@ def estimate(
     device: str,
     seeds: Sequence[int],
     frontier_seeds: Sequence[int] | None = None,
+    grid_seeds: Sequence[int] | None = None,
 ) -> str:
     """The plan of the preset's grid on data of `rows` per split, images (H, W, C) and
     `num_classes`, priced at pass rates measured now on `device`, as Markdown."""
     from satpipe.core.device import resolve_device
 
     kind = resolve_device(device).type
-    steps = grid_plan(preset, rows, num_classes, seeds, frontier_seeds)
+    steps = grid_plan(preset, rows, num_classes, seeds, frontier_seeds, grid_seeds)
     archs = [s.model for s in steps if s.model]
     # A GPU's rate depends on the batch: measure at the preset's; a CPU's hardly, so a small one.
     batch = preset.batch_size if kind == "cuda" else 8
@@ -332,6 +339,7 @@ def print_plan(
     device: str,
     seeds: Sequence[int],
     frontier_seeds: Sequence[int] | None = None,
+    grid_seeds: Sequence[int] | None = None,
 ) -> str:
     """`estimate` on the dataset store `data` (its rows, image shape and classes); the caller
     prints it and writes plan.md."""
@@ -339,4 +347,7 @@ def print_plan(
 
     view = open_dataset(data)
     rows = {s: len(view.split(s)) for s in view.splits}
-    return estimate(preset, rows, view.image_shape, view.num_classes, device, seeds, frontier_seeds)
+    return estimate(
+        preset, rows, view.image_shape, view.num_classes, device, seeds, frontier_seeds,
+        grid_seeds,
+    )  # fmt: skip

@@ -411,7 +411,7 @@ def reproduce(config: ReproduceConfig) -> Path:
         # Before any training: the weak method's masks/boxes are there, and what it will cost.
         check_annotations(preset, data)
         if config.plan:
-            text = print_plan(preset, data, config.device, seeds, frontier_seeds)
+            text = print_plan(preset, data, config.device, seeds, frontier_seeds, grid_seeds)
             (out / "plan.md").write_text(text)
             print(text, file=sys.stderr)
         stores, sources = _build_stores(preset, out, data, config.device, plan, bar)
