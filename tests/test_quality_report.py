@@ -73,6 +73,12 @@ def test_the_claim_is_a_rank_correlation_over_stores():
     assert "| store 4 | SAT 4 | 0.900 [0.880, 0.920] | +20.0 [" in table
     assert "- store 0: a note" in table
     assert qr.quality_claims(cpoints[:2], "sign-agreement") == []
+    # Four stores: rho reads 1.00 at eps 2, but no rank correlation over 4 can be significant.
+    (few,) = qr.quality_claims(cpoints[:4], "sign-agreement")
+    assert few["detail"]["2"]["rho"]["value"] == pytest.approx(1.0)
+    assert {d["verdict"] for d in few["detail"].values()} == {qr.NO_VERDICT}
+    assert not few["held"]
+    assert f"## {few['claim']}: {qr.NO_VERDICT}" in qr.quality_claims_markdown([few])
     assert "not measured" in qr.quality_claims_markdown([])
 
 

@@ -32,6 +32,12 @@ from satpipe.core.stats import Interval, spearman, verdict, wilson
 BASELINE = "original-noise"
 
 
+# A rank correlation over n points: the smallest two-sided p of its exact permutation test is
+# 2/n!, 0.083 at n = 4, 0.017 at n = 5; below 5 stores no correlation can be significant.
+MIN_POINTS = 5
+NO_VERDICT = f"no verdict (fewer than {MIN_POINTS} stores)"
+
+
 def gain_interval(
     sat: Sequence[dict[str, Any]],
     base: Sequence[dict[str, Any]],
@@ -135,7 +141,10 @@ def quality_claims(cpoints: Sequence[dict[str, Any]], score: str) -> list[dict[s
         if len(set(xs)) < 2 or len(set(ys)) < 2:
             continue
         rho = spearman(xs, ys)
-        detail[k] = {"rho": rho.as_dict(), "verdict": verdict(rho), "points": len(cpoints)}
+        # Fewer than MIN_POINTS stores cannot reach p < 0.05 at all (the bootstrap over 3
+        # points even gives a zero-width interval): no verdict, whatever rho reads.
+        call = verdict(rho) if len(cpoints) >= MIN_POINTS else NO_VERDICT
+        detail[k] = {"rho": rho.as_dict(), "verdict": call, "points": len(cpoints)}
     return [
         {
             "claim": f"better saliency ({score}), more robustness from SAT (gain over {BASELINE})",
@@ -154,7 +163,10 @@ def quality_claims_markdown(claims: Sequence[dict[str, Any]]) -> str:
         )
     lines = []
     for c in claims:
+        calls = {d["verdict"] for d in c["detail"].values()}
         mark = "held" if c["held"] else "did NOT hold"
+        if calls == {NO_VERDICT}:
+            mark = NO_VERDICT
         lines += [f"## {c['claim']}: {mark}", ""]
         lines += [
             "Spearman's rank correlation over the saliency stores (one point each: the store's",
