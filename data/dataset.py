@@ -34,8 +34,10 @@ import numpy as np
 import torch
 
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.loader import _check_saliency_done
-from satpipe.data.store import check_pairing, open_dataset, open_saliency, shard_rows
+from satpipe.data.saliency_store import check_pairing, open_saliency
+from satpipe.data.storage import shard_rows
 from satpipe.data.streaming import ShardReader
 
 DEFAULT_CACHE_BYTES = 512 << 20  # per process: a CIFAR-sized split with its maps fits whole

@@ -26,6 +26,8 @@ import numpy as np
 
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
+from satpipe.data.dataset_store import boxes_valid
+from satpipe.data.fingerprint import Fingerprint
 from satpipe.data.integrity import (
     EVERY_CHUNK,
     SHARD_SHA256,
@@ -35,22 +37,17 @@ from satpipe.data.integrity import (
     shard_digest,
     stored_shards,
 )
+from satpipe.data.inventory import dataset_inventory, saliency_inventory, unreadable_metadata
 from satpipe.data.metadata import metadata_problems
 from satpipe.data.quality_text import quality_lines
-from satpipe.data.store import (
-    NORMALIZATION_RANGES,
+from satpipe.data.saliency_store import NORMALIZATION_RANGES, pairing_problems
+from satpipe.data.storage import (
     SPLITS,
-    Fingerprint,
-    boxes_valid,
-    dataset_inventory,
     open_group,
-    pairing_problems,
     read_attrs,
-    saliency_inventory,
     shard_rows,
     shard_slices,
     storage_errors,
-    unreadable_metadata,
 )
 
 # At most this many example rows are named in one problem line.

@@ -19,11 +19,11 @@ the sha256 of every shard's rows (the decoded values, little-endian, C order), c
 writing. `ShardCheck` checks each shard as a reader reads it, in whatever order: that is how
 the trainer's shuffled streaming reads and the saliency runner's per-shard tasks check the
 data in flight with no extra pass. The whole-store `fingerprint` (a sequential sha256 over
-each split, see `satpipe.data.store.Fingerprint`) stays the store's identity; the digests are
+each split, see `satpipe.data.fingerprint.Fingerprint`) stays the store's identity; the digests are
 computed from the same rows by the same writer and recorded in the same `zarr.json`, so a copy
 that mixes objects of two versions of a store fails them.
 
-Nothing here imports the rest of satpipe.data; `satpipe.data.store` uses it at every open.
+Nothing here imports the rest of satpipe.data; `satpipe.data.storage` uses it at every open.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def stored_shards(array) -> dict[int, int | None]:
     """{shard index: object size in bytes (None: unknown)} of the shards of a row-sharded
     array that have a stored object: one listing.
 
-    Arrays made by `satpipe.data.store.create_rows_array` have one shard across every axis
+    Arrays made by `satpipe.data.storage.create_rows_array` have one shard across every axis
     but the first, so shard k is the object `c/k/0/.../0`. Anything else under `c/` (zarr's
     `.partial` temporaries, stray files) does not count."""
     base = array.store_path.path

@@ -52,18 +52,10 @@ from satpipe.core.options import check_choice
 from satpipe.core.progress import progress
 from satpipe.core.seeding import derive_seed, generator
 from satpipe.data.augment import crop_flip, draw_crop_flip
-from satpipe.data.store import (
-    DatasetView,
-    Fingerprint,
-    SaliencyView,
-    check_pairing,
-    check_whole_reads,
-    open_dataset,
-    open_saliency,
-    record_whole_split,
-    shard_rows,
-    shard_slices,
-)
+from satpipe.data.dataset_store import DatasetView, open_dataset
+from satpipe.data.fingerprint import Fingerprint, check_whole_reads, record_whole_split
+from satpipe.data.saliency_store import SaliencyView, check_pairing, open_saliency
+from satpipe.data.storage import shard_rows, shard_slices
 from satpipe.data.streaming import ShardReader, StreamStats, plan_segments, stream_batches
 
 

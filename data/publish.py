@@ -18,18 +18,9 @@ import fsspec
 
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
+from satpipe.data.inventory import dataset_inventory, refuse_missing, saliency_inventory
 from satpipe.data.outputs import prepare_output, refuse_chained, store_lock
-from satpipe.data.store import (
-    ATTR,
-    dataset_inventory,
-    is_url,
-    local_path,
-    open_group,
-    read_attrs,
-    refuse_missing,
-    saliency_inventory,
-    storage_errors,
-)
+from satpipe.data.storage import ATTR, is_url, local_path, open_group, read_attrs, storage_errors
 
 ROOT_META = "zarr.json"
 # Objects are moved in batches of about this many bytes: large enough for s3fs to run the

@@ -33,7 +33,7 @@ import numpy as np
 from satpipe.core.errors import SatpipeError
 from satpipe.core.options import check_choice, option, storage_options_field
 from satpipe.core.progress import progress
-from satpipe.data.store import DatasetWriter
+from satpipe.data.dataset_store import DatasetWriter
 
 GENERATOR_VERSION = 2  # 2: the contrast, clutter and texture styles (defaults: version 1's bytes)
 BLOCK_ROWS = 256

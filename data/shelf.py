@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from satpipe.core.errors import SatpipeError
-from satpipe.data.store import ATTR, SPLITS, storage_errors, url_to_fs
+from satpipe.data.storage import ATTR, SPLITS, storage_errors, url_to_fs
 
 ROOT_META = "zarr.json"
 # The score a one-line listing shows, the first a store has.

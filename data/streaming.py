@@ -30,7 +30,7 @@ import torch
 
 from satpipe.core.errors import SatpipeError
 from satpipe.data.integrity import ShardCheck
-from satpipe.data.store import open_group
+from satpipe.data.storage import open_group
 
 Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]  # images, maps, labels (NHWC)
 

@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from satpipe.data.dataset_store import DatasetWriter, open_dataset
 from satpipe.data.integrity import EVERY_CHUNK
-from satpipe.data.store import (
-    DatasetWriter,
+from satpipe.data.storage import (
     create_group,
     create_rows_array,
     now_iso,
-    open_dataset,
     shard_rows,
     shard_slices,
     write_attrs,

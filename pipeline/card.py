@@ -24,7 +24,7 @@ from typing import Any
 from satpipe.core.errors import SatpipeError, note
 from satpipe.data.quality_text import quality_lines
 from satpipe.data.shelf import HEADLINE_SCORES, describe_store
-from satpipe.data.store import storage_errors, url_to_fs, write_errors
+from satpipe.data.storage import storage_errors, url_to_fs, write_errors
 
 CARD = "README.md"
 GALLERY = "gallery.png"

@@ -9,7 +9,7 @@ from satpipe.core.device import DETERMINISTIC_HELP, DEVICE_HELP
 from satpipe.core.errors import SatpipeError
 from satpipe.core.options import check_choice, coerce_fields, option, storage_options_field
 
-_NORMALIZATIONS = "satpipe.data.store:Normalization"
+_NORMALIZATIONS = "satpipe.data.saliency_store:Normalization"
 
 
 @dataclass
@@ -88,7 +88,7 @@ class ScoreConfig:
     n: int | None = option(
         None, f"Rows for faithfulness and sanity, a seeded subset (default: {DEFAULT_SCORE_N})."
     )
-    split: str = option("train", "Split to score.", choices="satpipe.data.store:SPLITS")
+    split: str = option("train", "Split to score.", choices="satpipe.data.storage:SPLITS")
     scores: tuple[str, ...] = option(
         (), "Comma-separated scores (default: all that apply; `satpipe list scores`).",
         choices=_SCORES,
@@ -109,7 +109,7 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        self.split = check_choice(self.split, "satpipe.data.store:SPLITS", "split")
+        self.split = check_choice(self.split, "satpipe.data.storage:SPLITS", "split")
         self.scores = tuple(check_choice(s, _SCORES, "quality score") for s in self.scores)
         if self.n is not None and self.n < 1:
             raise SatpipeError(f"--n must be >= 1, got {self.n}")

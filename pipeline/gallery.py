@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from satpipe.core.errors import SatpipeError
-from satpipe.data.store import check_pairing, open_dataset, open_saliency
+from satpipe.data.dataset_store import open_dataset
+from satpipe.data.saliency_store import check_pairing, open_saliency
 
 # Scores shown under a column's title when the store has them: (score, abbreviation).
 TITLE_SCORES = (("pointing-game", "PG"), ("relevance-mass", "RM"), ("sign-agreement", "SA"))

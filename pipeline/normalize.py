@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from satpipe.core.errors import SatpipeError
-from satpipe.data.store import Normalization
+from satpipe.data.saliency_store import Normalization
 
 __all__ = ["Normalization", "normalize"]
 

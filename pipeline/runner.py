@@ -49,14 +49,10 @@ from satpipe.core.errors import SatpipeError, note
 from satpipe.core.precision import configure
 from satpipe.core.progress import progress
 from satpipe.core.seeding import MASK63, seed_words
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.loader import to_float_batch
 from satpipe.data.outputs import refuse_chained, refuse_inputs, store_lock
-from satpipe.data.store import ATTR, SPLITS, open_dataset, open_group, shard_rows, store_exists
-from satpipe.data.streaming import read_checked
-from satpipe.pipeline.config import SaliencyConfig
-from satpipe.pipeline.methods import Method, get_method
-from satpipe.pipeline.normalize import normalize
-from satpipe.pipeline.saliency_store import (
+from satpipe.data.saliency_store import (
     done_shards,
     mark_complete,
     open_saliency_for_write,
@@ -65,6 +61,11 @@ from satpipe.pipeline.saliency_store import (
     unmark_lost_shards,
     write_shard,
 )
+from satpipe.data.storage import ATTR, SPLITS, open_group, shard_rows, store_exists
+from satpipe.data.streaming import read_checked
+from satpipe.pipeline.config import SaliencyConfig
+from satpipe.pipeline.methods import Method, get_method
+from satpipe.pipeline.normalize import normalize
 from satpipe.train.models import load_model, probe_model
 
 __all__ = ["SaliencyConfig", "compute_saliency", "run_shard", "shard_seed", "state_dict_sha256"]

@@ -38,8 +38,8 @@ _API = {
     "get_method": "satpipe.pipeline.methods",
     "create_model": "satpipe.train.models",
     "load_model": "satpipe.train.models",
-    "open_dataset": "satpipe.data.store",
-    "open_saliency": "satpipe.data.store",
+    "open_dataset": "satpipe.data.dataset_store",
+    "open_saliency": "satpipe.data.saliency_store",
     "make_loader": "satpipe.data.loader",
     "SatpipeError": "satpipe.core.errors",
 }

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from satpipe.data.store import DatasetWriter
+from satpipe.data.dataset_store import DatasetWriter
 
 from .s3server import s3, s3_server  # noqa: F401
 
@@ -78,11 +78,11 @@ def write_tiny_saliency(
     `complete=False` leaves the store unfinished; `shards_done=k` marks only the first k
     shards done; `fingerprint` overrides the recorded dataset fingerprint.
     """
-    from satpipe.data.store import (
+    from satpipe.data.dataset_store import open_dataset
+    from satpipe.data.storage import (
         create_group,
         create_rows_array,
         now_iso,
-        open_dataset,
         shard_rows,
         shard_slices,
         write_attrs,

@@ -283,7 +283,7 @@ def test_the_runner_reads_back_once_per_shard_not_per_batch(tiny, monkeypatch):
 
 
 def test_sizes_left_to_the_device_are_recorded_and_kept_on_resume(tiny):
-    from satpipe.data.store import open_saliency
+    from satpipe.data.saliency_store import open_saliency
     from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
 
     def run(out, params=None, **kw):

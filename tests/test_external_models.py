@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
-from satpipe.data.store import open_saliency
+from satpipe.data.saliency_store import open_saliency
 from satpipe.pipeline.methods import get_method, model_methods
 from satpipe.pipeline.methods.layers import find_cam_layer
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency

@@ -191,7 +191,7 @@ def test_racing_creators_of_one_saliency_store_both_succeed(tmp_path):
     """The race behind two processes on one output, made likely: creators released together."""
     import threading
 
-    from satpipe.pipeline.saliency_store import open_saliency_for_write, saliency_attrs
+    from satpipe.data.saliency_store import open_saliency_for_write, saliency_attrs
 
     attrs = saliency_attrs(
         method="mask", params={}, normalization="signed-maxabs", seed=0,

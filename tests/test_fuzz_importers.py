@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.importers import IMPORTERS, import_dataset
-from satpipe.data.store import open_dataset
 
 RNG = np.random.default_rng(0)
 SIDE = 8

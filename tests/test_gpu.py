@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from satpipe.data.loader import make_loader
-from satpipe.data.store import open_saliency
+from satpipe.data.saliency_store import open_saliency
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.normalize import normalize
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency

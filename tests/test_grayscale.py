@@ -9,7 +9,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from satpipe.cli import app
-from satpipe.data.store import open_dataset, open_saliency
+from satpipe.data.dataset_store import open_dataset
+from satpipe.data.saliency_store import open_saliency
 from satpipe.train.checkpoint import load_checkpoint
 
 

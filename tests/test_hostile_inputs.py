@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 from satpipe.cli import app
 from satpipe.cli._common import config_options
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import DatasetWriter, open_dataset
 from satpipe.data.inspect import store_info, verify_store
 from satpipe.data.loader import make_loader
 from satpipe.data.metadata import json_depth
-from satpipe.data.store import DatasetWriter, open_dataset, open_saliency
+from satpipe.data.saliency_store import open_saliency
 from satpipe.pipeline.config import SaliencyConfig
 from satpipe.pipeline.runner import compute_saliency
 from satpipe.train.checkpoint import load_checkpoint, state_digest

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.importers import IMPORTERS, import_dataset
 from satpipe.data.importers.common import (
     ResizePolicy,
@@ -23,7 +24,6 @@ from satpipe.data.importers.common import (
     seeded_split,
 )
 from satpipe.data.importers.flowers17 import FLOWER_CLASSES
-from satpipe.data.store import open_dataset
 from tests.formats import RNG
 from tests.formats import cifar_batch as _cifar_batch
 from tests.formats import jpg as _jpg

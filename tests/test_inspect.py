@@ -13,12 +13,12 @@ from zarr.codecs import Crc32cCodec
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.inspect import format_info, store_info, verify_store
-from satpipe.data.store import (
+from satpipe.data.storage import (
     ATTR,
     create_group,
     create_rows_array,
-    open_dataset,
     shard_rows,
     shard_slices,
     write_attrs,

@@ -20,10 +20,12 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import DatasetWriter, open_dataset
 from satpipe.data.inspect import format_info, store_info, verify_store
 from satpipe.data.loader import make_loader
 from satpipe.data.publish import publish_store
-from satpipe.data.store import ATTR, DatasetWriter, open_dataset, open_saliency
+from satpipe.data.saliency_store import open_saliency
+from satpipe.data.storage import ATTR
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
 from satpipe.train.checkpoint import load_checkpoint
 from satpipe.train.config import TrainConfig

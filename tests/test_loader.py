@@ -11,12 +11,11 @@ import torch.nn.functional as F
 
 from satpipe.core.errors import SatpipeError
 from satpipe.data.augment import CropFlip, crop_flip, draw_crop_flip
+from satpipe.data.dataset_store import DatasetWriter, open_dataset
 from satpipe.data.loader import make_loader
-from satpipe.data.store import (
-    DatasetWriter,
+from satpipe.data.storage import (
     create_group,
     create_rows_array,
-    open_dataset,
     shard_rows,
     shard_slices,
     write_attrs,

@@ -154,7 +154,7 @@ def test_global_pool_is_deterministic_under_deterministic_mode(numerics):
 
 
 def test_train_and_saliency_take_and_record_deterministic(ckpt, numerics, tmp_path):
-    from satpipe.data.store import open_saliency
+    from satpipe.data.saliency_store import open_saliency
     from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
     from satpipe.train.config import TrainConfig
     from satpipe.train.trainer import train

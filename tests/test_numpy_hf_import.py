@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.importers import Sample, SplitArrays, import_dataset, write_dataset
 from satpipe.data.importers.common import seeded_split
-from satpipe.data.store import open_dataset
 
 RNG = np.random.default_rng(5)
 

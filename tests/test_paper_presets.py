@@ -14,8 +14,8 @@ import torch
 import satpipe.reproduce.run as rp
 import satpipe.train.trainer as trainer
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.importers import import_dataset
-from satpipe.data.store import open_dataset
 from satpipe.pipeline.quality.sanity import cascade_blocks
 from satpipe.reproduce import fastdev, plan
 from satpipe.reproduce.presets import PRESETS

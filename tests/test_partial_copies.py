@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.inspect import store_info, verify_store
 from satpipe.data.loader import make_loader
 from satpipe.data.publish import publish_store
-from satpipe.data.store import open_dataset, open_saliency
+from satpipe.data.saliency_store import open_saliency
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
 from satpipe.train.config import EvalConfig, TrainConfig
 from satpipe.train.eval.evaluate import _open_for_eval

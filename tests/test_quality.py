@@ -16,7 +16,7 @@ from torch import nn
 
 from satpipe.core.errors import SatpipeError
 from satpipe.data.inspect import format_info, store_info, verify_store
-from satpipe.data.store import open_saliency
+from satpipe.data.saliency_store import open_saliency, write_quality
 from satpipe.pipeline.config import ScoreConfig
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.methods.base import Method
@@ -25,7 +25,6 @@ from satpipe.pipeline.quality.faithfulness import curve_auc, curves, pixel_order
 from satpipe.pipeline.quality.localisation import average_ranks, localisation_batch
 from satpipe.pipeline.quality.sanity import FLAG_AT, cascade_blocks, randomisation_curve
 from satpipe.pipeline.runner import compute_saliency
-from satpipe.pipeline.saliency_store import write_quality
 from satpipe.train.checkpoint import model_record, save_checkpoint
 from satpipe.train.models import create_model
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
-from satpipe.data.store import check_pairing, open_dataset, open_saliency
+from satpipe.data.dataset_store import open_dataset
+from satpipe.data.saliency_store import check_pairing, open_saliency
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.normalize import normalize
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency, shard_seed

@@ -19,15 +19,10 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import DatasetWriter, compute_fingerprint, open_dataset
 from satpipe.data.inspect import store_info, verify_store
 from satpipe.data.publish import publish_store
-from satpipe.data.store import (
-    DatasetWriter,
-    compute_fingerprint,
-    open_dataset,
-    remove_store,
-    store_exists,
-)
+from satpipe.data.storage import remove_store, store_exists
 from satpipe.train.checkpoint import file_sha256, model_record, save_checkpoint
 from satpipe.train.models import create_model
 

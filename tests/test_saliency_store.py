@@ -7,10 +7,10 @@ import pytest
 import zarr
 
 from satpipe.core.errors import SatpipeError
-from satpipe.data.store import open_saliency
-from satpipe.pipeline.saliency_store import (
+from satpipe.data.saliency_store import (
     done_shards,
     mark_complete,
+    open_saliency,
     open_saliency_for_write,
     saliency_attrs,
     shard_plan,

@@ -16,8 +16,8 @@ import pytest
 import torch
 import zarr
 
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.shapes import make_shapes
-from satpipe.data.store import open_dataset
 from satpipe.pipeline.config import SaliencyConfig
 from satpipe.pipeline.runner import compute_saliency
 from satpipe.train.config import TrainConfig

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.shapes import (
     SHAPES,
     block_rng,
@@ -18,7 +19,6 @@ from satpipe.data.shapes import (
     render_block,
     split_labels,
 )
-from satpipe.data.store import open_dataset
 
 
 def _small(path, **kw):

@@ -4,13 +4,9 @@ import pytest
 import zarr
 
 from satpipe.core.errors import SatpipeError
-from satpipe.data.store import (
-    DatasetWriter,
-    compute_fingerprint,
-    open_dataset,
-    open_saliency,
-    row_layout,
-)
+from satpipe.data.dataset_store import DatasetWriter, compute_fingerprint, open_dataset
+from satpipe.data.saliency_store import open_saliency
+from satpipe.data.storage import row_layout
 
 from .conftest import write_tiny_dataset
 

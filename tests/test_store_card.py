@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.data.inspect import verify_store
+from satpipe.data.saliency_store import open_saliency
 from satpipe.data.shelf import list_stores
-from satpipe.data.store import open_saliency
 from tests.conftest import write_tiny_dataset, write_tiny_saliency
 
 runner = CliRunner()

@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.inspect import verify_store
-from satpipe.data.store import open_dataset, open_saliency
+from satpipe.data.saliency_store import open_saliency
 from satpipe.data.synthetic import write_random_dataset, write_random_saliency
 
 

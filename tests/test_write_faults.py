@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.importers import import_dataset
-from satpipe.data.store import open_dataset, open_saliency
+from satpipe.data.saliency_store import open_saliency
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
 from satpipe.train import checkpoint as checkpoint_module
 from satpipe.train.checkpoint import load_checkpoint

@@ -31,7 +31,7 @@ from torch import nn
 from satpipe.core.errors import SatpipeError
 from satpipe.core.modules import model_state
 from satpipe.core.seeding import generator
-from satpipe.data.store import open_dataset
+from satpipe.data.dataset_store import open_dataset
 from satpipe.train.eval.attacks import pgd
 
 GUARD_STREAM = 0x6A2D  # tags the guard's draws apart from every other seeded stream

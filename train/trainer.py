@@ -504,7 +504,7 @@ def _open_run(config: TrainConfig, state: dict[str, Any] | None) -> _Run:
             f"made for {config.data})"
         )
     if variant.needs_saliency:
-        from satpipe.data.store import open_saliency
+        from satpipe.data.saliency_store import open_saliency
 
         view = open_saliency(config.saliency, config.storage_options, require_complete=False)
         variant.check_saliency(config.saliency, view.method)
@@ -562,7 +562,7 @@ def _pairing(config: TrainConfig) -> np.ndarray | None:
     """The map row of every training image (None: matched; see satpipe.train.pairing)."""
     if config.saliency_pairing == "matched":
         return None
-    from satpipe.data.store import open_dataset
+    from satpipe.data.dataset_store import open_dataset
 
     n = len(open_dataset(config.data, config.storage_options).split("train"))
     return run_pairing(config.saliency_pairing, n, config.seed, config.data)
@@ -572,7 +572,7 @@ def _held_out(config: TrainConfig) -> np.ndarray | None:
     """The guard's held-out training rows (seeded), or None without a guard."""
     if not config.guard_rows:
         return None
-    from satpipe.data.store import open_dataset
+    from satpipe.data.dataset_store import open_dataset
 
     n = len(open_dataset(config.data, config.storage_options).split("train"))
     return held_out_rows(n, config.guard_rows, config.seed)

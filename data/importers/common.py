@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from satpipe.core.errors import SatpipeError, quote
 from satpipe.data.outputs import prepare_output, refuse_chained
-from satpipe.data.store import store_exists, unfinished_dataset
+from satpipe.data.storage import store_exists, unfinished_dataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 BLOCK_ROWS = 256

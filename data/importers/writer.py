@@ -38,6 +38,7 @@ from PIL import Image
 
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
+from satpipe.data.dataset_store import DatasetWriter
 from satpipe.data.importers.common import (
     RESIZE_METHOD,
     ResizePolicy,
@@ -48,7 +49,6 @@ from satpipe.data.importers.common import (
     plan_fit,
     resize_policy,
 )
-from satpipe.data.store import DatasetWriter
 
 BLOCK_ROWS = 256
 GREY_MODES = frozenset({"L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "1", "F", "La"})

@@ -29,14 +29,9 @@ from satpipe.core.progress import progress
 from satpipe.core.seeding import derive_seed, generator
 from satpipe.core.stats import mean_interval
 from satpipe.core.version import __version__
-from satpipe.data.store import (
-    check_pairing,
-    now_iso,
-    open_dataset,
-    open_saliency,
-    shard_rows,
-    shard_slices,
-)
+from satpipe.data.dataset_store import open_dataset
+from satpipe.data.saliency_store import check_pairing, open_saliency
+from satpipe.data.storage import now_iso, shard_rows, shard_slices
 from satpipe.pipeline.config import DEFAULT_SCORE_N, ScoreConfig
 from satpipe.pipeline.quality.faithfulness import faithfulness_batch, taken_counts
 from satpipe.pipeline.quality.localisation import boxes_to_masks, localisation_batch
@@ -141,7 +136,7 @@ def _score_store(config: ScoreConfig) -> dict[str, Any]:
         "flags": job.flags,
     }
     if config.write:
-        from satpipe.pipeline.saliency_store import write_quality
+        from satpipe.data.saliency_store import write_quality
 
         write_quality(config.saliency, quality, job.attrs, config.storage_options)
     return quality

@@ -30,8 +30,10 @@ from satpipe.bench.stores import random_pair
 from satpipe.bench.timing import alternate
 from satpipe.core.progress import progress
 from satpipe.data.dataset import SaliencyDataset
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.loader import make_loader
-from satpipe.data.store import now_iso, open_dataset, open_saliency
+from satpipe.data.saliency_store import open_saliency
+from satpipe.data.storage import now_iso
 
 SIDES = ("dataset_workers", "dataset_persistent", "dataset_inline", "pairloader", "tensordataset")
 

@@ -40,9 +40,10 @@ from satpipe.bench.timing import alternate
 from satpipe.bench.trust import checkpoint_costs, metadata_costs
 from satpipe.core.device import resolve_device
 from satpipe.core.version import __version__
+from satpipe.data.dataset_store import open_dataset
 from satpipe.data.integrity import shard_digest
 from satpipe.data.loader import make_loader
-from satpipe.data.store import open_dataset, shard_rows, shard_slices
+from satpipe.data.storage import shard_rows, shard_slices
 from satpipe.data.synthetic import write_random_dataset
 from satpipe.train.config import TrainConfig
 from satpipe.train.models import create_model

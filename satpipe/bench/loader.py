@@ -28,7 +28,7 @@ from satpipe.bench.timing import alternate, peak_rss
 from satpipe.core.device import resolve_device
 from satpipe.core.progress import progress
 from satpipe.data.loader import make_loader
-from satpipe.data.store import now_iso
+from satpipe.data.storage import now_iso
 from satpipe.train.models import create_model
 
 MODES = ("resident", "streaming")

@@ -131,8 +131,8 @@ def subset_data(full: str, out: Path, rows: dict[str, int] | None = None) -> str
     """A dataset store at `out` with the first `rows[split]` rows of each split of `full` in
     the class-stratified order (masks and boxes kept); reused when it was made from this very
     store (same fingerprint). Returns its URI."""
+    from satpipe.data.dataset_store import open_dataset
     from satpipe.data.importers import SplitArrays, write_dataset
-    from satpipe.data.store import open_dataset
     from satpipe.train.eval.subset import stratified_order
 
     rows = rows or FAST_DEV_ROWS
@@ -173,7 +173,7 @@ def subset_data(full: str, out: Path, rows: dict[str, int] | None = None) -> str
 
 def mark_smoke_pages(out: Path, data: str) -> None:
     """Open every Markdown page of the report in `out` with SMOKE_BANNER (once)."""
-    from satpipe.data.store import open_dataset
+    from satpipe.data.dataset_store import open_dataset
 
     view = open_dataset(data)
     counts = {s: len(view.split(s)) for s in view.splits}

@@ -80,7 +80,7 @@ def check_annotations(preset: Preset, data: str) -> None:
     that the dataset store `data` lacks, naming the importer flag or files that bring it."""
     if not preset.weak_method:
         return
-    from satpipe.data.store import open_dataset
+    from satpipe.data.dataset_store import open_dataset
     from satpipe.pipeline.methods import get_method
 
     method = get_method(preset.weak_method, **preset.method_params.get(preset.weak_method, {}))
@@ -343,7 +343,7 @@ def print_plan(
 ) -> str:
     """`estimate` on the dataset store `data` (its rows, image shape and classes); the caller
     prints it and writes plan.md."""
-    from satpipe.data.store import open_dataset
+    from satpipe.data.dataset_store import open_dataset
 
     view = open_dataset(data)
     rows = {s: len(view.split(s)) for s in view.splits}

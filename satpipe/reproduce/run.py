@@ -97,7 +97,7 @@ class RunSpec:
 
 def build_data(preset: Preset, out: Path, data_root: str | None) -> str:
     """Step 1: the dataset store (reused when complete)."""
-    from satpipe.data.store import open_dataset
+    from satpipe.data.dataset_store import open_dataset
 
     uri = out / "data" / f"{preset.name}.zarr"
     if _complete(open_dataset, uri):
@@ -123,7 +123,7 @@ def build_saliency(
     data: str, out: Path, method: str, params: dict[str, Any], model: str | None, device: str
 ) -> str:
     """Steps 2 and 4: a saliency store; the runner itself skips shards already done."""
-    from satpipe.data.store import open_saliency
+    from satpipe.data.saliency_store import open_saliency
     from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
 
     if _complete(open_saliency, out):
@@ -140,7 +140,7 @@ def build_quality(
 ) -> dict[str, Any]:
     """Step 5: the store's quality scores, or the ones it records when they were made with
     the same settings and judge model (a resumed run does not score twice)."""
-    from satpipe.data.store import open_saliency
+    from satpipe.data.saliency_store import open_saliency
     from satpipe.pipeline.config import ScoreConfig
     from satpipe.pipeline.quality import score_store
     from satpipe.train.checkpoint import file_sha256
@@ -827,7 +827,7 @@ def source_accuracy(sources: dict[str, str], data: str) -> list[dict[str, Any]]:
     """Each source model's clean test accuracy (%) after its last epoch, with its Wilson 95%
     interval over the test split: [{kind, variant, arch, epochs, n, accuracy: Interval}]."""
     from satpipe.core.stats import wilson
-    from satpipe.data.store import open_dataset
+    from satpipe.data.dataset_store import open_dataset
 
     n = len(open_dataset(data).split("test"))
     out = []
@@ -889,7 +889,8 @@ def mean_abs_saliency(uri: str, split: str = "train") -> float:
     much of eps SAT's map part perturbs by (masks: 1; signed-maxabs maps: mostly less)."""
     import numpy as np
 
-    from satpipe.data.store import open_saliency, shard_rows, shard_slices
+    from satpipe.data.saliency_store import open_saliency
+    from satpipe.data.storage import shard_rows, shard_slices
 
     maps = open_saliency(uri, require_complete=False).split(split)
     total, count = 0.0, 0

@@ -1,52 +1,167 @@
-"""Write side of saliency stores (DESIGN.md, "Stores"); readers use satpipe.data.store.
-
-Layout: `<split>/saliency` float16 (N, H, W, Cs) sharded along rows (a shard is the unit one
-worker writes), `<split>/done` uint8 (n_shards,) with chunk size 1 (the resume marker: shard k
-is marked 1 only after all its rows are written), `<split>/bytes` int64 (n_shards,) with chunk
-size 1 (the size of shard k's stored object, written before its done marker, so a reader can
-tell a half-copied shard at open), and the group attribute `satpipe` with the provenance.
-`complete` is set last, after every `done` is 1.
-
-Opening a store for writing either creates it or, when it exists, checks that it was made for
-the same dataset, method, params, normalisation, seed, source model and compute settings, so a
-resumed run can only add shards that belong with the ones already there.
+"""Saliency stores (DESIGN.md, "Stores"): the read side (`open_saliency`, the normalisations
+and their ranges, the pairing with a dataset) and the write side (attributes, creation or
+resumption of a store for one run, shard markers, completion), both halves of one contract.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
 import zarr
+import zarr.core.buffer
 import zarr.errors
 from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 
 from satpipe.core.errors import SatpipeError, note
 from satpipe.core.version import __version__
+from satpipe.data.dataset_store import DatasetView
 from satpipe.data.integrity import (
+    EVERY_CHUNK,
     SALIENCY_FEATURES,
+    has_feature,
     shard_key,
     shard_size,
     shard_span,
     stored_shards,
     writable,
 )
-from satpipe.data.store import (
+from satpipe.data.inventory import refuse_missing, saliency_inventory
+from satpipe.data.storage import (
     ATTR,
     FORMAT,
+    SPLITS,
     create_group,
     create_rows_array,
     now_iso,
     open_group,
+    read_attrs,
     shard_rows,
     shard_slices,
     store_exists,
     write_attrs,
     write_errors,
 )
+
+
+class Normalization(str, Enum):
+    """How a saliency store's maps were normalised per image (satpipe.pipeline.normalize)."""
+
+    signed_maxabs = "signed-maxabs"
+    minmax = "minmax"
+    sign = "sign"
+
+
+# The values each normalisation can produce: part of the store contract, checked by verify.
+NORMALIZATION_RANGES = {
+    Normalization.signed_maxabs.value: (-1.0, 1.0),
+    Normalization.minmax.value: (0.0, 1.0),
+    Normalization.sign.value: (-1.0, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class SaliencyView:
+    """A saliency store opened read-only. `split(name)` is the (N,H,W,Cs) float16 array in
+    [-1, 1] (or [0, 1] for `minmax`); row i belongs to row i of the dataset split."""
+
+    uri: str
+    group: Any
+    attrs: dict[str, Any]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    @property
+    def method(self) -> str:
+        return self.attrs["method"]
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return self.attrs["dataset"]["fingerprint"]
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if s in self.group]
+
+    def split(self, name: str):
+        if name not in self.group:
+            raise SatpipeError(
+                f"{self.uri}: saliency store has no '{name}' split (has {self.splits})"
+            )
+        return self.group[name]["saliency"]
+
+    def done(self, name: str) -> np.ndarray:
+        return np.asarray(self.group[name]["done"][:])
+
+
+def open_saliency(
+    uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+    require_complete: bool = True,
+    check_inventory: bool = True,
+) -> SaliencyView:
+    """Open a saliency store read-only (local path or fsspec URL).
+
+    Every shard marked done must have its maps stored (one listing per array), else a
+    SatpipeError naming the array and the rows."""
+    group = open_group(uri, "r", storage_options)
+    attrs = read_attrs(group, uri)
+    if attrs.get("kind") != "saliency":
+        raise SatpipeError(f"{uri}: is a {attrs.get('kind')} store, not a saliency store")
+    if require_complete and not attrs.get("complete"):
+        raise SatpipeError(f"{uri}: saliency store is incomplete (not every shard is done)")
+    if check_inventory:
+        refuse_missing(uri, saliency_inventory(group, attrs, uri))
+        if not has_feature(attrs, EVERY_CHUNK):
+            note(
+                f"{uri} was written before satpipe stored every chunk and recorded shard "
+                "sizes: a shard of maps that was all zeros was not stored there (if one is "
+                "reported missing, rerun `satpipe saliency` to store it), and a half-copied "
+                "shard is found only when it is read"
+            )
+    return SaliencyView(uri=str(uri), group=group, attrs=attrs)
+
+
+def pairing_problems(
+    made_for: str | None, fingerprint: str | None, data_uri: str, maps_by_split, images_by_split
+) -> list[str]:
+    """Why a saliency store does not belong row for row to a dataset: its recorded dataset
+    fingerprint `made_for` against the dataset's, and each split's maps (N, H, W, Cs) against
+    the images (N, H, W, C) (Cs in {1, C}). Empty when it belongs."""
+    problems = []
+    if made_for != fingerprint:
+        problems.append(
+            f"dataset fingerprint mismatch: made for {str(made_for)[:19]}…, "
+            f"but {data_uri} is {str(fingerprint)[:19]}…"
+        )
+    for split, maps in maps_by_split.items():
+        images = images_by_split.get(split)
+        if images is None:
+            problems.append(f"{split}/saliency: {data_uri} has no {split} split")
+        elif maps.shape[:3] != images.shape[:3] or maps.shape[3] not in (1, images.shape[3]):
+            problems.append(
+                f"{split}/saliency shape {tuple(maps.shape)} does not match images "
+                f"{tuple(images.shape)} of {data_uri}"
+            )
+    return problems
+
+
+def check_pairing(dataset: DatasetView, saliency: SaliencyView, split: str = "train") -> None:
+    """Refuse a saliency store that does not belong row for row to this dataset split."""
+    problems = pairing_problems(
+        saliency.dataset_fingerprint, dataset.fingerprint, dataset.uri,
+        {split: saliency.split(split)}, {split: dataset.split(split).images},
+    )  # fmt: skip
+    if problems:
+        raise SatpipeError(f"{saliency.uri}: {problems[0]}")
+
 
 # How long a run waits for a store another process is creating to get its attributes.
 CREATION_WAIT_S = 30.0
