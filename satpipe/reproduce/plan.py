@@ -127,7 +127,7 @@ def eval_passes(
     """(passes of the PGD/FGSM protocol and the checks, upper bound of AutoAttack's, a detail
     line) of one student's evaluation, with the options `reproduce` evaluates it with (a row of
     the content test: the preset's cheaper content_* settings)."""
-    from satpipe.reproduce.run import eval_options
+    from satpipe.reproduce.specs import eval_options
 
     options = eval_options(preset, seed, content)
     steps, eps = options["steps"], options["eps"]
@@ -153,12 +153,12 @@ def grid_plan(
     `reproduce` makes: the content test at `seeds`, the rest at `grid_seeds`)."""
     from satpipe.pipeline.methods import get_method
     from satpipe.pipeline.quality.sanity import cascade_blocks
-    from satpipe.reproduce.run import _planned_stores, plan_runs
+    from satpipe.reproduce.specs import plan_runs, planned_stores
     from satpipe.train.models import create_model
 
     n_train, n_test = rows.get("train", 0), rows.get("test", 0)
     steps: list[Step] = []
-    stores = _planned_stores(preset, _NOWHERE)
+    stores = planned_stores(preset, _NOWHERE)
     has_judge = any(s.source is not None for s in stores)
     blocks = len(cascade_blocks(create_model(preset.source_arch, num_classes)))
     built: set[str] = set()

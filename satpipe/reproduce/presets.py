@@ -33,6 +33,9 @@ METHOD_LABELS = {
 PAPER_DISTORTIONS = ("contrast", "low-pass", "high-pass")
 # Source models of the method study: key -> (training variant, label in row names).
 SOURCES = {"std": ("original", "Std."), "adv": ("pgd", "Adv.")}
+# Row names of the content test: SAT's shuffled twin, and SAT with constant alpha = 1.
+SHUFFLED = " shuffled"  # the twin of a SAT row: the same store, maps given to other images
+NO_SALIENCY = "SAT without saliency"  # SAT with constant alpha = 1: sign noise only
 
 
 @dataclass(frozen=True)
