@@ -561,7 +561,7 @@ class GradAlign(TrainingVariant):
 
 
 @dataclass(frozen=True)
-class EnergyGuided(TrainingVariant):
+class EnergyGuided(RightReasons):
     """CE + lambda sum_n (1 - sum_{in A} IxG+ / sum IxG+), IxG = input x gradient of the true
     class's logit summed over channels, A = the object (weak-saliency store > 0): the Energy
     loss of Rao, Böhle, Parchami-Araghi, Schiele, "Studying How to Efficiently and Effectively
@@ -574,20 +574,10 @@ class EnergyGuided(TrainingVariant):
     layer is their code's default (--layer Input) and that of their README's Energy example.
     lambda = 1e-3 on the sum over the batch's images (that example's value; their code sums
     the per-image energy losses and means the classification loss).
+
+    Its store, kind and pass cost are RRR's (one forward, a recorded input-gradient backward,
+    the final backward); only the loss differs.
     """
-
-    name: str
-    description: str
-    title: str
-    needs_saliency = True
-    saliency_kind = "a weak-saliency store, method mask or bbox"
-    kind = "explanation"
-
-    def _cost(self, cfg: VariantConfig) -> Cost:
-        """As RRR: one forward, a recorded input-gradient backward, the final backward."""
-        return Cost(1.0, 2.0, 1.0)
-
-    check_saliency = RightReasons.check_saliency
 
     def step(self, model, x, s, y, *, epoch, cfg, generator=None, attack_model=None):
         self.require_saliency(s)
