@@ -154,7 +154,7 @@ FAST_DEV = {
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # CIFAR-100's two ResNet-34 sources: ~15 min on the shared 2 cores
+@pytest.mark.timeout(3600)  # CIFAR-100's two ResNet-34 sources: 5 min idle, 15 loaded (2 cores)
 @pytest.mark.parametrize("name", list(FAST_DEV))
 def test_fast_dev_run_of_a_paper_preset_on_its_real_format(tmp_path, name):
     writer, weak_rows, method_rows = FAST_DEV[name]
