@@ -14,7 +14,7 @@ over its eps grid: the tables that compare with the paper) and adds an AutoAttac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from satpipe.core.registry import Registry
@@ -150,7 +150,7 @@ _add(Preset(
     # One epoch: `progress` still sweeps alpha from 1 to 0.6^10 within it.
     alpha_schedule="progress",
 ))  # fmt: skip
-_add(Preset(
+_QUICK = Preset(
     # The `make demo` job: within 15 minutes on a 2-core CPU that runs smallcnn's input-gradient
     # pass at ~500 img/s (time.md scales the run's wall time to that machine).
     #
@@ -209,40 +209,24 @@ _add(Preset(
     # images: ~2 s per run (standard AutoAttack: ~10 s as soon as one image survives APGD-CE).
     autoattack_examples=24,
     autoattack_components=("apgd-ce", "apgd-t"),
-))  # fmt: skip
-_add(Preset(
+)  # fmt: skip
+_add(_QUICK)
+_add(replace(
+    _QUICK,
     # What the demo's grid was before its content test, and longer: three methods plus the
     # random control from both sources, the frontier's fast baselines, 10 epochs, 3 seeds,
     # every run with the full evaluation. Not timed on the reference CPU: far beyond 15 min.
     name="study",
     summary="the demo's data with every method, the random control and the frontier, 10 "
             "epochs x 3 seeds (long on a CPU)",
-    dataset="shapes",
-    dataset_options={"n_train": 3000, "n_test": 1000, "size": 16, "contrast": "light",
-                     "clutter": 4, "texture": 1.0},
-    variants=("original", "original-noise", "sat", "pgd", "pgd-sat"),
     study_methods=("smoothgrad", "ig", "gradcam++"),
-    study_baselines=(),
     study_controls=("random",),
     method_params={"smoothgrad": {"samples": 10}, "ig": {"steps": 16}},
-    score_n=32,
-    student="smallcnn",
-    source_arch="smallcnn",
-    source_epochs=12,
-    seeds=(0, 1, 2),
+    grid_seeds=None,
+    content_eval_eps=None,
+    content_autoattack=True,
+    content_check_examples=None,
     epochs=10,
-    batch_size=32,
-    lr=3e-3,
-    lr_schedule="cosine",
-    attack_steps=3,
-    attack_step_size=3.0,
-    alpha_schedule="progress",
-    eval_eps=(2, 8),
-    eval_steps=5,
-    eval_step_size=4.0,
-    check_examples=500,
-    autoattack_examples=24,
-    autoattack_components=("apgd-ce", "apgd-t"),
     # Fast AT as Wong et al. run it (cyclic lr, the guard on 64 held-out rows), the same
     # mixed with SAT's coin, and RRR on the weak masks. RRR's lambda follows its paper's rule
     # (the two terms of similar magnitude: ~170 at initialisation on 24x24 shapes, so 100;
