@@ -206,27 +206,39 @@ def saliency_quality_markdown(
     store, all its scores (value [95% interval] (chance)), flags and notes, then the claim's
     points (quality against SAT gain per eps)."""
     lines = ["# Saliency quality of every store this run built", ""]
-    if sources:
-        lines += [
-            "## Source models",
-            "",
-            "| source | variant | epochs | clean test accuracy (%) |",
-            "|---|---|---|---|",
-        ]
-        for s in sources:
-            a = s["accuracy"]
-            lines.append(
-                f"| {s['kind']} | {s['variant']} | {s['epochs']} | {a.value:.1f} "
-                f"[{a.low:.1f}, {a.high:.1f}] (n = {s['n']}) |"
-            )
-        lines.append("")
+    lines += _sources_section(sources)
     lines += _headline(points)
+    lines += _scores_section(points)
+    lines += _gain_section(cpoints, score)
+    return "\n".join(lines)
+
+
+def _sources_section(sources: Sequence[dict[str, Any]]) -> list[str]:
+    if not sources:
+        return []
+    lines = [
+        "## Source models",
+        "",
+        "| source | variant | epochs | clean test accuracy (%) |",
+        "|---|---|---|---|",
+    ]
+    for s in sources:
+        a = s["accuracy"]
+        lines.append(
+            f"| {s['kind']} | {s['variant']} | {s['epochs']} | {a.value:.1f} "
+            f"[{a.low:.1f}, {a.high:.1f}] (n = {s['n']}) |"
+        )
+    return [*lines, ""]
+
+
+def _scores_section(points: Sequence[dict[str, Any]]) -> list[str]:
+    """Every score of every store, then each store's flags and notes."""
     names: list[str] = []
     for p in points:
         for k in (p.get("quality") or {}).get("scores") or {}:
             if k not in names:
                 names.append(k)
-    lines += [
+    lines = [
         "## Every score",
         "",
         "`satpipe store score` on each store: value [95% interval over images] (chance value:",
@@ -245,10 +257,14 @@ def saliency_quality_markdown(
         q = p.get("quality") or {}
         for text in (*q.get("flags", ()), *q.get("notes", ())):
             lines.append(f"- {p['label']}: {text}")
-    lines += ["", f"## Quality ({score}) against SAT's robustness gain over {BASELINE}", ""]
+    return lines
+
+
+def _gain_section(cpoints: Sequence[dict[str, Any]], score: str) -> list[str]:
+    """The claim's points: each store's quality against SAT's gain over the noise baseline."""
+    lines = ["", f"## Quality ({score}) against SAT's robustness gain over {BASELINE}", ""]
     if not cpoints:
-        lines.append("No store had both a score and a SAT run with a noise baseline.\n")
-        return "\n".join(lines)
+        return [*lines, "No store had both a score and a SAT run with a noise baseline.\n"]
     eps_keys = sorted({k for p in cpoints for k in p["gains"]}, key=float)
     lines.append(
         f"| store | SAT row | {score} | "
@@ -265,8 +281,7 @@ def saliency_quality_markdown(
             + " | ".join(cells)
             + " |"
         )
-    lines.append("")
-    return "\n".join(lines)
+    return [*lines, ""]
 
 
 def _headline(points: Sequence[dict[str, Any]]) -> list[str]:
