@@ -77,11 +77,7 @@ def train_one_epoch(
     device = next(model.parameters()).device
     model.train()
     tally = _Tally(device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and amp
-        else contextlib.nullcontext()
-    )
+    autocast = _autocast(device, amp)
     _synchronize(device)
     start = time.perf_counter()
     state = variant.begin_epoch()
@@ -143,8 +139,7 @@ class _Tally:
         return totals
 
     def stats(self, totals: list[float], seconds: float, lr: float) -> dict[str, float]:
-        """`train_one_epoch`'s statistics from `all_ranks`' totals (read once: the epoch's
-        one host sync)."""
+        """`train_one_epoch`'s statistics from `all_ranks`' totals, read to the host once."""
         loss_total, correct_total, n, sat_total, map_total, map_abs = totals
         return {
             "loss": loss_total / max(n, 1),
@@ -158,6 +153,13 @@ class _Tally:
             "map_elements": int(map_total),
             "map_abs_sum": map_abs,
         }
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the forward passes on CUDA with `amp`; else fp32 (a no-op context)."""
+    if device.type == "cuda" and amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _synchronize(device: torch.device) -> None:
