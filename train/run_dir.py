@@ -178,8 +178,7 @@ def _restore_best(run: Run, epoch: int, record: dict[str, Any]) -> None:
              "metrics": record}  # fmt: skip
     check_data(run.train_loader, run.test_loader)
     save_checkpoint(run.checkpoint, state)
-    with _writing(run.metrics, "the metrics"), run.metrics.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    _append_metrics(run, record)
     print(
         f"epoch {epoch + 1}: overfitting guard fired: PGD accuracy on the {len(guard.rows)} "
         f"held-out rows fell to {100 * record['guard_acc']:.1f}% from its best "
@@ -207,8 +206,7 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
     if run.guard is not None:
         state["guard"] = {**run.guard.state_dict(), "fired": False}
     save_checkpoint(run.checkpoint, state)
-    with _writing(run.metrics, "the metrics"), run.metrics.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    _append_metrics(run, record)
     guard = f"  guard PGD {100 * record['guard_acc']:.1f}%" if "guard_acc" in record else ""
     print(
         f"epoch {epoch + 1}/{run.passes}  loss {record['loss']:.4f}  "
@@ -216,6 +214,12 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
         f"{record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s{guard}",
         file=sys.stderr,
     )
+
+
+def _append_metrics(run: Run, record: dict[str, Any]) -> None:
+    """One line of metrics.jsonl, after the epoch's checkpoint is saved."""
+    with _writing(run.metrics, "the metrics"), run.metrics.open("a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def check_data(*loaders) -> None:

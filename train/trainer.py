@@ -314,20 +314,21 @@ def _pairing(config: TrainConfig) -> np.ndarray | None:
     """The map row of every training image (None: matched; see satpipe.train.pairing)."""
     if config.saliency_pairing == "matched":
         return None
-    from satpipe.data.dataset_store import open_dataset
-
-    n = len(open_dataset(config.data, config.storage_options).split("train"))
-    return run_pairing(config.saliency_pairing, n, config.seed, config.data)
+    return run_pairing(config.saliency_pairing, _train_size(config), config.seed, config.data)
 
 
 def _held_out(config: TrainConfig) -> np.ndarray | None:
     """The guard's held-out training rows (seeded), or None without a guard."""
     if not config.guard_rows:
         return None
+    return held_out_rows(_train_size(config), config.guard_rows, config.seed)
+
+
+def _train_size(config: TrainConfig) -> int:
+    """Images in the dataset store's train split."""
     from satpipe.data.dataset_store import open_dataset
 
-    n = len(open_dataset(config.data, config.storage_options).split("train"))
-    return held_out_rows(n, config.guard_rows, config.seed)
+    return len(open_dataset(config.data, config.storage_options).split("train"))
 
 
 def _loaders(
