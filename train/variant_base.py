@@ -8,9 +8,12 @@ A variant is an object with a `name`, a one-line `description`, a `title` for ta
 
 `train_batch` is everything a variant does with one batch, the optimizer step included: by
 default one `step`, one backward pass and one optimizer step; Free replays the batch `m`
-times with its perturbation carried over. `train_one_epoch` (the trainer and `satpipe bench
-train` alike) calls only `begin_epoch` and `train_batch`, so a benchmark times exactly what
-training does and no variant is a special case in the loop.
+times with its perturbation carried over. `train_one_epoch` (train/epoch.py: the trainer
+and `satpipe bench train` alike) calls only `begin_epoch` and `train_batch`, so a benchmark
+times exactly what training does and no variant is a special case in the loop.
+
+The concrete variants: the paper's nine in train/variants.py (which holds the one registry),
+the baselines in train/baselines.py.
 """
 
 from __future__ import annotations
