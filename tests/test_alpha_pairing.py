@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
 from satpipe.data.loader import make_loader
-from satpipe.train import trainer
+from satpipe.train import run_dir
 from satpipe.train.alpha_schedules import ALPHA_SCHEDULES, alpha_at, expected_map_share
 from satpipe.train.checkpoint import load_checkpoint
 from satpipe.train.config import TrainConfig, run_config, upgrade_saved
@@ -198,16 +198,16 @@ def test_both_loaders_pair_each_image_with_its_assigned_map(tmp_path, mode):
 def test_shuffled_runs_record_their_pairing_and_resume_bit_for_bit(stores, tmp_path, monkeypatch):
     kw = dict(saliency_pairing="shuffled", seed=2)
     straight = train(config(stores, tmp_path / "a", **kw))
-    real_save = trainer.save_checkpoint
+    real_save = run_dir.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_dir, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(config(stores, tmp_path / "b", **kw))
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(run_dir, "save_checkpoint", real_save)
     recorded = (tmp_path / "b" / "pairing.json").read_text()
     resumed = train(config(stores, tmp_path / "b", resume=True, **kw))
     assert (resumed / "pairing.json").read_text() == recorded

@@ -16,7 +16,7 @@ import satpipe.core.cluster as cluster
 import satpipe.reproduce.run as rp
 from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
-from satpipe.train import distributed, trainer
+from satpipe.train import distributed, rng
 from satpipe.train.models import create_model
 
 
@@ -93,16 +93,16 @@ def test_resume_restores_only_this_process_gpu_rng_state(gpus, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
     monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_state)
-    state = trainer.rng_state()
+    state = rng.rng_state()
     state["cuda"] = [torch.full((16,), k, dtype=torch.uint8) for k in range(8)]  # 8 GPUs
-    trainer.set_rng_state(state, torch.device("cuda", 0))
+    rng.set_rng_state(state, torch.device("cuda", 0))
     assert restored == [(0, 0)]
     gpus(4)
     restored.clear()
-    trainer.set_rng_state(state, torch.device("cuda", 3))
+    rng.set_rng_state(state, torch.device("cuda", 3))
     assert restored == [(3, 3)]
     restored.clear()
-    trainer.set_rng_state(state, torch.device("cpu"))  # a CUDA run resumed on a CPU
+    rng.set_rng_state(state, torch.device("cpu"))  # a CUDA run resumed on a CPU
     assert restored == []
 
 

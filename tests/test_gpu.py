@@ -34,7 +34,7 @@ from satpipe.data.saliency_store import open_saliency
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.normalize import normalize
 from satpipe.pipeline.runner import SaliencyConfig, compute_saliency
-from satpipe.train import trainer
+from satpipe.train import epoch, rng, trainer
 from satpipe.train.checkpoint import load_checkpoint, model_record, save_checkpoint
 from satpipe.train.config import TrainConfig
 from satpipe.train.eval.evaluate import evaluate
@@ -104,13 +104,13 @@ def test_a_cuda_step_uses_autocast_channels_last_and_device_generators(work, mon
 
     model.register_forward_pre_hook(note)
     generators = []
-    real = trainer.step_generator
+    real = epoch.step_generator
     monkeypatch.setattr(
-        trainer, "step_generator",
+        epoch, "step_generator",
         lambda *a: generators.append(real(*a)) or generators[-1],
     )  # fmt: skip
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    stats = trainer.train_one_epoch(
+    stats = epoch.train_one_epoch(
         model, loader, optimizer, VARIANTS.get("pgd-sat"), config.variant_config(), 0,
         amp=True, show_progress=False,
     )  # fmt: skip
@@ -124,7 +124,7 @@ def test_a_cuda_step_uses_autocast_channels_last_and_device_generators(work, mon
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(3):
-            gen = trainer.step_generator(0, 0, step, 0, torch.device("cuda"))
+            gen = rng.step_generator(0, 0, step, 0, torch.device("cuda"))
             variant.train_batch(
                 model, optimizer, x, s, y, epoch=0, cfg=vcfg, generator=gen,
                 attack_model=model, autocast=torch.autocast("cuda", dtype=torch.bfloat16),
@@ -149,11 +149,11 @@ def test_resume_on_cuda_gives_the_bytes_of_an_uninterrupted_run(work, tmp_path):
 
 def test_rng_states_of_8_gpus_resume_on_this_one():
     torch.cuda.init()
-    state = trainer.rng_state()
+    state = rng.rng_state()
     mine = torch.cuda.get_rng_state(0)
     state["cuda"] = [mine] + [torch.cuda.get_rng_state(0)] * 7  # saved on an 8-GPU machine
     torch.cuda.manual_seed(123)  # moves this GPU's generator
-    trainer.set_rng_state(state, torch.device("cuda", 0))
+    rng.set_rng_state(state, torch.device("cuda", 0))
     assert torch.equal(torch.cuda.get_rng_state(0), mine)
 
 

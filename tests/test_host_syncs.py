@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from satpipe.train.models import create_model
-from satpipe.train.variants import VARIANTS, VariantConfig, _coin
+from satpipe.train.variant_base import coin
+from satpipe.train.variants import VARIANTS, VariantConfig
 
 _READS = {
     "__bool__": lambda t: False,
@@ -80,11 +81,11 @@ def test_the_coin_of_a_device_generator_is_drawn_on_the_host():
         def initial_seed(self):
             return self.seed
 
-    flips = [_coin(0.5, DeviceGenerator(seed)) for seed in range(64)]
-    assert flips == [_coin(0.5, DeviceGenerator(seed)) for seed in range(64)]
+    flips = [coin(0.5, DeviceGenerator(seed)) for seed in range(64)]
+    assert flips == [coin(0.5, DeviceGenerator(seed)) for seed in range(64)]
     assert 16 < sum(flips) < 48  # a fair coin over 64 step seeds
     # A CPU generator is drawn from as before: the same bytes as torch.rand on it.
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    assert _coin(0.3, g1) == bool(torch.rand((), generator=g2) < 0.3)
+    assert coin(0.3, g1) == bool(torch.rand((), generator=g2) < 0.3)
     assert torch.equal(g1.get_state(), g2.get_state())
-    assert _coin(1.0, None) and not _coin(0.0, None)
+    assert coin(1.0, None) and not coin(0.0, None)

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
-from satpipe.train import trainer
+from satpipe.train import run_dir
 from satpipe.train.checkpoint import load_checkpoint
 from satpipe.train.config import TrainConfig, run_config
 from satpipe.train.trainer import train
@@ -81,16 +81,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     kw = dict(augment=True, lr_schedule=schedule, optimizer="sgd", lr=0.05, weight_decay=5e-4)
     straight = train(config(stores, tmp_path / "a", variant, **kw))
     # The same 2-epoch run, killed right after its first checkpoint, then resumed.
-    real_save = trainer.save_checkpoint
+    real_save = run_dir.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_dir, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(config(stores, tmp_path / "b", variant, **kw))
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(run_dir, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "b" / variant / "checkpoint.pt")["epoch"] == 0
     resumed = train(config(stores, tmp_path / "b", variant, resume=True, **kw))
     a, b = (load_checkpoint(r / "checkpoint.pt") for r in (straight, resumed))

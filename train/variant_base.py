@@ -8,9 +8,12 @@ A variant is an object with a `name`, a one-line `description`, a `title` for ta
 
 `train_batch` is everything a variant does with one batch, the optimizer step included: by
 default one `step`, one backward pass and one optimizer step; Free replays the batch `m`
-times with its perturbation carried over. `train_one_epoch` (the trainer and `satpipe bench
-train` alike) calls only `begin_epoch` and `train_batch`, so a benchmark times exactly what
-training does and no variant is a special case in the loop.
+times with its perturbation carried over. `train_one_epoch` (train/epoch.py: the trainer
+and `satpipe bench train` alike) calls only `begin_epoch` and `train_batch`, so a benchmark
+times exactly what training does and no variant is a special case in the loop.
+
+The concrete variants: the paper's nine in train/variants.py (which holds the one registry),
+the baselines in train/baselines.py.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from satpipe.core.errors import SatpipeError
+from satpipe.core.seeding import derive_seed
 
 # Saliency-store methods that are weak saliency (+1 on the object, -1 elsewhere, from the
 # dataset's masks or boxes): the pipeline's `mask` and `bbox` (tests/test_baselines.py checks
@@ -163,6 +167,31 @@ class StepOutput:
     attacked: bool = False
     sat: torch.Tensor | None = None
     sat_elements: int = 0
+
+
+def step_output(loss, logits, attacked: bool, counts, x: torch.Tensor) -> StepOutput:
+    """A StepOutput carrying SAT's map counts when this batch was perturbed by SAT."""
+    if counts is None:
+        return StepOutput(loss, logits, attacked)
+    return StepOutput(loss, logits, attacked, counts, x.numel())
+
+
+COIN_STREAM = 0xC014  # tags the coin's host stream apart from the step's device stream
+
+
+def coin(p: float, generator: torch.Generator | None) -> bool:
+    """One coin per batch, heads with probability p (the mixed variants' coin), drawn on the
+    host: the branch is a Python decision, and reading a draw made on a GPU back would stall
+    the step until the device catches up (a host sync per step).
+
+    A CPU generator (or none: the global CPU one) is drawn from directly, as always; a device
+    generator seeds a CPU one from its own seed (a function of the step's coordinates, read
+    on the host without a sync), so the coin stays a function of (seed, epoch, step, rank)."""
+    if generator is not None and generator.device.type != "cpu":
+        generator = torch.Generator().manual_seed(
+            derive_seed(generator.initial_seed(), COIN_STREAM)
+        )
+    return bool(torch.rand((), generator=generator) < p)
 
 
 class TrainingVariant:

@@ -198,7 +198,6 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
     num_classes = state["model"]["num_classes"]
     config = state.get("config") or {}
     attacks = res.attack_table(measured, cfg, num_classes)
-    labels = evalset.y.cpu().numpy()
     targeted = [a["n_target_classes"] for a in attacks.values() if "n_target_classes" in a]
     epoch_times = res.epoch_times(ckpt.parent)
     use = res.saliency_use(ckpt.parent)
@@ -216,13 +215,7 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
         "dataset": dataset.name,
         "n": len(evalset),
         "num_classes": num_classes,
-        "subset": {
-            "n_examples": cfg.n_examples,
-            "seed": cfg.subset_seed,
-            "stratified": True,
-            "split_size": evalset.split_size,
-            "class_counts": res.class_counts(labels, num_classes),
-        },  # fmt: skip
+        "subset": _subset(cfg, evalset, num_classes),
         "eval": cfg.to_dict(),
         "attack": {
             "steps": cfg.steps,
@@ -252,6 +245,19 @@ def _results(ckpt: Path, state, dataset, cfg: EvalConfig, evalset: EvalSet,
         # The overfitting guard, when the run had one: did it fire, which epoch's weights.
         "guard": state.get("guard"),
         "stopped": state.get("stopped"),
+    }
+
+
+def _subset(cfg: EvalConfig, evalset: EvalSet, num_classes: int) -> dict[str, Any]:
+    """results.json's `subset`: which images were evaluated (the stratified subset's size,
+    seed, the split it came from and its images per class)."""
+    labels = evalset.y.cpu().numpy()
+    return {
+        "n_examples": cfg.n_examples,
+        "seed": cfg.subset_seed,
+        "stratified": True,
+        "split_size": evalset.split_size,
+        "class_counts": res.class_counts(labels, num_classes),
     }
 
 

@@ -84,34 +84,14 @@ def robust_accuracy(
     budget, default the standard 5000). Same arguments, same bits (on CPU bit for bit).
     """
     entry = ATTACKS.get(attack)
-    if not 0.0 <= float(eps) <= 1.0:
-        raise SatpipeError(f"eps is in pixel units (8/255 = {8 / 255:.4f}), got {eps}")
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise SatpipeError(f"x must be a float (N, C, H, W) tensor, got {_shape(x)}")
-    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
-        raise SatpipeError(f"y must be a (N,) = ({x.shape[0]},) tensor, got {_shape(y)}")
-    if len(y) == 0:
-        raise SatpipeError("x and y hold no images")
-    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
-        raise SatpipeError("x must lie in [0, 1] (models normalise inside)")
+    _check_inputs(x, y, eps)
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     x, y = x.to(device, torch.float32), y.to(device, torch.int64)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            out = model(x[:1])
-        if not isinstance(out, torch.Tensor) or out.ndim != 2:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise SatpipeError(f"model {type(model).__name__} must return (N, classes) logits, "
-                               f"got {shape}")  # fmt: skip
-        num_classes = int(out.shape[1])
-        if int(y.min()) < 0 or int(y.max()) >= num_classes:
-            raise SatpipeError(f"y holds labels outside [0, {num_classes}) (the model's classes)")
-        entry.check_classes(num_classes)
-        where = f"model {type(model).__name__}"
-        check_model(model, EvalSet(x, y, np.arange(len(y)), len(y)), num_classes, [attack], where)
+        num_classes = _num_classes(model, x, y, attack)
         ctx = AttackContext(
             eps=float(eps), num_classes=num_classes, seed=seed, steps=steps,
             step_size=float(step_size), restarts=restarts,
@@ -127,6 +107,39 @@ def robust_accuracy(
     finally:
         model.train(was_training)
     return RobustAccuracy(attack, float(eps), outcome.correct.cpu().numpy(), clean.cpu().numpy())
+
+
+def _check_inputs(x, y, eps: float) -> None:
+    """Refuse (one line) an eps outside [0, 1] or images and labels of the wrong form."""
+    if not 0.0 <= float(eps) <= 1.0:
+        raise SatpipeError(f"eps is in pixel units (8/255 = {8 / 255:.4f}), got {eps}")
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+        raise SatpipeError(f"x must be a float (N, C, H, W) tensor, got {_shape(x)}")
+    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
+        raise SatpipeError(f"y must be a (N,) = ({x.shape[0]},) tensor, got {_shape(y)}")
+    if len(y) == 0:
+        raise SatpipeError("x and y hold no images")
+    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
+        raise SatpipeError("x must lie in [0, 1] (models normalise inside)")
+
+
+def _num_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str) -> int:
+    """The model's class count, from one probe forward (in eval mode); refuses (one line) a
+    model that returns no (N, classes) logits, labels outside its classes, or a model the
+    attack cannot run on (`check_model`)."""
+    with torch.no_grad():
+        out = model(x[:1])
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SatpipeError(f"model {type(model).__name__} must return (N, classes) logits, "
+                           f"got {shape}")  # fmt: skip
+    num_classes = int(out.shape[1])
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise SatpipeError(f"y holds labels outside [0, {num_classes}) (the model's classes)")
+    ATTACKS.get(attack).check_classes(num_classes)
+    where = f"model {type(model).__name__}"
+    check_model(model, EvalSet(x, y, np.arange(len(y)), len(y)), num_classes, [attack], where)
+    return num_classes
 
 
 def _shape(t) -> str:
