@@ -129,10 +129,7 @@ def render_block(
     cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
     u = (dx * cos + dy * sin) / (radius * aspect)[:, None, None]
     v = (-dx * sin + dy * cos) / (radius / aspect)[:, None, None]
-    masks = np.zeros((b, s, s), dtype=bool)
-    for k in np.unique(labels):
-        rows = labels == k
-        masks[rows] = _inside(shapes[int(k)], u[rows], v[rows])
+    masks = _masks(labels, shapes, u, v)
     shade = 1.0 + rng.uniform(-0.25, 0.25, b).astype(f32)[:, None, None] * u
     painted = obj[:, None, None] * np.clip(shade, 0.6, 1.4)[..., None]
     img = np.where(masks[..., None], painted, img)
@@ -196,6 +193,16 @@ def _clutter_blob(rng, img: np.ndarray, xx, yy, colour: np.ndarray) -> np.ndarra
     c = (-dx * np.sin(phi) + dy * np.cos(phi)) / short[:, None, None]
     alpha = (np.exp(-0.5 * (a * a + c * c)) * (0.9 * on)[:, None, None])[..., None]
     return img * (1 - alpha) + colour[:, None, None] * alpha
+
+
+def _masks(labels: np.ndarray, shapes: tuple[str, ...], u, v) -> np.ndarray:
+    """(B, S, S) bool: where each image's shape `shapes[label]` covers its object frame
+    coordinates (u, v)."""
+    masks = np.zeros(u.shape, dtype=bool)
+    for k in np.unique(labels):
+        rows = labels == k
+        masks[rows] = _inside(shapes[int(k)], u[rows], v[rows])
+    return masks
 
 
 def _boxes(masks: np.ndarray) -> np.ndarray:
