@@ -170,9 +170,12 @@ def choose_mode(
 class PairLoader:
     """Iterable of (x, s, y) batches for one split; see the module docstring for modes and order.
 
-    Attributes: mode ("resident"|"streaming"), num_classes, image_shape (H, W, C), num_rows
-    (rows of the split), excluded (rows never yielded, sorted int64), rows_per_epoch (rows this
-    rank sees per epoch), saliency_channels
+    Made by `make_loader` (which checks the stores) or from open views and a LoaderOptions;
+    `options.mode="auto"` is settled here. Attributes: options; its batch_size, shuffle,
+    augment, seed, device, drop_last, rank, world_size, buffer_shards, prefetch_shards and
+    io_threads; channels_last (None settled by the device), mode ("resident"|"streaming"),
+    num_classes, image_shape (H, W, C), num_rows (rows of the split), excluded (rows never
+    yielded, sorted int64), rows_per_epoch (rows this rank sees per epoch), saliency_channels
     (Cs or None), dataset (DatasetView), saliency_view (SaliencyView or None), stats
     (StreamStats of the last streaming epoch).
     """
