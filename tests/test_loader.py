@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from satpipe.core.errors import SatpipeError
 from satpipe.data.augment import CropFlip, crop_flip, draw_crop_flip
 from satpipe.data.dataset_store import DatasetWriter, open_dataset
-from satpipe.data.loader import LoaderOptions, make_loader
+from satpipe.data.loader import LoaderOptions, PairLoader, make_loader
+from satpipe.data.saliency_store import open_saliency
 from satpipe.data.storage import (
     create_group,
     create_rows_array,
@@ -442,6 +443,11 @@ def test_options_are_checked_when_made_and_set_in_one_place(pair):
     # A keyword fills a field the options leave at its default.
     loader = make_loader(data, "train", sal, options, seed=3, mode=None)
     assert loader.mode == "streaming" and loader.batch_size == 16 and loader.seed == 3
+    # Built from open views, a PairLoader settles mode "auto" itself.
+    view, maps = open_dataset(data), open_saliency(sal)
+    assert PairLoader(view, "train", maps, LoaderOptions()).mode == "resident"
+    streamed = PairLoader(view, "train", maps, LoaderOptions(memory_budget_bytes=0))
+    assert streamed.mode == "streaming" and len(epoch_rows(streamed)) == 40
 
 
 @pytest.mark.parametrize("mode", MODES)
