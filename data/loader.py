@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import closing
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -93,12 +94,88 @@ def rows_per_rank(n: int, world_size: int, drop_last: bool) -> int:
     return n // world_size if drop_last else -(-n // world_size)
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a PairLoader batches, orders and reads a split; checked when made (one-line errors).
+
+    Batches: x float32 (B, C, H, W) in [0, 1], s float32 (B, Cs, H, W) as stored (Cs = 1 or C)
+    or None, y int64 (B,), all on `device`.
+
+    batch_size: rows per batch B, at least 1. shuffle: a new order every epoch, drawn from
+    (seed, epoch) (False: the split's order). augment: RandomCrop(pad 4) + horizontal flip,
+    applied jointly to image and map, drawn from (seed, epoch, rank). seed: any int.
+    device: where batches and a resident copy live ("cpu", "cuda:1" or a torch.device; kept
+    as a torch.device). mode: "resident", "streaming", or "auto": resident when the split fits
+    `memory_budget_bytes` (None: 25% of free CUDA memory, or min(2 GiB, 25% of free RAM)).
+    drop_last: floor(N / world_size) rows per rank and no partial last batch (False: pad to
+    ceil(N / world_size) by wrapping around). rank, world_size: this process's share under
+    data parallelism, 0 <= rank < world_size (see the module docstring).
+    Streaming keeps at most `prefetch_shards + buffer_shards` shards in memory (rows are
+    shuffled within `buffer_shards` of them), read by `io_threads` threads. `verify` checks the
+    data in flight against the digests recorded at write time (see the module docstring); off
+    only to measure what it costs. `channels_last` (None: on CUDA only): batches in the
+    channels_last layout (the same values, strides (HWC, 1, WC, C)), the layout satpipe's
+    models run in on a GPU.
+    """
+
+    batch_size: int = 128
+    shuffle: bool = True
+    augment: bool = False
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    mode: str = "auto"
+    drop_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+    memory_budget_bytes: int | None = None
+    buffer_shards: int = 4
+    prefetch_shards: int = 4
+    io_threads: int = 4
+    verify: bool = True
+    channels_last: bool | None = None
+
+    def __post_init__(self) -> None:
+        # frozen: the normalised values are set once, here
+        object.__setattr__(self, "mode", check_choice(self.mode, LoaderMode, "loader mode"))
+        if self.batch_size < 1:
+            raise SatpipeError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise SatpipeError(f"rank {self.rank} is not in [0, world size {self.world_size})")
+        object.__setattr__(self, "device", torch.device(self.device))
+
+    def with_keywords(self, **given: Any) -> LoaderOptions:
+        """These options with each keyword that is not None filled in; a keyword for a field
+        these options set to other than its default is a one-line SatpipeError."""
+        given = {name: value for name, value in given.items() if value is not None}
+        default = LoaderOptions()
+        both = [name for name in given if getattr(self, name) != getattr(default, name)]
+        if both:
+            raise SatpipeError(
+                f"make_loader: {', '.join(both)} given both in options and as a keyword; "
+                "set each in one place"
+            )
+        return replace(self, **given) if given else self
+
+
+def choose_mode(
+    dataset: DatasetView, split: str, saliency: SaliencyView | None, options: LoaderOptions
+) -> str:
+    """The mode `mode="auto"` picks: resident when the split fits the memory budget."""
+    budget = options.memory_budget_bytes
+    if budget is None:
+        budget = default_budget(options.device)
+    return "resident" if resident_bytes(dataset, split, saliency) <= budget else "streaming"
+
+
 class PairLoader:
     """Iterable of (x, s, y) batches for one split; see the module docstring for modes and order.
 
-    Attributes: mode ("resident"|"streaming"), num_classes, image_shape (H, W, C), num_rows
-    (rows of the split), excluded (rows never yielded, sorted int64), rows_per_epoch (rows this
-    rank sees per epoch), saliency_channels
+    Made by `make_loader` (which checks the stores) or from open views and a LoaderOptions;
+    `options.mode="auto"` is settled here. Attributes: options; its batch_size, shuffle,
+    augment, seed, device, drop_last, rank, world_size, buffer_shards, prefetch_shards and
+    io_threads; channels_last (None settled by the device), mode ("resident"|"streaming"),
+    num_classes, image_shape (H, W, C), num_rows (rows of the split), excluded (rows never
+    yielded, sorted int64), rows_per_epoch (rows this rank sees per epoch), saliency_channels
     (Cs or None), dataset (DatasetView), saliency_view (SaliencyView or None), stats
     (StreamStats of the last streaming epoch).
     """
@@ -108,51 +185,31 @@ class PairLoader:
         dataset: DatasetView,
         split: str,
         saliency_view: SaliencyView | None,
+        options: LoaderOptions,
         *,
-        mode: str,
-        batch_size: int,
-        shuffle: bool,
-        augment: bool,
-        seed: int,
-        device: torch.device,
-        drop_last: bool,
-        rank: int,
-        world_size: int,
-        storage_options: Mapping[str, Any] | None,
-        buffer_shards: int = 4,
-        prefetch_shards: int = 4,
-        io_threads: int = 4,
-        verify: bool = True,
         exclude_rows: Any = None,
         map_rows: Any = None,
-        channels_last: bool | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.dataset = dataset
-        self.split = split
-        self.saliency_view = saliency_view
-        self.mode = mode
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.augment = augment
-        self.seed = seed
-        self.device = device
+        o = self.options = options
+        self.dataset, self.split, self.saliency_view = dataset, split, saliency_view
+        self.batch_size, self.shuffle, self.augment = o.batch_size, o.shuffle, o.augment
+        self.seed, self.device, self.drop_last = o.seed, o.device, o.drop_last
+        self.rank, self.world_size = o.rank, o.world_size
+        self.buffer_shards, self.prefetch_shards = o.buffer_shards, o.prefetch_shards
+        self.io_threads = o.io_threads
         # The layout the model takes its batches in (channels_last on CUDA): made here, in the
         # one copy that turns bytes into floats, so the trainer copies nothing more.
-        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
+        cuda = self.device.type == "cuda"
+        self.channels_last = cuda if o.channels_last is None else o.channels_last
         self.storage_options = dict(storage_options or {})
-        self.buffer_shards = buffer_shards
-        self.prefetch_shards = prefetch_shards
-        self.io_threads = io_threads
         self.epoch = 0
         self.stats = StreamStats()
         # In-flight check of the data against the digests recorded at write time (None for
         # older stores); `_checked` once every shard this loader answers for has been checked.
-        self._check = dataset.shard_check(split) if verify else None
-        self._checked = not verify
-        self._owned = world_size == 1  # streaming ranks narrow the check to their own shards
+        self._check = dataset.shard_check(split) if o.verify else None
+        self._checked = not o.verify
+        self._owned = o.world_size == 1  # streaming ranks narrow the check to their own shards
 
         sv = dataset.split(split)
         self._images_array = sv.images
@@ -169,9 +226,10 @@ class PairLoader:
             kept = np.setdiff1d(np.arange(self.num_rows), self.excluded)
             self._kept = torch.from_numpy(kept)
         used = self.num_rows - len(self.excluded)
-        self.rows_per_epoch = rows_per_rank(used, world_size, drop_last)
+        self.rows_per_epoch = rows_per_rank(used, o.world_size, o.drop_last)
+        self.mode = o.mode if o.mode != "auto" else choose_mode(dataset, split, saliency_view, o)
         self._resident: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
-        if mode == "resident":
+        if self.mode == "resident":
             self._resident = self._load_resident()
 
     # ---- common --------------------------------------------------------------------------
@@ -428,48 +486,31 @@ def make_loader(
     dataset: str,
     split: str = "train",
     saliency: str | None = None,
+    options: LoaderOptions | None = None,
     *,
-    batch_size: int = 128,
-    shuffle: bool = True,
-    augment: bool = False,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    mode: str = "auto",
-    drop_last: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+    augment: bool | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    mode: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
-    memory_budget_bytes: int | None = None,
-    buffer_shards: int = 4,
-    prefetch_shards: int = 4,
-    io_threads: int = 4,
-    verify: bool = True,
     exclude_rows: Any = None,
     map_rows: Any = None,
-    channels_last: bool | None = None,
 ) -> PairLoader:
     """Open `dataset` (and `saliency`, checked complete and paired row for row) as a PairLoader.
 
-    Batches: x float32 (B, C, H, W) in [0, 1], s float32 (B, Cs, H, W) as stored (Cs = 1 or C)
-    or None, y int64 (B,), all on `device`. `augment` applies RandomCrop(pad 4) + horizontal
-    flip jointly to image and map. `mode="auto"` goes resident when the split fits
-    `memory_budget_bytes` (default: 25% of free CUDA memory, or min(2 GiB, 25% of free RAM)).
-    Streaming keeps at most `prefetch_shards + buffer_shards` shards in memory, read by
-    `io_threads` threads. `verify` checks the data in flight against the digests recorded at
-    write time (see the module docstring); off only to measure what it costs.
-    `io_threads` threads. `exclude_rows`: row indices of the split never yielded.
-    `map_rows`: (N,) permutation of the split's rows, image i paired with the map of row
-    `map_rows[i]` (the shuffled pairing, satpipe.train.pairing); None: each image its own map.
-    `exclude_rows`: row indices of the split never yielded. `channels_last` (default: on
-    CUDA): batches in the channels_last layout (the same values, strides (HWC, 1, WC, C)), the
-    layout satpipe's models run in on a GPU.
+    `options` (LoaderOptions: batches, order, mode, streaming, ranks) with the everyday
+    keywords filled in: `make_loader(d, "train", s, batch_size=256, device="cuda")`, or
+    `make_loader(d, "train", s, LoaderOptions(rank=1, world_size=2), device="cuda")`; a field
+    set both ways is a one-line error. Batches: x float32 (B, C, H, W) in [0, 1], s float32
+    (B, Cs, H, W) or None, y int64 (B,). `exclude_rows`: row indices of the split never
+    yielded. `map_rows`: (N,) permutation of the split's rows, image i paired with the map of
+    row `map_rows[i]` (the shuffled pairing, satpipe.train.pairing); None: each image its own
+    map. `storage_options`: fsspec options of both stores (s3://, gs://).
     """
-    mode = check_choice(mode, LoaderMode, "loader mode")
-    if batch_size < 1:
-        raise SatpipeError(f"batch size must be at least 1, got {batch_size}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise SatpipeError(f"rank {rank} is not in [0, world size {world_size})")
-    device = torch.device(device)
+    everyday = dict(batch_size=batch_size, shuffle=shuffle, augment=augment, seed=seed)
+    options = (options or LoaderOptions()).with_keywords(**everyday, device=device, mode=mode)
     view = open_dataset(dataset, storage_options, require_complete=True)
     view.split(split)  # a missing split is a one-line error here, not deep in a thread
     sal = None
@@ -479,30 +520,12 @@ def make_loader(
         check_pairing(view, sal, split)
     if len(view.split(split)) == 0:
         raise SatpipeError(f"{dataset}: split '{split}' has no rows")
-    if mode == "auto":
-        budget = memory_budget_bytes
-        if budget is None:
-            budget = default_budget(device)
-        mode = "resident" if resident_bytes(view, split, sal) <= budget else "streaming"
     return PairLoader(
         view,
         split,
         sal,
-        mode=mode,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        augment=augment,
-        seed=seed,
-        device=device,
-        drop_last=drop_last,
-        rank=rank,
-        world_size=world_size,
-        storage_options=storage_options,
-        buffer_shards=buffer_shards,
-        prefetch_shards=prefetch_shards,
-        io_threads=io_threads,
-        verify=verify,
+        options,
         exclude_rows=exclude_rows,
         map_rows=map_rows if sal is not None else None,
-        channels_last=channels_last,
+        storage_options=storage_options,
     )

@@ -95,29 +95,15 @@ def render_block(
 
     Returns images uint8 (B, size, size, 3), masks uint8 (B, size, size) in {0, 1} and boxes
     int32 (B, 4) as (x0, y0, x1, y1), end exclusive; every mask is non-empty and inside.
+    The steps draw from `rng` in a fixed order (the bytes depend on it): background, object
+    placement, clutter lines, clutter blobs, object shading, pixel noise.
     """
     b, s = len(labels), size
     f32 = np.float32
     light = contrast == "light"
     # Pixel centres, broadcast as (1, S, S).
     yy, xx = (g[None].astype(f32) + f32(0.5) for g in np.mgrid[0:s, 0:s])
-
-    # Background: a two-colour ramp, a coloured grating and pixel noise.
-    top = 110.0 if light else 255.0
-    c0 = rng.uniform(0, top, (b, 3)).astype(f32)
-    c1 = rng.uniform(0, top, (b, 3)).astype(f32)
-    ang = rng.uniform(0, 2 * np.pi, b).astype(f32)[:, None, None]
-    ramp = (xx - s / 2) * np.cos(ang) + (yy - s / 2) * np.sin(ang)
-    ramp = np.clip(ramp / s + 0.5, 0.0, 1.0)[..., None]
-    img = c0[:, None, None] + (c1 - c0)[:, None, None] * ramp
-    freq = rng.uniform(1.5, 6.0, b).astype(f32)[:, None, None] * f32(2 * np.pi / s)
-    gang = rng.uniform(0, np.pi, b).astype(f32)[:, None, None]
-    phase = rng.uniform(0, 2 * np.pi, b).astype(f32)[:, None, None]
-    grating = np.sin(freq * (xx * np.cos(gang) + yy * np.sin(gang)) + phase)
-    weights = rng.uniform(-1, 1, (b, 3)).astype(f32) * rng.uniform(5, 25, (b, 1)).astype(f32)
-    if texture != 1.0:
-        weights *= f32(texture)
-    img += grating[..., None] * weights[:, None, None]
+    img = _background(rng, b, s, xx, yy, 110.0 if light else 255.0, texture)
     bg_mean = img.mean(axis=(1, 2))
 
     # Object placement first: clutter colours are chosen away from the object's colour.
@@ -134,43 +120,16 @@ def render_block(
 
     # Clutter: up to `clutter` thin line segments and soft elongated blobs per image.
     for _ in range(clutter):
-        colour = clutter_colour()
-        on = rng.uniform(0, 1, b) < 0.6
-        p = rng.uniform(0, s, (b, 2)).astype(f32)
-        q = rng.uniform(0, s, (b, 2)).astype(f32)
-        width = rng.uniform(0.5, 1.2, b).astype(f32)
-        d = q - p
-        dx, dy = xx - p[:, 0, None, None], yy - p[:, 1, None, None]
-        t = (dx * d[:, 0, None, None] + dy * d[:, 1, None, None]) / np.maximum(
-            np.square(d).sum(1), 1e-6
-        )[:, None, None]
-        t = np.clip(t, 0, 1)
-        ex, ey = dx - t * d[:, 0, None, None], dy - t * d[:, 1, None, None]
-        near = ex * ex + ey * ey <= np.square(width)[:, None, None]
-        alpha = (near & on[:, None, None])[..., None]
-        img = np.where(alpha, colour[:, None, None], img)
+        img = _clutter_line(rng, img, xx, yy, clutter_colour())
     for _ in range(clutter):
-        colour = clutter_colour()
-        on = (rng.uniform(0, 1, b) < 0.6).astype(f32)
-        centre = rng.uniform(0, s, (b, 2)).astype(f32)
-        long_ = rng.uniform(1.5, 0.14 * s, b).astype(f32)
-        short = long_ * rng.uniform(0.2, 0.5, b).astype(f32)
-        phi = rng.uniform(0, np.pi, b).astype(f32)[:, None, None]
-        dx, dy = xx - centre[:, 0, None, None], yy - centre[:, 1, None, None]
-        a = (dx * np.cos(phi) + dy * np.sin(phi)) / long_[:, None, None]
-        c = (-dx * np.sin(phi) + dy * np.cos(phi)) / short[:, None, None]
-        alpha = (np.exp(-0.5 * (a * a + c * c)) * (0.9 * on)[:, None, None])[..., None]
-        img = img * (1 - alpha) + colour[:, None, None] * alpha
+        img = _clutter_blob(rng, img, xx, yy, clutter_colour())
 
     # The object: shape test in its own rotated, scaled frame; shaded and noisy.
     dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
     cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
     u = (dx * cos + dy * sin) / (radius * aspect)[:, None, None]
     v = (-dx * sin + dy * cos) / (radius / aspect)[:, None, None]
-    masks = np.zeros((b, s, s), dtype=bool)
-    for k in np.unique(labels):
-        rows = labels == k
-        masks[rows] = _inside(shapes[int(k)], u[rows], v[rows])
+    masks = _masks(labels, shapes, u, v)
     shade = 1.0 + rng.uniform(-0.25, 0.25, b).astype(f32)[:, None, None] * u
     painted = obj[:, None, None] * np.clip(shade, 0.6, 1.4)[..., None]
     img = np.where(masks[..., None], painted, img)
@@ -178,14 +137,83 @@ def render_block(
     sigma = rng.uniform(3, 10, b).astype(f32)[:, None, None, None]
     img += rng.standard_normal((b, s, s, 3), dtype=f32) * sigma
     images = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return images, masks.astype(np.uint8), _boxes(masks)
 
+
+def _background(rng, b: int, s: int, xx, yy, top: float, texture: float) -> np.ndarray:
+    """(B, S, S, 3) float32: a two-colour ramp (channels in [0, top]) and a coloured
+    grating scaled by `texture`."""
+    f32 = np.float32
+    c0 = rng.uniform(0, top, (b, 3)).astype(f32)
+    c1 = rng.uniform(0, top, (b, 3)).astype(f32)
+    ang = rng.uniform(0, 2 * np.pi, b).astype(f32)[:, None, None]
+    ramp = (xx - s / 2) * np.cos(ang) + (yy - s / 2) * np.sin(ang)
+    ramp = np.clip(ramp / s + 0.5, 0.0, 1.0)[..., None]
+    img = c0[:, None, None] + (c1 - c0)[:, None, None] * ramp
+    freq = rng.uniform(1.5, 6.0, b).astype(f32)[:, None, None] * f32(2 * np.pi / s)
+    gang = rng.uniform(0, np.pi, b).astype(f32)[:, None, None]
+    phase = rng.uniform(0, 2 * np.pi, b).astype(f32)[:, None, None]
+    grating = np.sin(freq * (xx * np.cos(gang) + yy * np.sin(gang)) + phase)
+    weights = rng.uniform(-1, 1, (b, 3)).astype(f32) * rng.uniform(5, 25, (b, 1)).astype(f32)
+    if texture != 1.0:
+        weights *= f32(texture)
+    img += grating[..., None] * weights[:, None, None]
+    return img
+
+
+def _clutter_line(rng, img: np.ndarray, xx, yy, colour: np.ndarray) -> np.ndarray:
+    """`img` with a thin line segment in `colour` (B, 3) in about 60% of the images."""
+    b, s, f32 = img.shape[0], img.shape[1], np.float32
+    on = rng.uniform(0, 1, b) < 0.6
+    p = rng.uniform(0, s, (b, 2)).astype(f32)
+    q = rng.uniform(0, s, (b, 2)).astype(f32)
+    width = rng.uniform(0.5, 1.2, b).astype(f32)
+    d = q - p
+    dx, dy = xx - p[:, 0, None, None], yy - p[:, 1, None, None]
+    t = (dx * d[:, 0, None, None] + dy * d[:, 1, None, None]) / np.maximum(
+        np.square(d).sum(1), 1e-6
+    )[:, None, None]
+    t = np.clip(t, 0, 1)
+    ex, ey = dx - t * d[:, 0, None, None], dy - t * d[:, 1, None, None]
+    near = ex * ex + ey * ey <= np.square(width)[:, None, None]
+    alpha = (near & on[:, None, None])[..., None]
+    return np.where(alpha, colour[:, None, None], img)
+
+
+def _clutter_blob(rng, img: np.ndarray, xx, yy, colour: np.ndarray) -> np.ndarray:
+    """`img` with a soft elongated blob in `colour` (B, 3) in about 60% of the images."""
+    b, s, f32 = img.shape[0], img.shape[1], np.float32
+    on = (rng.uniform(0, 1, b) < 0.6).astype(f32)
+    centre = rng.uniform(0, s, (b, 2)).astype(f32)
+    long_ = rng.uniform(1.5, 0.14 * s, b).astype(f32)
+    short = long_ * rng.uniform(0.2, 0.5, b).astype(f32)
+    phi = rng.uniform(0, np.pi, b).astype(f32)[:, None, None]
+    dx, dy = xx - centre[:, 0, None, None], yy - centre[:, 1, None, None]
+    a = (dx * np.cos(phi) + dy * np.sin(phi)) / long_[:, None, None]
+    c = (-dx * np.sin(phi) + dy * np.cos(phi)) / short[:, None, None]
+    alpha = (np.exp(-0.5 * (a * a + c * c)) * (0.9 * on)[:, None, None])[..., None]
+    return img * (1 - alpha) + colour[:, None, None] * alpha
+
+
+def _masks(labels: np.ndarray, shapes: tuple[str, ...], u, v) -> np.ndarray:
+    """(B, S, S) bool: where each image's shape `shapes[label]` covers its object frame
+    coordinates (u, v)."""
+    masks = np.zeros(u.shape, dtype=bool)
+    for k in np.unique(labels):
+        rows = labels == k
+        masks[rows] = _inside(shapes[int(k)], u[rows], v[rows])
+    return masks
+
+
+def _boxes(masks: np.ndarray) -> np.ndarray:
+    """(B, 4) int32 boxes (x0, y0, x1, y1), end exclusive, of non-empty (B, S, S) masks."""
+    s = masks.shape[1]
     cols, rows_ = masks.any(axis=1), masks.any(axis=2)
     x0 = np.argmax(cols, axis=1)
     x1 = s - np.argmax(cols[:, ::-1], axis=1)
     y0 = np.argmax(rows_, axis=1)
     y1 = s - np.argmax(rows_[:, ::-1], axis=1)
-    boxes = np.stack([x0, y0, x1, y1], axis=1).astype(np.int32)
-    return images, masks.astype(np.uint8), boxes
+    return np.stack([x0, y0, x1, y1], axis=1).astype(np.int32)
 
 
 def split_labels(seed: int, split: str, n: int, classes: int) -> np.ndarray:

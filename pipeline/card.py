@@ -59,91 +59,112 @@ def _source_line(source: Mapping[str, Any]) -> str:
 
 def card_text(uri: str, info: Mapping[str, Any], gallery: bool) -> str:
     """The markdown card of a store from `describe_store`'s record (plus its attrs)."""
-    attrs = info["attrs"]
-    name = info["name"]
+    if info["kind"] == "saliency":
+        body = _saliency_card(uri, info, gallery)
+    else:
+        body = _dataset_card(uri, info)
+    return "\n".join([f"# {info['name']}", "", *body]) + "\n"
+
+
+def _table_lines(info: Mapping[str, Any], what: str) -> tuple[str, str, str]:
+    """The rows (with the shape of each `what`), size and complete lines of a card's table."""
     rows = ", ".join(f"{split} {n}" for split, n in info["rows"].items()) or "none"
     complete = "yes" if info["complete"] else "**no** (unfinished: do not train on it)"
-    lines = [f"# {name}", ""]
-    if info["kind"] == "saliency":
-        dataset = attrs.get("dataset") or {}
-        params = json.dumps(attrs.get("params") or {}, sort_keys=True)
-        lines += [
-            f"A satpipe **saliency store**: one `{attrs.get('method')}` map per image of the "
-            f"dataset store below, row for row (zarr v3, float16, written by satpipe "
-            f"{attrs.get('satpipe_version')} on {attrs.get('created')}).",
-            "",
-            "| | |",
-            "|---|---|",
-            f"| method | `{attrs.get('method')}` {params} |",
-            f"| normalisation | `{attrs.get('normalization')}` (per image) |",
-            f"| source model | {_source_line(attrs.get('source_model') or {})} |",
-            f"| dataset | `{dataset.get('uri')}`, fingerprint `{dataset.get('fingerprint')}` |",
-            f"| rows | {rows}; maps {info['map_shape']} (H, W, channels) |",
-            f"| seed | {attrs.get('seed')} |",
-            f"| size | {_size(info['bytes'])} |",
-            f"| complete | {complete} |",
-            "",
-            "## Quality",
-            "",
-        ]
-        quality = quality_lines(attrs.get("quality"), indent="")
-        if quality:
-            lines += ["```", *quality, "```"]
-        else:
-            lines.append("Not scored yet (`satpipe store score STORE` records the scores).")
-        if gallery:
-            lines += ["", f"![a few maps of this store]({GALLERY})"]
-        data = dataset.get("uri") or "DATASET.zarr"
-        lines += [
-            "",
-            "## Load it",
-            "",
-            "With satpipe (`pip install satpipe`; checks the pairing and every shard it reads):",
-            "",
-            "```python",
-            "import satpipe as sp",
-            f'ds = sp.SaliencyDataset("{data}", "{uri}", split="train")',
-            "image, smap, label = ds[0]  # (C,H,W) f32 [0,1], (Cs,H,W) f32, int64",
-            "```",
-            "",
-            "With plain zarr (no satpipe):",
-            "",
-            "```python",
-            "import zarr",
-            f'g = zarr.open_group("{uri}", mode="r")',
-            'maps = g["train/saliency"]  # (N, H, W, Cs) float16; row i = row i of the dataset',
-            'provenance = g.attrs["satpipe"]',
-            "```",
-        ]
+    return (
+        f"| rows | {rows}; {what} {info['map_shape']} (H, W, channels) |",
+        f"| size | {_size(info['bytes'])} |",
+        f"| complete | {complete} |",
+    )
+
+
+def _saliency_card(uri: str, info: Mapping[str, Any], gallery: bool) -> list[str]:
+    """The card's lines after its title, for a saliency store."""
+    attrs = info["attrs"]
+    rows, size, complete = _table_lines(info, "maps")
+    dataset = attrs.get("dataset") or {}
+    params = json.dumps(attrs.get("params") or {}, sort_keys=True)
+    lines = [
+        f"A satpipe **saliency store**: one `{attrs.get('method')}` map per image of the "
+        f"dataset store below, row for row (zarr v3, float16, written by satpipe "
+        f"{attrs.get('satpipe_version')} on {attrs.get('created')}).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| method | `{attrs.get('method')}` {params} |",
+        f"| normalisation | `{attrs.get('normalization')}` (per image) |",
+        f"| source model | {_source_line(attrs.get('source_model') or {})} |",
+        f"| dataset | `{dataset.get('uri')}`, fingerprint `{dataset.get('fingerprint')}` |",
+        rows,
+        f"| seed | {attrs.get('seed')} |",
+        size,
+        complete,
+        "",
+        "## Quality",
+        "",
+    ]
+    quality = quality_lines(attrs.get("quality"), indent="")
+    if quality:
+        lines += ["```", *quality, "```"]
     else:
-        classes = list(attrs.get("classes") or [])
-        shown = ", ".join(classes[:10]) + (" ..." if len(classes) > 10 else "")
-        lines += [
-            f"A satpipe **dataset store** (zarr v3, uint8 images; written by satpipe "
-            f"{attrs.get('satpipe_version')} on {attrs.get('created')}).",
-            "",
-            "| | |",
-            "|---|---|",
-            f"| name | {attrs.get('name')} |",
-            f"| classes | {len(classes)}: {shown} |",
-            f"| rows | {rows}; images {info['map_shape']} (H, W, channels) |",
-            f"| fingerprint | `{attrs.get('fingerprint')}` |",
-            f"| source | `{json.dumps(attrs.get('source') or {}, sort_keys=True)}` |",
-            f"| size | {_size(info['bytes'])} |",
-            f"| complete | {complete} |",
-            "",
-            "## Load it",
-            "",
-            "```python",
-            "import satpipe as sp",
-            f'ds = sp.SaliencyDataset("{uri}", split="train")  # (image, label) rows',
-            "",
-            "import zarr  # or with plain zarr",
-            f'g = zarr.open_group("{uri}", mode="r")',
-            'images, labels = g["train/images"], g["train/labels"]  # (N,H,W,C) uint8, (N,)',
-            "```",
-        ]
-    return "\n".join(lines) + "\n"
+        lines.append("Not scored yet (`satpipe store score STORE` records the scores).")
+    if gallery:
+        lines += ["", f"![a few maps of this store]({GALLERY})"]
+    data = dataset.get("uri") or "DATASET.zarr"
+    lines += [
+        "",
+        "## Load it",
+        "",
+        "With satpipe (`pip install satpipe`; checks the pairing and every shard it reads):",
+        "",
+        "```python",
+        "import satpipe as sp",
+        f'ds = sp.SaliencyDataset("{data}", "{uri}", split="train")',
+        "image, smap, label = ds[0]  # (C,H,W) f32 [0,1], (Cs,H,W) f32, int64",
+        "```",
+        "",
+        "With plain zarr (no satpipe):",
+        "",
+        "```python",
+        "import zarr",
+        f'g = zarr.open_group("{uri}", mode="r")',
+        'maps = g["train/saliency"]  # (N, H, W, Cs) float16; row i = row i of the dataset',
+        'provenance = g.attrs["satpipe"]',
+        "```",
+    ]
+    return lines
+
+
+def _dataset_card(uri: str, info: Mapping[str, Any]) -> list[str]:
+    """The card's lines after its title, for a dataset store."""
+    attrs = info["attrs"]
+    rows, size, complete = _table_lines(info, "images")
+    classes = list(attrs.get("classes") or [])
+    shown = ", ".join(classes[:10]) + (" ..." if len(classes) > 10 else "")
+    return [
+        f"A satpipe **dataset store** (zarr v3, uint8 images; written by satpipe "
+        f"{attrs.get('satpipe_version')} on {attrs.get('created')}).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| name | {attrs.get('name')} |",
+        f"| classes | {len(classes)}: {shown} |",
+        rows,
+        f"| fingerprint | `{attrs.get('fingerprint')}` |",
+        f"| source | `{json.dumps(attrs.get('source') or {}, sort_keys=True)}` |",
+        size,
+        complete,
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "import satpipe as sp",
+        f'ds = sp.SaliencyDataset("{uri}", split="train")  # (image, label) rows',
+        "",
+        "import zarr  # or with plain zarr",
+        f'g = zarr.open_group("{uri}", mode="r")',
+        'images, labels = g["train/images"], g["train/labels"]  # (N,H,W,C) uint8, (N,)',
+        "```",
+    ]
 
 
 def _gallery_png(uri: str, info: Mapping[str, Any], options: Mapping[str, Any] | None):

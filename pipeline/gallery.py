@@ -109,8 +109,23 @@ def saliency_gallery(
     dataset = open_dataset(data_uri, storage_options)
     for store in stores:
         check_pairing(dataset, store, split)
-    rows, images, labels, masks, maps = _read_rows(dataset, stores, split, n)
+    fig = _figure(plt, dataset.classes, stores, _read_rows(dataset, stores, split, n), percentile)
+    fig.suptitle(
+        f"{Path(str(data_uri)).name} ({split}): red = evidence for the class, blue = against; "
+        f"each map clipped at its {percentile:g}th percentile of |s|; outline = the object",
+        fontsize=6,
+    )
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=150)
+    plt.close(fig)
+    return str(out_png)
 
+
+def _figure(plt, classes: Sequence[str], stores, read, percentile: float):
+    """The gallery's matplotlib figure: a row per image of `read` (_read_rows's tuple),
+    columns image | mask (when there are masks) | one per store."""
+    rows, images, labels, masks, maps = read
     lead = 1 if masks is None else 2
     cols = lead + len(stores)
     fig, axes = plt.subplots(
@@ -119,7 +134,6 @@ def saliency_gallery(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    classes = dataset.classes
     for i, (row, image, label) in enumerate(zip(rows, images, labels, strict=True)):
         axes[i, 0].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
         axes[i, 0].set_ylabel(f"#{row}\n{classes[int(label)]}", fontsize=6)
@@ -135,13 +149,4 @@ def saliency_gallery(
         axes[0, 1].set_title("mask", fontsize=6)
     for j, store in enumerate(stores):
         axes[0, lead + j].set_title(_label(store), fontsize=5)
-    fig.suptitle(
-        f"{Path(str(data_uri)).name} ({split}): red = evidence for the class, blue = against; "
-        f"each map clipped at its {percentile:g}th percentile of |s|; outline = the object",
-        fontsize=6,
-    )
-    fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150)
-    plt.close(fig)
-    return str(out_png)
+    return fig

@@ -363,21 +363,12 @@ def _compute_locked(
     if "layer" in method.params and method.needs_model:
         source["cam_layer"] = method.params["layer"]  # the Grad-CAM layer actually used
     del model  # workers load their own copy on their device
-    resolved = resolve_device(config.device)
-    # "cuda" (no index) lets dask workers spread over the GPUs; an explicit cuda:N pins them.
-    explicit = ":" in str(config.device)
-    device = str(resolved) if resolved.type == "cpu" or explicit else "cuda"
+    device = _task_device(config.device)
     # bf16 autocast only on CUDA and only for methods shown to agree with fp32.
     on_cuda = torch.device(device).type == "cuda"
     amp = bool(config.amp and on_cuda and method.amp_safe and method.needs_model)
     if module is not None and method.needs_model:
-        # Tasks find the model under its weights' digest, as a checkpoint's under its sha256.
-        source_key = source["state_dict_sha256"]
-        _MODEL_CACHE.pop((source_key, device), None)
-        copy = _module_copy(module, device)
-        while len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:
-            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
-        _MODEL_CACHE[(source_key, device)] = copy
+        _cache_module(module, source["state_dict_sha256"], device)
     # Sizes left to the device: the store's own when it is resumed, else the device's default.
     recorded = {} if config.overwrite else _recorded_attrs(str(config.out), so)
     batch_size = config.batch_size or int(
@@ -387,7 +378,54 @@ def _compute_locked(
     method = method.for_device(
         device, batch_size, (c, h, w), recorded.get("params") if same else None
     )
+    attrs, rows_per_shard = _store_attrs(config, dataset, method, source, batch_size, amp)
+    group, found = open_saliency_for_write(
+        config.out, attrs, rows_per_shard, config.overwrite, so, inputs
+    )
+    if unmark_lost_shards(group, str(config.out)):
+        found = dict(found, complete=False)
+    if found.get("complete"):
+        return str(config.out)
+    if not dataset.has_shard_digests:
+        note(
+            f"{config.data}: its rows are not checked against its fingerprint while maps are "
+            "computed (a store made before shard digests); `satpipe store verify` checks it"
+        )
+    common = dict(
+        data=str(config.data), out=str(config.out), storage_options=so, method=method.name,
+        params=method.params, normalization=attrs["normalization"], seed=config.seed,
+        checkpoint=str(config.model) if method.needs_model else None,
+        checkpoint_sha256=source.get("state_dict_sha256") or source["checkpoint_sha256"],
+        device=device, batch_size=batch_size, amp=amp, deterministic=config.deterministic,
+    )  # fmt: skip
+    tasks, total = _pending_tasks(group, config.splits, common)
+    _run_pending(tasks, total, method.name, config, device, on_shard_done)
+    mark_complete(group, str(config.out))
+    return str(config.out)
 
+
+def _task_device(asked: str) -> str:
+    """The device string tasks run on: "cuda" (no index) lets dask workers spread over the
+    GPUs; an explicit cuda:N pins them."""
+    resolved = resolve_device(asked)
+    explicit = ":" in str(asked)
+    return str(resolved) if resolved.type == "cpu" or explicit else "cuda"
+
+
+def _cache_module(module: nn.Module, key: str, device: str) -> None:
+    """A copy of `module` on `device` where tasks find it: under its weights' digest `key`,
+    as a checkpoint's model is found under its sha256."""
+    _MODEL_CACHE.pop((key, device), None)
+    copy = _module_copy(module, device)
+    while len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:
+        _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+    _MODEL_CACHE[(key, device)] = copy
+
+
+def _store_attrs(
+    config: SaliencyConfig, dataset, method: Method, source: dict, batch_size: int, amp: bool
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """(the store's satpipe attrs, rows per shard of each split) for this run."""
     shapes, rows_per_shard = {}, {}
     for split in config.splits:
         images = dataset.split(split).images
@@ -406,48 +444,30 @@ def _compute_locked(
         compute={"batch_size": batch_size, "amp": amp}
         | ({"deterministic": True} if config.deterministic else {}),
     )
-    group, found = open_saliency_for_write(
-        config.out, attrs, rows_per_shard, config.overwrite, so, inputs
-    )
-    if unmark_lost_shards(group, str(config.out)):
-        found = dict(found, complete=False)
-    if found.get("complete"):
-        return str(config.out)
-    if not dataset.has_shard_digests:
-        note(
-            f"{config.data}: its rows are not checked against its fingerprint while maps are "
-            "computed (a store made before shard digests); `satpipe store verify` checks it"
-        )
+    return attrs, rows_per_shard
 
+
+def _pending_tasks(group, splits, common: dict[str, Any]) -> tuple[list[ShardTask], int]:
+    """(a ShardTask for every shard not marked done, shards in all); `common`: the fields
+    every task shares."""
     tasks, total = [], 0
-    for split in config.splits:
+    for split in splits:
         plan, done = shard_plan(group, split), done_shards(group, split)
         total += len(plan)
         for k, rows in enumerate(plan):
             if not done[k]:
                 tasks.append(
-                    ShardTask(
-                        data=str(config.data),
-                        out=str(config.out),
-                        storage_options=so,
-                        split=split,
-                        shard=k,
-                        start=rows.start,
-                        stop=rows.stop,
-                        method=method.name,
-                        params=method.params,
-                        normalization=attrs["normalization"],
-                        seed=config.seed,
-                        checkpoint=str(config.model) if method.needs_model else None,
-                        checkpoint_sha256=source.get("state_dict_sha256")
-                        or source["checkpoint_sha256"],
-                        device=device,
-                        batch_size=batch_size,
-                        amp=amp,
-                        deterministic=config.deterministic,
-                    )
+                    ShardTask(split=split, shard=k, start=rows.start, stop=rows.stop, **common)
                 )
-    with progress(f"saliency {method.name}", total) as advance:
+    return tasks, total
+
+
+def _run_pending(
+    tasks: list[ShardTask], total: int, name: str, config: SaliencyConfig, device: str,
+    on_shard_done: Callable[[str, int], None] | None,
+) -> None:  # fmt: skip
+    """Run `tasks` here or on dask, the progress bar counting the shards already done."""
+    with progress(f"saliency {name}", total) as advance:
         advance(total - len(tasks))
 
         def finished(result: tuple[str, int]) -> None:
@@ -460,8 +480,6 @@ def _compute_locked(
         else:
             for task in tasks:
                 finished(run_shard(task))
-    mark_complete(group, str(config.out))
-    return str(config.out)
 
 
 def _recorded_attrs(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ The public API, for training loops and notebooks of your own (imported on first 
     r = sp.robust_accuracy(model, x, y, attack="pgd", eps=8 / 255)  # .accuracy .interval
     sp.get_method("ig", steps=32); sp.create_model("resnet10", 10); sp.load_model("m.pt")
     sp.open_dataset("d.zarr").attrs; sp.open_saliency("s.zarr").attrs
+    loader = sp.make_loader("d.zarr", "train", "s.zarr", sp.LoaderOptions(batch_size=256))
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _API = {
     "open_dataset": "satpipe.data.dataset_store",
     "open_saliency": "satpipe.data.saliency_store",
     "make_loader": "satpipe.data.loader",
+    "LoaderOptions": "satpipe.data.loader",
     "SatpipeError": "satpipe.core.errors",
 }
 

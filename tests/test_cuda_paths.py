@@ -320,9 +320,10 @@ def test_device_defaults_grow_on_cuda():
 
 
 def test_loader_batches_arrive_in_the_model_layout_in_one_copy(tiny):
-    from satpipe.data.loader import make_loader, to_float_batch
+    from satpipe.data.loader import LoaderOptions, make_loader, to_float_batch
 
-    loader = make_loader(tiny["data"], "train", batch_size=8, device="cpu", channels_last=True)
+    options = LoaderOptions(batch_size=8, device="cpu", channels_last=True)
+    loader = make_loader(tiny["data"], "train", options=options)
     for x, _, _ in loader:
         assert x.is_contiguous(memory_format=torch.channels_last)
         # What the trainer does on CUDA is then no copy at all.

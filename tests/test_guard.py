@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from satpipe.data.loader import make_loader
+from satpipe.data.loader import LoaderOptions, make_loader
 from satpipe.train import trainer
 from satpipe.train.checkpoint import load_checkpoint, save_checkpoint
 from satpipe.train.config import TrainConfig, run_config
@@ -32,9 +32,10 @@ def test_excluded_rows_are_never_yielded_and_the_rest_exactly_once(tmp_path, mod
     for world in (1, 2):
         seen: list[str] = []
         for rank in range(world):
+            options = LoaderOptions(rank=rank, world_size=world, drop_last=world > 1)
             loader = make_loader(
-                data, "train", batch_size=4, shuffle=True, seed=1, mode=mode,
-                exclude_rows=held, rank=rank, world_size=world, drop_last=world > 1,
+                data, "train", None, options, batch_size=4, shuffle=True, seed=1, mode=mode,
+                exclude_rows=held,
             )  # fmt: skip
             loader.set_epoch(2)
             seen += [i for x, _, _ in loader for i in image_ids(x)]

@@ -22,7 +22,7 @@ from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
 from satpipe.data.dataset_store import DatasetWriter, open_dataset
 from satpipe.data.inspect import format_info, store_info, verify_store
-from satpipe.data.loader import make_loader
+from satpipe.data.loader import LoaderOptions, make_loader
 from satpipe.data.publish import publish_store
 from satpipe.data.saliency_store import open_saliency
 from satpipe.data.storage import ATTR
@@ -321,8 +321,9 @@ def test_streaming_ranks_check_each_shard_once_between_them(tmp_path):
     for drop_last in (False, True):
         checked = []
         for rank in range(3):
-            loader = make_loader(data, "train", mode="streaming", batch_size=4, rank=rank,
-                                 world_size=3, drop_last=drop_last, seed=1)  # fmt: skip
+            options = LoaderOptions(4, mode="streaming", rank=rank, world_size=3,
+                                    drop_last=drop_last, seed=1)  # fmt: skip
+            loader = make_loader(data, "train", options=options)
             for _ in loader:
                 pass
             loader.finish_check()

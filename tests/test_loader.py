@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from satpipe.core.errors import SatpipeError
 from satpipe.data.augment import CropFlip, crop_flip, draw_crop_flip
 from satpipe.data.dataset_store import DatasetWriter, open_dataset
-from satpipe.data.loader import make_loader
+from satpipe.data.loader import LoaderOptions, PairLoader, make_loader
+from satpipe.data.saliency_store import open_saliency
 from satpipe.data.storage import (
     create_group,
     create_rows_array,
@@ -214,16 +215,15 @@ def test_no_shuffle_is_row_order_and_drop_last_drops_the_tail(pair, mode):
     data, sal = pair
     ordered = make_loader(data, "train", sal, batch_size=16, shuffle=False, mode=mode)
     assert epoch_rows(ordered, 5) == list(range(40))
-    dropped = make_loader(data, "train", sal, batch_size=16, mode=mode, drop_last=True)
+    dropped = make_loader(data, "train", sal, LoaderOptions(16, mode=mode, drop_last=True))
     rows = epoch_rows(dropped)
     assert len(dropped) == 2 and len(rows) == 32 and len(set(rows)) == 32
 
 
 def test_streaming_shuffles_shard_order_and_within_a_window(pair):
     data, sal = pair
-    loader = make_loader(
-        data, "train", sal, batch_size=40, mode="streaming", seed=0, buffer_shards=5
-    )
+    options = LoaderOptions(batch_size=40, mode="streaming", seed=0, buffer_shards=5)
+    loader = make_loader(data, "train", sal, options)
     starts = [a for a, _ in loader.epoch_segments()]
     assert sorted(starts) == [0, 8, 16, 24, 32] and starts != sorted(starts)
     (rows,) = [row_ids(x) for x, _, _ in loader]
@@ -312,9 +312,8 @@ def test_ranks_read_disjoint_parts_covering_the_epoch(tmp_path, mode, n):
     world = 2
     per_rank = []
     for rank in range(world):
-        loader = make_loader(
-            data, "train", sal, batch_size=6, mode=mode, seed=9, rank=rank, world_size=world
-        )
+        options = LoaderOptions(batch_size=6, mode=mode, seed=9, rank=rank, world_size=world)
+        loader = make_loader(data, "train", sal, options)
         rows = epoch_rows(loader, 3)
         assert len(loader) == 4 and len(rows) == -(-n // world)
         per_rank.append(rows)
@@ -329,12 +328,7 @@ def test_ranks_read_disjoint_parts_covering_the_epoch(tmp_path, mode, n):
                 data,
                 "train",
                 sal,
-                batch_size=6,
-                mode=mode,
-                seed=9,
-                rank=r,
-                world_size=world,
-                drop_last=True,
+                LoaderOptions(6, mode=mode, seed=9, rank=r, world_size=world, drop_last=True),
             ),
             3,
         )
@@ -357,16 +351,8 @@ def test_streaming_ranks_read_disjoint_shards():
 
 def test_streaming_holds_a_bounded_number_of_shards(tmp_path):
     data, sal = write_index_pair(tmp_path, n=96, rows_per_shard=4)  # 24 shards
-    loader = make_loader(
-        data,
-        "train",
-        sal,
-        batch_size=5,
-        mode="streaming",
-        buffer_shards=2,
-        prefetch_shards=3,
-        io_threads=2,
-    )
+    options = LoaderOptions(5, mode="streaming", buffer_shards=2, prefetch_shards=3, io_threads=2)
+    loader = make_loader(data, "train", sal, options)
     rows = epoch_rows(loader)
     assert sorted(rows) == list(range(96))
     assert loader.stats.segments_read == 24
@@ -375,9 +361,8 @@ def test_streaming_holds_a_bounded_number_of_shards(tmp_path):
 
 def test_streaming_stops_cleanly_when_the_consumer_breaks(pair):
     data, sal = pair
-    loader = make_loader(
-        data, "train", sal, batch_size=4, mode="streaming", buffer_shards=1, prefetch_shards=1
-    )
+    options = LoaderOptions(4, mode="streaming", buffer_shards=1, prefetch_shards=1)
+    loader = make_loader(data, "train", sal, options)
     it = iter(loader)
     next(it), next(it)
     it.close()  # the generator's finally stops the reader threads
@@ -388,8 +373,9 @@ def test_streaming_stops_cleanly_when_the_consumer_breaks(pair):
 
 def test_auto_mode_follows_the_memory_budget(pair):
     data, sal = pair
-    assert make_loader(data, "train", sal, memory_budget_bytes=0).mode == "streaming"
-    assert make_loader(data, "train", sal, memory_budget_bytes=1 << 30).mode == "resident"
+    none, plenty = LoaderOptions(memory_budget_bytes=0), LoaderOptions(memory_budget_bytes=1 << 30)
+    assert make_loader(data, "train", sal, none).mode == "streaming"
+    assert make_loader(data, "train", sal, plenty).mode == "resident"
     assert make_loader(data, "train", sal).mode == "resident"  # tiny: fits the default
 
 
@@ -405,10 +391,10 @@ def test_streaming_from_s3(s3, tmp_path):
         urls[0],
         "train",
         urls[1],
+        LoaderOptions(io_threads=2),
         batch_size=8,
         mode="streaming",
         storage_options=s3.storage_options,
-        io_threads=2,
     )
     assert loader.mode == "streaming" and len(loader) == 3
     rows = []
@@ -443,6 +429,25 @@ def test_refuses_incomplete_and_mismatched_saliency_stores(tmp_path):
     assert "shape" in one_line_error(lambda: make_loader(data, saliency=short))
     assert "test" in one_line_error(lambda: make_loader(data, "test"))
     assert "mode" in one_line_error(lambda: make_loader(data, mode="fast"))
+
+
+def test_options_are_checked_when_made_and_set_in_one_place(pair):
+    data, sal = pair
+    assert "batch size" in one_line_error(lambda: LoaderOptions(batch_size=0))
+    assert "rank 2" in one_line_error(lambda: LoaderOptions(rank=2, world_size=2))
+    assert "loader mode" in one_line_error(lambda: LoaderOptions(mode="fast"))
+    assert LoaderOptions(device="cpu").device == torch.device("cpu")
+    options = LoaderOptions(batch_size=16, mode="streaming")
+    msg = one_line_error(lambda: make_loader(data, "train", sal, options, batch_size=8))
+    assert "batch_size" in msg and "one place" in msg
+    # A keyword fills a field the options leave at its default.
+    loader = make_loader(data, "train", sal, options, seed=3, mode=None)
+    assert loader.mode == "streaming" and loader.batch_size == 16 and loader.seed == 3
+    # Built from open views, a PairLoader settles mode "auto" itself.
+    view, maps = open_dataset(data), open_saliency(sal)
+    assert PairLoader(view, "train", maps, LoaderOptions()).mode == "resident"
+    streamed = PairLoader(view, "train", maps, LoaderOptions(memory_budget_bytes=0))
+    assert streamed.mode == "streaming" and len(epoch_rows(streamed)) == 40
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -116,12 +116,13 @@ def test_evaluation_keeps_only_the_rows_it_attacks(ckpt, monkeypatch):
 
 
 def test_the_eval_set_keeps_the_batches_layout(ckpt):
-    from satpipe.data.loader import make_loader
+    from satpipe.data.loader import LoaderOptions, make_loader
     from satpipe.train.eval.subset import load_eval_set
 
     _, data = ckpt
     for channels_last in (True, False):
-        loader = make_loader(data, "test", shuffle=False, batch_size=4, channels_last=channels_last)
+        options = LoaderOptions(shuffle=False, batch_size=4, channels_last=channels_last)
+        loader = make_loader(data, "test", options=options)
         x = load_eval_set(loader, 8).x
         assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
 

@@ -44,6 +44,15 @@ def test_import_satpipe_loads_no_torch():
         sp.no_such_name  # noqa: B018
 
 
+def test_the_loader_and_its_options_are_public(pair):
+    data, sal = pair
+    options = sp.LoaderOptions(batch_size=8, shuffle=False, mode="resident")
+    loader = sp.make_loader(data, "train", sal, options)
+    x, s, y = next(iter(loader))
+    assert x.shape == (8, 3, 16, 16) and s.shape == (8, 3, 16, 16) and y.shape == (8,)
+    assert "LoaderOptions" in sp.__all__ and "make_loader" in dir(sp)
+
+
 def test_item_i_is_row_i_of_the_stores(pair):
     data, sal = pair
     ds = sp.SaliencyDataset(data, sal)

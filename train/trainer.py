@@ -336,22 +336,24 @@ def _loaders(
 ):
     """(train loader of this rank without the held-out rows, its maps paired by `map_rows`;
     test loader on rank 0 else None)."""
-    from satpipe.data.loader import make_loader  # heavy (zarr, threads): import when training
+    from satpipe.data.loader import LoaderOptions, make_loader  # heavy: import when training
 
-    common = dict(
-        batch_size=config.batch_size,
-        device=device,
-        mode=config.loader_mode,
-        storage_options=config.storage_options,
-    )
+    common = dict(batch_size=config.batch_size, device=device, mode=config.loader_mode)
     saliency = config.saliency if variant.needs_saliency else None
+    train_options = LoaderOptions(
+        shuffle=True, augment=config.augment, seed=config.seed, rank=rank, world_size=world,
+        **common,
+    )  # fmt: skip
     train_loader = make_loader(
-        config.data, "train", saliency, shuffle=True, augment=config.augment, seed=config.seed,
-        rank=rank, world_size=world, exclude_rows=held_out, map_rows=map_rows, **common,
+        config.data, "train", saliency, train_options, storage_options=config.storage_options,
+        exclude_rows=held_out, map_rows=map_rows,
     )  # fmt: skip
     test_loader = None
     if rank == 0:  # rank 0 alone evaluates, on the whole test split
-        test_loader = make_loader(config.data, "test", None, shuffle=False, **common)
+        test_options = LoaderOptions(shuffle=False, **common)
+        test_loader = make_loader(
+            config.data, "test", None, test_options, storage_options=config.storage_options
+        )
     return train_loader, test_loader
 
 

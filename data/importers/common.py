@@ -255,6 +255,16 @@ def seeded_split(labels: Sequence[int], test_fraction: float, seed: int) -> tupl
     return np.flatnonzero(~test).tolist(), np.flatnonzero(test).tolist()
 
 
+def split_samples(
+    samples: Sequence[Any], test_fraction: float, seed: int
+) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """({"train": [...], "test": [...]} of `samples` (each with a `.label`) split by
+    `seeded_split`, the split's record for the store's `source` attribute)."""
+    train_idx, test_idx = seeded_split([s.label for s in samples], test_fraction, seed)
+    splits = {"train": [samples[i] for i in train_idx], "test": [samples[i] for i in test_idx]}
+    return splits, {"kind": "seeded stratified", "test_fraction": test_fraction, "seed": seed}
+
+
 def check_output(out: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> None:
     """Refuse an existing output before any work is done (the writer checks again). An
     unfinished dataset store (an import that crashed or ran out of space) is not refused:

@@ -32,7 +32,7 @@ from satpipe.data.importers.common import (
     check_output,
     decode_rgb_raw,
     require_dir,
-    seeded_split,
+    split_samples,
 )
 from satpipe.data.importers.writer import Sample, write_dataset
 
@@ -64,6 +64,34 @@ def trimap_mask(path: Path) -> np.ndarray:
     return np.all(rgb == np.array(FLOWER_RGB, dtype=np.uint8), axis=-1).astype(np.uint8)
 
 
+def _numbered_images(folder: Path) -> list[Path]:
+    """image_0001.jpg, image_0002.jpg, ... of `folder` in number order; a gap is an error."""
+    numbered = []
+    for p in folder.iterdir():
+        m = re.fullmatch(r"image_(\d+)\.jpg", p.name, flags=re.IGNORECASE)
+        if m:
+            numbered.append((int(m.group(1)), p))
+    numbered.sort()
+    if not numbered:
+        raise SatpipeError(f"{folder}: no image_NNNN.jpg files (is this the 17flowers jpg/?)")
+    for want, (got, p) in enumerate(numbered, start=1):
+        if got != want:
+            raise SatpipeError(f"{p.with_name(f'image_{want:04d}.jpg')}: missing (numbering gap)")
+    return [p for _, p in numbered]
+
+
+def _with_trimaps(samples: list[Sample], trimaps: Path) -> list[Sample]:
+    """The samples that have a trimap in `trimaps`, with it as their mask."""
+    with_mask = []
+    for s in samples:
+        t = trimaps / (s.image.stem + ".png")
+        if t.is_file():
+            with_mask.append(Sample(s.image, s.label, mask=t))
+    if not with_mask:
+        raise SatpipeError(f"{trimaps}: no trimap matches any image")
+    return with_mask
+
+
 @register_importer("flowers17")
 def import_flowers17(
     src: Path,
@@ -82,17 +110,7 @@ def import_flowers17(
     check_output(out, overwrite, storage_options)
     src = Path(src)
     folder = src / "jpg" if (src / "jpg").is_dir() else src
-    numbered = []
-    for p in folder.iterdir():
-        m = re.fullmatch(r"image_(\d+)\.jpg", p.name, flags=re.IGNORECASE)
-        if m:
-            numbered.append((int(m.group(1)), p))
-    numbered.sort()
-    if not numbered:
-        raise SatpipeError(f"{folder}: no image_NNNN.jpg files (is this the 17flowers jpg/?)")
-    for want, (got, p) in enumerate(numbered, start=1):
-        if got != want:
-            raise SatpipeError(f"{p.with_name(f'image_{want:04d}.jpg')}: missing (numbering gap)")
+    numbered = _numbered_images(folder)
     if per_class < 1 or len(numbered) % per_class:
         raise SatpipeError(
             f"{folder}: {len(numbered)} images do not split into classes of {per_class} "
@@ -104,39 +122,24 @@ def import_flowers17(
             f"{folder}: {len(numbered)} images at {per_class} per class make {n_classes} "
             f"classes; Flowers-17 has {len(FLOWER_CLASSES)}"
         )
-    classes = list(FLOWER_CLASSES[:n_classes])
-    samples = [Sample(p, (k - 1) // per_class) for k, p in numbered]
+    samples = [Sample(p, k // per_class) for k, p in enumerate(numbered)]
     if masks_only:
-        trimaps = require_dir(src / "trimaps", "trimaps")
-        with_mask = []
-        for s in samples:
-            t = trimaps / (s.image.stem + ".png")
-            if t.is_file():
-                with_mask.append(Sample(s.image, s.label, mask=t))
-        if not with_mask:
-            raise SatpipeError(f"{trimaps}: no trimap matches any image")
-        samples = with_mask
-    train_idx, test_idx = seeded_split([s.label for s in samples], test_fraction, seed)
+        samples = _with_trimaps(samples, require_dir(src / "trimaps", "trimaps"))
+    splits, split_info = split_samples(samples, test_fraction, seed)
+    split_info["kind"] = "seeded stratified (datasplits.mat is not read)"
+    masks = f"trimaps: flower = RGB {list(FLOWER_RGB)}; only images with a trimap"
     source = {
         "format": "flowers17",
         "path": str(src.resolve()),
-        "split": {
-            "kind": "seeded stratified (datasplits.mat is not read)",
-            "test_fraction": test_fraction,
-            "seed": seed,
-        },
+        "split": split_info,
         "per_class": per_class,
-        "masks": (
-            f"trimaps: flower = RGB {list(FLOWER_RGB)}; only images with a trimap"
-            if masks_only
-            else "none"
-        ),
+        "masks": masks if masks_only else "none",
     }
     return write_dataset(
         out,
-        {"train": [samples[i] for i in train_idx], "test": [samples[i] for i in test_idx]},
+        splits,
         name="flowers17",
-        classes=classes,
+        classes=list(FLOWER_CLASSES[:n_classes]),
         size=size,
         policy=resize_policy,
         channels=3,

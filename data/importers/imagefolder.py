@@ -28,7 +28,7 @@ from satpipe.data.importers.common import (
     image_files,
     nonzero_mask,
     require_dir,
-    seeded_split,
+    split_samples,
 )
 from satpipe.data.importers.writer import Sample, write_dataset
 
@@ -83,12 +83,10 @@ def import_imagefolder(
         raise SatpipeError(f"{train_tree}: no class folders")
     train = _scan(train_tree, root, classes, mask_root)
     if train_tree != root and (root / "test").is_dir():
-        test = _scan(root / "test", root, classes, mask_root)
+        splits = {"train": train, "test": _scan(root / "test", root, classes, mask_root)}
         split_info: Any = "train/ and test/ folders"
     else:
-        train_idx, test_idx = seeded_split([s.label for s in train], test_fraction, seed)
-        train, test = [train[i] for i in train_idx], [train[i] for i in test_idx]
-        split_info = {"kind": "seeded stratified", "test_fraction": test_fraction, "seed": seed}
+        splits, split_info = split_samples(train, test_fraction, seed)
     source = {
         "format": "imagefolder",
         "path": str(root.resolve()),
@@ -97,7 +95,7 @@ def import_imagefolder(
     }
     return write_dataset(
         out,
-        {"train": train, "test": test},
+        splits,
         name=root.resolve().name,
         classes=classes,
         size=size,

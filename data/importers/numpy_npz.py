@@ -125,6 +125,26 @@ def _read(src: Path) -> dict[str, np.ndarray]:
         raise SatpipeError(f"{src}: not a readable .npz archive ({exc})") from None
 
 
+def _splits(arrays: dict[str, np.ndarray], layout: str) -> tuple[dict[str, SplitArrays], list[str]]:
+    """(the checked SplitArrays of each split the archive has, a note per split on how its
+    images were read)."""
+    splits, notes = {}, []
+    for split in ("train", "test"):
+        if f"x_{split}" not in arrays:
+            continue
+        images, note = _images(f"x_{split}", arrays[f"x_{split}"], layout)
+        notes.append(note)
+        masks = arrays.get(f"masks_{split}")
+        boxes = arrays.get(f"boxes_{split}")
+        splits[split] = SplitArrays(
+            images,
+            _labels(f"y_{split}", arrays[f"y_{split}"], len(images)),
+            None if masks is None else _masks(f"masks_{split}", masks, images.shape[1:]),
+            None if boxes is None else np.asarray(boxes).astype(np.int64),
+        )
+    return splits, notes
+
+
 @register_importer("numpy")
 def import_numpy(
     src: Path,
@@ -150,20 +170,7 @@ def import_numpy(
             raise SatpipeError(f"{src}: no '{key}' array (has {', '.join(sorted(arrays))})")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise SatpipeError(f"{src}: give both x_test and y_test, or neither")
-    splits, notes = {}, []
-    for split in ("train", "test"):
-        if f"x_{split}" not in arrays:
-            continue
-        images, note = _images(f"x_{split}", arrays[f"x_{split}"], layout)
-        notes.append(note)
-        masks = arrays.get(f"masks_{split}")
-        boxes = arrays.get(f"boxes_{split}")
-        splits[split] = SplitArrays(
-            images,
-            _labels(f"y_{split}", arrays[f"y_{split}"], len(images)),
-            None if masks is None else _masks(f"masks_{split}", masks, images.shape[1:]),
-            None if boxes is None else np.asarray(boxes).astype(np.int64),
-        )
+    splits, notes = _splits(arrays, layout)
     split_info: Any = "x_test/y_test"
     if "test" not in splits:
         train = splits["train"]

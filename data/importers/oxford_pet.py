@@ -30,7 +30,7 @@ from satpipe.data.importers.common import (
     decode_gray,
     read_text,
     require_dir,
-    seeded_split,
+    split_samples,
 )
 from satpipe.data.importers.writer import Sample, write_dataset
 
@@ -55,22 +55,8 @@ def _list(path: Path) -> list[str]:
     return names
 
 
-@register_importer("oxford-pet")
-def import_oxford_pet(
-    src: Path,
-    out: str,
-    *,
-    size: int | None = 32,
-    resize_policy: str = ResizePolicy.stretch.value,
-    test_fraction: float = 0.25,
-    seed: int = 0,
-    overwrite: bool = False,
-    storage_options: Mapping[str, Any] | None = None,
-) -> str:
-    """Oxford-IIIT Pet: class from file name, trimap masks, official or seeded split."""
-    check_output(out, overwrite, storage_options)
-    src = Path(src)
-    images_dir = require_dir(src / "images", "images")
+def _samples(src: Path, images_dir: Path) -> tuple[list[str], dict[str, Sample], bool]:
+    """(classes, the sample of each image by file stem, whether trimaps exist)."""
     files = sorted(p for p in images_dir.glob("*") if p.suffix.lower() == ".jpg")
     if not files:
         raise SatpipeError(f"{images_dir}: no .jpg images")
@@ -92,27 +78,50 @@ def import_oxford_pet(
             if not mask.is_file():
                 raise SatpipeError(f"{p}: missing mask {mask}")
         by_stem[p.stem] = Sample(p, index[breeds[p]], mask=mask)
+    return classes, by_stem, has_masks
 
+
+def _official_splits(
+    lists: dict[str, Path], by_stem: dict[str, Sample], images_dir: Path
+) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
+    """(the splits the official lists name, their record for `source`)."""
+    splits: dict[str, list[Sample]] = {}
+    for split, path in lists.items():
+        rows = []
+        for name in _list(path):
+            if name not in by_stem:
+                raise SatpipeError(f"{path}: lists {name}, which is not in {images_dir}")
+            rows.append(by_stem[name])
+        splits[split] = rows
+    listed = {s.image.stem for rows in splits.values() for s in rows}
+    return splits, {"kind": "official lists", "unlisted_skipped": len(by_stem) - len(listed)}
+
+
+@register_importer("oxford-pet")
+def import_oxford_pet(
+    src: Path,
+    out: str,
+    *,
+    size: int | None = 32,
+    resize_policy: str = ResizePolicy.stretch.value,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Oxford-IIIT Pet: class from file name, trimap masks, official or seeded split."""
+    check_output(out, overwrite, storage_options)
+    src = Path(src)
+    images_dir = require_dir(src / "images", "images")
+    classes, by_stem, has_masks = _samples(src, images_dir)
     lists = {
         "train": src / "annotations" / "trainval.txt",
         "test": src / "annotations" / "test.txt",
     }
     if all(p.is_file() for p in lists.values()):
-        splits: dict[str, list[Sample]] = {}
-        for split, path in lists.items():
-            rows = []
-            for name in _list(path):
-                if name not in by_stem:
-                    raise SatpipeError(f"{path}: lists {name}, which is not in {images_dir}")
-                rows.append(by_stem[name])
-            splits[split] = rows
-        listed = {s.image.stem for rows in splits.values() for s in rows}
-        split_info: Any = {"kind": "official lists", "unlisted_skipped": len(by_stem) - len(listed)}
+        splits, split_info = _official_splits(lists, by_stem, images_dir)
     else:
-        samples = list(by_stem.values())
-        train_idx, test_idx = seeded_split([s.label for s in samples], test_fraction, seed)
-        splits = {"train": [samples[i] for i in train_idx], "test": [samples[i] for i in test_idx]}
-        split_info = {"kind": "seeded stratified", "test_fraction": test_fraction, "seed": seed}
+        splits, split_info = split_samples(list(by_stem.values()), test_fraction, seed)
     source = {
         "format": "oxford-pet",
         "path": str(src.resolve()),

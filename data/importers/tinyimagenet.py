@@ -55,6 +55,47 @@ def _root(src: Path) -> Path:
     return src
 
 
+def _train_samples(root: Path, wnids: list[str], wnids_path: Path) -> list[Sample]:
+    """train/<wnid>/images/* of every class, each with its box from <wnid>_boxes.txt."""
+    train: list[Sample] = []
+    for label, wnid in enumerate(wnids):
+        folder = require_dir(
+            root / "train" / wnid / "images", f"class {wnid!r} (listed in {wnids_path.name}) images"
+        )
+        files = image_files(folder)
+        if not files:
+            raise SatpipeError(f"{folder}: empty class folder (no images)")
+        boxes_path = root / "train" / wnid / f"{wnid}_boxes.txt"
+        boxes = {}
+        for n, fields in _lines(boxes_path):
+            if len(fields) != 5:
+                raise SatpipeError(f"{boxes_path}:{n}: expected 5 fields, got {len(fields)}")
+            boxes[fields[0]] = _box(boxes_path, n, fields[1:])
+        for f in files:
+            if f.name not in boxes:
+                raise SatpipeError(f"{f}: no box for this image in {boxes_path.name}")
+            train.append(Sample(f, label, box=boxes[f.name]))
+    return train
+
+
+def _val_samples(root: Path, index: dict[str, int], wnids_path: Path) -> list[Sample]:
+    """The official validation images (the test split), labels and boxes from
+    val_annotations.txt."""
+    val_dir = require_dir(root / "val" / "images", "validation images")
+    ann = root / "val" / "val_annotations.txt"
+    test: list[Sample] = []
+    for n, fields in _lines(ann):
+        if len(fields) != 6:
+            raise SatpipeError(f"{ann}:{n}: expected 6 fields, got {len(fields)}")
+        if fields[1] not in index:
+            raise SatpipeError(f"{ann}:{n}: class {fields[1]} is not in {wnids_path.name}")
+        path = val_dir / fields[0]
+        if not path.is_file():
+            raise SatpipeError(f"{path}: listed in {ann.name} line {n} but not found")
+        test.append(Sample(path, index[fields[1]], box=_box(ann, n, fields[2:])))
+    return test
+
+
 @register_importer("tinyimagenet")
 def import_tinyimagenet(
     src: Path,
@@ -78,39 +119,8 @@ def import_tinyimagenet(
         for _, fields in _lines(root / "words.txt"):
             if fields[0] in index and len(fields) > 1:
                 words[fields[0]] = " ".join(fields[1:])
-
-    train: list[Sample] = []
-    for wnid in wnids:
-        folder = require_dir(
-            root / "train" / wnid / "images", f"class {wnid!r} (listed in {wnids_path.name}) images"
-        )
-        files = image_files(folder)
-        if not files:
-            raise SatpipeError(f"{folder}: empty class folder (no images)")
-        boxes_path = root / "train" / wnid / f"{wnid}_boxes.txt"
-        boxes = {}
-        for n, fields in _lines(boxes_path):
-            if len(fields) != 5:
-                raise SatpipeError(f"{boxes_path}:{n}: expected 5 fields, got {len(fields)}")
-            boxes[fields[0]] = _box(boxes_path, n, fields[1:])
-        for f in files:
-            if f.name not in boxes:
-                raise SatpipeError(f"{f}: no box for this image in {boxes_path.name}")
-            train.append(Sample(f, index[wnid], box=boxes[f.name]))
-
-    val_dir = require_dir(root / "val" / "images", "validation images")
-    ann = root / "val" / "val_annotations.txt"
-    test: list[Sample] = []
-    for n, fields in _lines(ann):
-        if len(fields) != 6:
-            raise SatpipeError(f"{ann}:{n}: expected 6 fields, got {len(fields)}")
-        if fields[1] not in index:
-            raise SatpipeError(f"{ann}:{n}: class {fields[1]} is not in {wnids_path.name}")
-        path = val_dir / fields[0]
-        if not path.is_file():
-            raise SatpipeError(f"{path}: listed in {ann.name} line {n} but not found")
-        test.append(Sample(path, index[fields[1]], box=_box(ann, n, fields[2:])))
-
+    train = _train_samples(root, wnids, wnids_path)
+    test = _val_samples(root, index, wnids_path)
     source = {
         "format": "tinyimagenet",
         "path": str(root.resolve()),

@@ -294,27 +294,14 @@ def write_dataset(
         raise SatpipeError(f"--size must be positive, got {size}")
     if channels not in (None, 1, 3):
         raise SatpipeError(f"--channels must be 1 or 3, got {channels}")
-    parts = {k: _as_split(v) for k, v in splits.items()}
-    parts = {k: v for k, v in parts.items() if len(v)}
-    where = str((source or {}).get("path", out))
-    if "train" not in parts:
-        raise SatpipeError(f"{where}: no training images found")
-    for split, part in parts.items():
-        if isinstance(part, SplitArrays):
-            _check_arrays(split, part)
+    parts = _parts(splits, str((source or {}).get("path", out)))
     layout, colour = _plan_layout(parts, size, policy, channels, len(classes))
     for part in parts.values():
         if isinstance(part, (list, tuple)):  # cheap to check all before anything is written
             for sample in part:
                 _check_sample(sample, layout)
-    recorded = {
-        **dict(source or {}),
-        "size": size,
-        "resize_policy": policy.value,
-        "resize": RESIZE_METHOD,
-        "colour": colour,
-        "channels": layout.channels,
-    }
+    recorded = {**dict(source or {}), "size": size, "resize_policy": policy.value,
+                "resize": RESIZE_METHOD, "colour": colour, "channels": layout.channels}  # fmt: skip
     total = sum(len(p) for p in parts.values())
     with (
         DatasetWriter(
@@ -332,21 +319,37 @@ def write_dataset(
             if isinstance(part, SplitArrays):
                 _write_arrays(writer, split, part, layout, advance)
             else:
-                load = functools.partial(_load, layout=layout, read_mask=read_mask)
-                for a in range(0, len(part), BLOCK_ROWS):
-                    chunk = list(part[a : a + BLOCK_ROWS])
-                    loaded = list(pool.map(load, chunk))  # map keeps the order
-                    writer.write(
-                        split,
-                        np.stack([img for img, _, _ in loaded]),
-                        np.array([s.label for s in chunk], dtype=np.int64),
-                        np.stack([m for _, m, _ in loaded]) if layout.has_masks else None,
-                        np.array([b for _, _, b in loaded], dtype=np.int32)
-                        if layout.has_boxes
-                        else None,
-                    )
-                    advance(len(chunk))
+                _write_samples(writer, pool, split, part, layout, read_mask, advance)
     return str(out)
+
+
+def _parts(splits: Mapping[str, SplitSource], where: str) -> dict[str, Any]:
+    """The splits with rows, as SplitArrays or sample lists; "train" among them, arrays
+    checked (`where`: the source named in errors)."""
+    parts = {k: _as_split(v) for k, v in splits.items()}
+    parts = {k: v for k, v in parts.items() if len(v)}
+    if "train" not in parts:
+        raise SatpipeError(f"{where}: no training images found")
+    for split, part in parts.items():
+        if isinstance(part, SplitArrays):
+            _check_arrays(split, part)
+    return parts
+
+
+def _write_samples(writer, pool, split: str, part, layout: _Layout, read_mask, advance) -> None:
+    """Write a split of samples block by block, each block's files decoded by `pool`."""
+    load = functools.partial(_load, layout=layout, read_mask=read_mask)
+    for a in range(0, len(part), BLOCK_ROWS):
+        chunk = list(part[a : a + BLOCK_ROWS])
+        loaded = list(pool.map(load, chunk))  # map keeps the order
+        writer.write(
+            split,
+            np.stack([img for img, _, _ in loaded]),
+            np.array([s.label for s in chunk], dtype=np.int64),
+            np.stack([m for _, m, _ in loaded]) if layout.has_masks else None,
+            np.array([b for _, _, b in loaded], dtype=np.int32) if layout.has_boxes else None,
+        )
+        advance(len(chunk))
 
 
 def _plan_layout(parts, size, policy, channels, n_classes) -> tuple[_Layout, str]:
