@@ -1,22 +1,12 @@
 """`satpipe bench`: every benchmark is a plain function, registered with its sizes.
 
-    satpipe/bench/timing.py    alternate(): sides timed in rounds, min/median; peak_rss()
-    satpipe/bench/base.py      the BENCHMARKS registry of parts, headline_row, device_name
-    satpipe/bench/saliency.py  methods vs forward+backward, runner peak RSS
-    satpipe/bench/dask.py      saliency img/s on 1 vs 2 dask workers
-    satpipe/bench/loader.py    resident vs streaming loader
-    satpipe/bench/train.py     epoch time per variant, precomputed vs on-the-fly SAT
-    satpipe/bench/models.py    a library model wrapped by satpipe vs bare, per saliency method
-    satpipe/bench/eval.py      PGD-5 vs AutoAttack img/s, model passes and their floor, syncs
-    satpipe/bench/integrity.py cost of the data check (shard sha256), checkpoint digest, metadata
-    satpipe/bench/dataset.py   DataLoader(SaliencyDataset) vs PairLoader vs TensorDataset img/s
-
-Each part is a function `bench_NAME(**sizes) -> report` (its keyword arguments' defaults are
-the full size) registered in BENCHMARKS as a `Part` with its headline rows, its text, its
-command-line help and its `--quick` / CPU sizes. `bench_all` runs parts in registry order into
-one JSON and a markdown summary; a part registered with `in_all=False` (minutes even at quick
-sizes) runs there only when `parts` names it. The figures that matter are ratios measured
-within one run (machines here are noisy), collected as headline rows with their targets.
+Each part (one module each: saliency, dask, loader, train, models, eval, integrity, dataset) is
+a function `bench_NAME(**sizes) -> report` whose keyword arguments' defaults are the full size,
+registered in BENCHMARKS (satpipe/bench/base.py) as a `Part` with its headline rows, its text,
+its command-line help and its `--quick` / CPU sizes; every part times with `alternate`
+(satpipe/bench/timing.py). `bench_all` runs parts in registry order into one JSON and a markdown
+table of the headline rows, the figures with targets: ratios measured within one run (machines
+here are noisy). A part registered with `in_all=False` runs there only when `parts` names it.
 """
 
 from __future__ import annotations
