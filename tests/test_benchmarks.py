@@ -78,10 +78,12 @@ def test_bench_all_quick_runs_every_part(tmp_path):
 
 
 def test_part_sizes_shrink_only_the_cpu_train_part():
-    train, saliency = BENCHMARKS.get("train"), BENCHMARKS.get("saliency")
-    assert train.sizes("cpu", quick=False) == train.cpu and train.cpu
-    assert saliency.sizes("cpu", quick=False) == {}
-    assert train.sizes("cpu", quick=True) == train.quick
+    from satpipe.bench import part_sizes
+
+    train = BENCHMARKS.get("train")
+    assert part_sizes("train", "cpu", quick=False) == train.cpu and train.cpu
+    assert part_sizes("saliency", "cpu", quick=False) == {}
+    assert part_sizes("train", "cpu", quick=True) == train.quick
 
 
 class _Clock:
@@ -163,19 +165,19 @@ def test_torch_threads_sets_and_restores_the_thread_count():
 
 
 def test_bench_all_leaves_out_parts_not_in_all_unless_named(monkeypatch, tmp_path):
-    from satpipe.bench import Benchmark, bench_all
-    from satpipe.bench.config import BenchAllConfig
+    from satpipe.bench import bench_all
 
     ran = []
-    monkeypatch.setattr(Benchmark, "run", lambda self, config: ran.append(config) or {})
-    bench_all(BenchAllConfig(out=str(tmp_path / "b.json"), device="cpu", quick=True))
-    default = [type(c).__name__ for c in ran]
-    assert "EvalBenchConfig" not in default and "ModelsBenchConfig" in default
+    for name, part in BENCHMARKS.items():
+        monkeypatch.setattr(part, "run", lambda name=name, **sizes: ran.append((name, sizes)) or {})
+    bench_all(out=str(tmp_path / "b.json"), device="cpu", quick=True)
+    default = [name for name, _ in ran]
+    assert "eval" not in default and "models" in default
     assert len(default) == sum(e.in_all for _, e in BENCHMARKS.items())
     ran.clear()
-    bench_all(BenchAllConfig(out=str(tmp_path / "b.json"), parts="eval", device="cpu", quick=True))
-    assert [type(c).__name__ for c in ran] == ["EvalBenchConfig"]
-    assert ran[0].n == BENCHMARKS.get("eval").quick["n"]
+    bench_all(out=str(tmp_path / "b.json"), parts=("eval",), device="cpu", quick=True)
+    assert [name for name, _ in ran] == ["eval"]
+    assert ran[0][1]["n"] == BENCHMARKS.get("eval").quick["n"]
 
 
 def test_a_part_command_takes_its_quick_sizes_under_the_flags_given(monkeypatch):
@@ -183,7 +185,7 @@ def test_a_part_command_takes_its_quick_sizes_under_the_flags_given(monkeypatch)
 
     seen = {}
     monkeypatch.setattr(bench, "run_benchmark", lambda name, out, **s: seen.update(s) or {})
-    monkeypatch.setattr(bench.Benchmark, "format_report", lambda self, report: "figures")
+    monkeypatch.setattr(BENCHMARKS.get("eval"), "format_report", lambda report: "figures")
     result = CliRunner().invoke(
         app, ["bench", "eval", "--quick", "--device", "cpu", "--n-images", "4", "--out", "x"]
     )
@@ -202,29 +204,38 @@ def test_peak_rss_probe_reads_the_child_peak_and_its_result():
         peak_rss("raise ValueError('boom')", {}, "a failing run")
 
 
-def test_bench_configs_parse_the_command_line_values():
-    from satpipe.bench.config import LoaderBenchConfig, SaliencyBenchConfig, TrainBenchConfig
+def test_bench_functions_check_their_arguments():
+    from satpipe.bench.base import method_params
+    from satpipe.bench.loader import bench_loader
+    from satpipe.bench.train import bench_train
     from satpipe.core.errors import SatpipeError
 
-    cfg = SaliencyBenchConfig(params={"smoothgrad.samples": 50, "ig": {"steps": 4}})
-    assert cfg.params == {"smoothgrad": {"samples": "50"}, "ig": {"steps": 4}}
+    params = method_params({"smoothgrad.samples": 50, "ig": {"steps": 4}})
+    assert params == {"smoothgrad": {"samples": "50"}, "ig": {"steps": 4}}
     with pytest.raises(SatpipeError, match="--param expects name.key=value"):
-        SaliencyBenchConfig(params={"samples": 2})
+        method_params({"samples": 2})
     with pytest.raises(SatpipeError, match="--rss-rows expects two integers"):
-        LoaderBenchConfig(rss_rows="1")
+        bench_loader(rss_rows=(1,))
     with pytest.raises(SatpipeError, match="unknown variant 'pgd-sta'"):
-        TrainBenchConfig(variants="sat,pgd-sta")
+        bench_train(variants=("sat", "pgd-sta"))
 
 
-def test_every_part_is_a_command_and_its_module_answers_the_protocol():
-    import importlib
+WIDE = {"COLUMNS": "240", "TERMINAL_WIDTH": "240"}  # --help on one line per option
 
+
+def test_every_part_is_a_command_with_its_arguments_as_options():
     runner = CliRunner()
-    for name, entry in BENCHMARKS.items():
-        module = importlib.import_module(entry.module)
-        assert all(callable(getattr(module, f)) for f in ("run", "headline", "format_report"))
-        result = runner.invoke(app, ["bench", name, "--help"])
-        assert result.exit_code == 0 and "--out" in result.output
+    for name, part in BENCHMARKS.items():
+        assert all(callable(f) for f in (part.run, part.headline, part.format_report))
+        result = runner.invoke(app, ["bench", name, "--help"], env=WIDE)
+        assert result.exit_code == 0 and "--out" in result.output and "--quick" in result.output
+        for arg, text in part.options.items():
+            flag = text[0] if isinstance(text, tuple) else "--" + arg.replace("_", "-")
+            assert flag in result.output, (name, flag)
+    result = runner.invoke(app, ["bench", "all", "--help"], env=WIDE)
+    assert result.exit_code == 0 and "--parts" in result.output
+    listed = runner.invoke(app, ["bench", "--help"], env=WIDE).output
+    assert all(name in listed for name in [*BENCHMARKS.names(), "all"])
     bad = runner.invoke(app, ["bench", "loader", "--rss-rows", "1,2,3", "--out", "x"])
     assert bad.exit_code == 1 and "--rss-rows expects two integers" in bad.output
 
@@ -302,3 +313,17 @@ def test_yardstick_is_batch_over_the_median_and_fastest_call_and_scales(monkeypa
     # 10 min at 1000 img/s is 20 min at the reference's 500 img/s; at 250 img/s, 5 min.
     assert ys.scaled_minutes(600, 1000) == pytest.approx(20)
     assert ys.scaled_minutes(600, 250) == pytest.approx(5)
+
+
+def test_a_part_command_parses_its_lists_pairs_and_switches(monkeypatch):
+    import satpipe.bench as bench
+
+    seen = {}
+    monkeypatch.setattr(bench, "run_benchmark", lambda name, out, **s: seen.update(s) or {})
+    monkeypatch.setattr(BENCHMARKS.get("saliency"), "format_report", lambda report: "figures")
+    args = ["--methods", "gradient", "--methods", "ig,gbp", "-p", "ig.steps=4", "--rss-sizes", "",
+            "--no-amp", "--out", "x"]  # fmt: skip
+    result = CliRunner().invoke(app, ["bench", "saliency", *args])
+    assert result.exit_code == 0, result.output
+    assert seen == {"methods": ("gradient", "ig", "gbp"), "params": {"ig.steps": 4},
+                    "rss_sizes": (), "amp": False}  # fmt: skip

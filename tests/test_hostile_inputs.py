@@ -333,14 +333,13 @@ def test_results_of_a_changed_checkpoint_are_marked_stale(run, data, tmp_path):
 
 
 def test_every_list_option_accumulates_when_repeated():
-    from satpipe.bench.config import IntegrityBenchConfig
     from satpipe.data.importers import ImportConfig
     from satpipe.data.shapes import ShapesConfig
     from satpipe.pipeline.config import ScoreConfig
 
     seen = 0
     for cls in (EvalConfig, TrainConfig, SaliencyConfig, ScoreConfig, ImportConfig,
-                ShapesConfig, ModelImportConfig, IntegrityBenchConfig):  # fmt: skip
+                ShapesConfig, ModelImportConfig):  # fmt: skip
         params, _, convert = config_options(cls)
         for p in params:
             if p.name in convert and "list" in str(p.annotation) and p.name != "storage_options":

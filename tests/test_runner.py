@@ -250,13 +250,12 @@ def test_cli_saliency_show_and_errors(work):
 
 
 def test_bench_methods_reports_efficiency():
-    from satpipe.bench.config import SaliencyBenchConfig
-    from satpipe.bench.saliency import bench_methods
+    from satpipe.bench.saliency import bench_saliency
 
-    report = bench_methods(SaliencyBenchConfig(
+    report = bench_saliency(
         methods=("gradient", "smoothgrad"), size=8, batch_size=4, n_images=8, device="cpu",
-        params={"smoothgrad": {"samples": 2}}, repeats=1, floor_seconds=0.0,
-    ))  # fmt: skip
+        params={"smoothgrad": {"samples": 2}}, repeats=1, floor_seconds=0.0, rss_sizes=(),
+    )  # fmt: skip
     assert report["forward_backward_img_s"] > 0
     sg = report["methods"]["smoothgrad"]
     assert sg["passes_per_image"] == 2 and sg["efficiency"] > 0

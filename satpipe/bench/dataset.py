@@ -1,18 +1,8 @@
-"""`satpipe bench dataset`: what the public Dataset costs against satpipe's own loader.
-
-One random store pair (uint8 images, float16 one-channel maps), one shuffled epoch per call,
-batches of `batch_size` on the CPU, every side timed with `alternate` in the same rounds:
-
-- `dataset_workers`: `DataLoader(SaliencyDataset, shuffle=True, num_workers=W)`, as a user
-  writes it (workers start afresh each epoch and fill their shard caches again);
-- `dataset_persistent`: the same with `persistent_workers=True` (caches kept across epochs);
-- `dataset_inline`: the same with no workers (per-item work only, no inter-process transfer);
-- `pairloader`: the trainer's loader on the same store (resident: a gather per batch);
-- `tensordataset`: `DataLoader(TensorDataset(x, s, y), shuffle=True)` of the same arrays,
-  already decoded to float32 in memory: PyTorch's own per-item path without any store.
-
-The ratios to `tensordataset` say what the store costs on top of PyTorch's per-item path; the
-ratio to `pairloader` what the per-item path costs against batched gathers.
+"""`satpipe bench dataset`: what the public Dataset costs against satpipe's own loader. One
+shuffled epoch per call on one random store pair, every side in the same rounds:
+`DataLoader(SaliencyDataset)` with fresh workers (as users write it), persistent workers and no
+workers; the trainer's PairLoader (resident); `DataLoader(TensorDataset)` of the same arrays
+decoded in memory (PyTorch's own per-item path without a store).
 """
 
 from __future__ import annotations
@@ -24,8 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from satpipe.bench import device_name, headline_row
-from satpipe.bench.config import DatasetBenchConfig
+from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row
 from satpipe.bench.stores import random_pair
 from satpipe.bench.timing import alternate
 from satpipe.core.progress import progress
@@ -38,22 +27,55 @@ from satpipe.data.storage import now_iso
 SIDES = ("dataset_workers", "dataset_persistent", "dataset_inline", "pairloader", "tensordataset")
 
 
-def _epoch(loader) -> Any:
-    def one(epoch: int) -> int:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        return sum(len(batch[-1]) for batch in loader)
+def bench_dataset(
+    *, rows: int = 8192, size: int = 32, rows_per_shard: int = 1024, batch_size: int = 128,
+    workers: int = 2, rounds: int = 2, workdir: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """img/s per side (best of `rounds` epochs after a warm-up) on `rows` random size x size
+    rows, and the ratios of the dataset sides to the others. Temporary stores go under
+    `workdir` (default: a temp dir)."""
+    at_least(1, rows=rows, rounds=rounds, batch_size=batch_size, size=size)
+    at_least(0, workers=workers)
+    tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-", dir=workdir)
+    with tmp as root, progress("bench dataset", 2) as advance:
+        data, sal = random_pair(root, "bench_dataset", rows, size, rows_per_shard=rows_per_shard)
+        advance()
+        loaders = _loaders(data, sal, batch_size, workers)
 
-    return one
+        def epoch_of(loader: Any):
+            def one(epoch: int) -> int:
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+                return sum(len(batch[-1]) for batch in loader)
+
+            return one
+
+        t = alternate({k: epoch_of(v) for k, v in loaders.items()}, rounds=rounds, warmup=1)
+        advance()
+        del loaders
+    r = {k: t.best(k) / t.min(k) for k in SIDES}
+    return {
+        "benchmark": "dataset", "created": now_iso(), "device": device_name("cpu"),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "settings": {"rows": rows, "size": size, "batch_size": batch_size,
+                     "rows_per_shard": rows_per_shard, "workers": workers, "rounds": rounds},
+        "img_per_s": r,
+        "ratios": {
+            "dataset_workers_over_tensordataset": r["dataset_workers"] / r["tensordataset"],
+            "dataset_workers_over_pairloader": r["dataset_workers"] / r["pairloader"],
+            "dataset_persistent_over_tensordataset": r["dataset_persistent"] / r["tensordataset"],
+            "dataset_inline_over_tensordataset": r["dataset_inline"] / r["tensordataset"],
+        },
+        "timing": t.summary(),
+    }  # fmt: skip
 
 
-def _loaders(data: str, sal: str, config: DatasetBenchConfig) -> dict[str, Any]:
-    b, w = config.batch_size, config.workers
+def _loaders(data: str, sal: str, b: int, w: int) -> dict[str, Any]:
     ds = SaliencyDataset(data, sal)
-    images = np.asarray(open_dataset(data).split("train").images[:])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    split = open_dataset(data).split("train")
+    x = torch.from_numpy(np.asarray(split.images[:])).permute(0, 3, 1, 2).float().div_(255)
     s = torch.from_numpy(np.asarray(open_saliency(sal).split("train")[:], np.float32))
-    y = torch.from_numpy(np.asarray(open_dataset(data).split("train").labels[:]))
+    y = torch.from_numpy(np.asarray(split.labels[:]))
     tensors = TensorDataset(x, s.permute(0, 3, 1, 2).contiguous(), y)
     return {
         "dataset_workers": DataLoader(ds, b, shuffle=True, num_workers=w),
@@ -66,42 +88,10 @@ def _loaders(data: str, sal: str, config: DatasetBenchConfig) -> dict[str, Any]:
     }
 
 
-def run(config: DatasetBenchConfig) -> dict[str, Any]:
-    """img/s per side (best epoch), and the ratios of the dataset sides to the others."""
-    tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-", dir=config.workdir)
-    with tmp as root, progress("bench dataset", 2) as advance:
-        data, sal = random_pair(root, "bench_dataset", config.rows, config.size,
-                                rows_per_shard=config.rows_per_shard)  # fmt: skip
-        advance()
-        loaders = _loaders(data, sal, config)
-        t = alternate({k: _epoch(v) for k, v in loaders.items()}, rounds=config.rounds,
-                      warmup=1)  # fmt: skip
-        advance()
-        del loaders
-    rates = {k: t.best(k) / t.min(k) for k in SIDES}
-    return {
-        "benchmark": "dataset", "created": now_iso(), "device": device_name("cpu"),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "settings": {"rows": config.rows, "size": config.size, "batch_size": config.batch_size,
-                     "rows_per_shard": config.rows_per_shard, "workers": config.workers,
-                     "rounds": config.rounds},
-        "img_per_s": rates,
-        "ratios": {
-            "dataset_workers_over_tensordataset": rates["dataset_workers"] / rates["tensordataset"],
-            "dataset_workers_over_pairloader": rates["dataset_workers"] / rates["pairloader"],
-            "dataset_persistent_over_tensordataset":
-                rates["dataset_persistent"] / rates["tensordataset"],
-            "dataset_inline_over_tensordataset": rates["dataset_inline"] / rates["tensordataset"],
-        },
-        "timing": t.summary(),
-    }  # fmt: skip
-
-
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     """DataLoader(SaliencyDataset, W workers), fresh and persistent workers, against a
     TensorDataset of the same arrays (measurements: no target is set for them)."""
-    r = report["ratios"]
-    w = report["settings"]["workers"]
+    r, w = report["ratios"], report["settings"]["workers"]
     return [
         headline_row(
             f"DataLoader(SaliencyDataset, {w} workers) / TensorDataset img/s",
@@ -121,3 +111,18 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"{k:20s} {v:10.0f} img/s" for k, v in report["img_per_s"].items()]
     lines += [f"{k:40s} {v:.3f}" for k, v in report["ratios"].items()]
     return "\n".join(lines)
+
+
+BENCHMARKS.register("dataset", Part(
+    bench_dataset, headline, format_report,
+    "img/s of DataLoader(SaliencyDataset, 2 workers) vs the PairLoader vs a TensorDataset",
+    options={
+        "rows": "Rows of the random store.",
+        "size": "Image side.",
+        "rows_per_shard": "Store shard rows.",
+        "batch_size": "Images per batch.",
+        "workers": "DataLoader workers of the SaliencyDataset sides.",
+        "rounds": "Timed epochs per side (after a warm-up), alternated.",
+    },
+    quick={"rows": 2048, "rows_per_shard": 512, "rounds": 1},
+))  # fmt: skip

@@ -1,90 +1,123 @@
-"""`satpipe bench eval`: how fast evaluation attacks run, and how close they are to the floor.
-
-    satpipe bench eval --model resnet10 --n-images 1024 --batch-size 512 --device cuda
-
-On one model and one set of images it times PGD-5 (2/255, random start) and standard AutoAttack
-(`satpipe.train.eval.attacks`, the reference code) at `eps`, and reports per attack:
-
-- images_per_s: evaluated images per second (the whole attack, clean pass included);
-- passes: the model calls the attack made, as image-forwards with and without a gradient
-  (counted by a forward hook), so the cost is comparable across machines;
-- floor_s / share_in_passes: the time the same model calls take alone (each distinct batch
-  size timed: forward, plus backward to the input where the attack took a gradient), and that
-  time's share of the attack's. 1.0 means the attack is nothing but model passes;
-- host_syncs_per_step (CUDA only): synchronisations per PGD step, counted by
-  torch.cuda.set_sync_debug_mode (0 by construction: nothing leaves the device in the loop).
-
-Without a checkpoint the model is freshly initialised and the labels are its own predictions,
-so clean accuracy is 100% and the run needs no data; AutoAttack's cost grows with the points
-that survive its first stage (its later stages run only on those), so the report records the
-robust fraction after each stage. Pass `checkpoint` (and `data`) for a real model.
-
-Timing: the two attacks are timed with `alternate` (`rounds` runs each, alternated, min kept,
-the counts taken from the fastest run); the floor's distinct model calls are timed together,
-three rounds, min kept.
+"""`satpipe bench eval`: how fast PGD-5 and standard AutoAttack run on one model and one set of
+images, and how close they are to the floor: img/s, the model calls each made (a forward hook),
+the share of its time those calls take alone (PGD-5 >= 0.9), and on CUDA the host syncs per PGD
+step (0). Without a checkpoint the model is untrained and its own predictions are the labels;
+AutoAttack's later stages run only on the points that survive, so their fractions are kept.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from satpipe.bench import device_name, headline_row
-from satpipe.bench.config import EvalBenchConfig
+from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row
 from satpipe.bench.timing import alternate, torch_threads
-from satpipe.core.device import resolve_device
+from satpipe.core.device import DEVICE_HELP, resolve_device
+from satpipe.core.errors import SatpipeError
 from satpipe.core.version import __version__
+from satpipe.train.config import MODEL_HELP, check_model_options
 from satpipe.train.eval.attacks import AttackContext, attack_set, clean_correct
 
 SHARE_TARGET = 0.9  # PGD-5: at least 90% of its time in the model's passes
 
 
-class PassCounter:
-    """Counts the model's calls by (batch size, with gradient) through a forward hook."""
+def bench_eval(
+    *, model: str = "smallcnn", n: int = 256, batch_size: int = 256, size: int = 32,
+    classes: int = 10, eps: float = 8.0, device: str = "auto", checkpoint: str | None = None,
+    data: str | None = None, square_queries: int = 5000, rounds: int = 1,
+    threads: int | None = None, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """The report on `n` random (size x size) images and an untrained `model` of `classes`
+    classes, or a trained `checkpoint` on `data`'s test split (default: its own); eps in /255
+    units; `threads` torch threads (restored afterwards)."""
+    if checkpoint is None:
+        check_model_options(model, None, None)
+    at_least(1, n_images=n, batch_size=batch_size, square_queries=square_queries, rounds=rounds,
+             threads=threads)  # fmt: skip
+    at_least(2, classes=classes)
+    if not eps > 0:
+        raise SatpipeError(f"--eps must be > 0, got {eps}")
+    dev = resolve_device(device)
+    with torch_threads(threads):
+        net, x, y, arch, k = _model_and_data(model, checkpoint, data, n, size, classes, dev, seed)
+        calls: Counter[tuple[int, bool]] = Counter()  # (batch size, with gradient) -> calls
 
-    def __init__(self, model: nn.Module) -> None:
-        self.calls: Counter[tuple[int, bool]] = Counter()
-        self._handle = model.register_forward_hook(self._hook)
+        def count(_module: nn.Module, inputs: tuple, _output: Any) -> None:
+            calls[(int(inputs[0].shape[0]), torch.is_grad_enabled())] += 1
 
-    def _hook(self, module, inputs, output) -> None:
-        self.calls[(int(inputs[0].shape[0]), torch.is_grad_enabled())] += 1
+        hook = net.register_forward_hook(count)
+        clean = clean_correct(net, x, y, batch_size)
+        report: dict[str, Any] = {
+            "benchmark": "eval", "satpipe_version": __version__, "torch": torch.__version__,
+            "device": device_name(dev), "model": arch, "n": len(y),
+            "image_size": list(x.shape[1:]), "classes": k, "batch_size": batch_size,
+            "eps": eps, "torch_threads": torch.get_num_threads(),
+            "clean_accuracy": float(clean.float().mean()), "synthetic": checkpoint is None,
+            "square_queries": square_queries,
+        }  # fmt: skip
+        ctxs = {
+            "pgd": AttackContext(eps=eps / 255, num_classes=k, seed=seed, steps=5,
+                                 step_size=2 / 255),
+            "autoattack": AttackContext(eps=eps / 255, num_classes=k, seed=seed,
+                                        square_queries=square_queries),
+        }  # fmt: skip
 
-    def reset(self) -> Counter[tuple[int, bool]]:
-        calls, self.calls = self.calls, Counter()
-        return calls
+        def side(name: str):
+            def attack(_i: int) -> tuple[Any, Counter]:
+                calls.clear()
+                out = attack_set(net, name, x, y, clean, ctxs[name], batch_size)
+                return out, Counter(calls)
 
-    def remove(self) -> None:
-        self._handle.remove()
+            return attack
+
+        timings = alternate({name: side(name) for name in ctxs}, device=dev, rounds=rounds)
+        counted = {name: timings.best(name) for name in ctxs}
+        per_call = pass_seconds(net, x, [key for _, c in counted.values() for key in c])
+        for name, (out, c) in counted.items():
+            report[name] = _attack_row(out, c, timings.min(name), per_call, len(y))
+        aa_over_pgd = report["autoattack"]["seconds"] / report["pgd"]["seconds"]
+        report["autoattack_over_pgd_time"] = aa_over_pgd
+        report["host_syncs_per_pgd_step"] = _host_syncs(net, x, y, clean, ctxs["pgd"], batch_size)
+        report["timing"] = timings.summary()
+        hook.remove()
+        return report
 
 
-def _pass(model: nn.Module, x: torch.Tensor, grad: bool) -> None:
-    """One model call on x, and a backward to x when `grad`."""
-    if grad:
-        xr = x.clone().requires_grad_(True)
-        torch.autograd.grad(model(xr).float().logsumexp(1).sum(), xr)
-    else:
-        with torch.no_grad():
-            model(x)
+def _attack_row(out: Any, calls: Counter, seconds: float, per_call: dict, n: int) -> dict:
+    """One attack's figures: img/s, robust fractions, the model calls it made and the share of
+    its time those calls take when run alone (each at its (batch, grad)'s seconds)."""
+    floor = sum(count * per_call[key] for key, count in calls.items())
+    return {
+        "seconds": seconds, "images_per_s": n / seconds,
+        "robust_accuracy": float(out.correct.float().mean()),
+        "stages": {s: float(v.float().mean()) for s, v in out.components.items()},
+        "image_forwards": {"with_grad": sum(b * c for (b, g), c in calls.items() if g),
+                           "no_grad": sum(b * c for (b, g), c in calls.items() if not g)},
+        "model_calls": sum(calls.values()), "floor_s": floor, "share_in_passes": floor / seconds,
+    }  # fmt: skip
 
 
-def pass_seconds(model: nn.Module, x: torch.Tensor, calls: Iterable[tuple[int, bool]],
+def pass_seconds(model: nn.Module, x: torch.Tensor, calls: list[tuple[int, bool]],
                  rounds: int = 3) -> dict[tuple[int, bool], float]:  # fmt: skip
-    """Min seconds of one model call per distinct (batch, grad) in `calls`, timed together."""
+    """Min seconds of one model call per distinct (batch, grad) in `calls`, timed together:
+    a forward, and a backward to the input where the attack took a gradient."""
+
+    def one(b: int, grad: bool) -> None:
+        if grad:
+            xr = x[:b].clone().requires_grad_(True)
+            torch.autograd.grad(model(xr).float().logsumexp(1).sum(), xr)
+        else:
+            with torch.no_grad():
+                model(x[:b])
+
     keys = sorted(set(calls))
-    sides = {f"{b}{'g' if g else ''}": lambda _i, b=b, g=g: _pass(model, x[:b], g)
-             for b, g in keys}  # fmt: skip
+    sides = {f"{b}{'g' if g else ''}": lambda _i, b=b, g=g: one(b, g) for b, g in keys}
     t = alternate(sides, device=x.device, rounds=rounds)
     return {key: t.min(name) for key, name in zip(keys, sides, strict=True)}
-
-
-def floor_seconds(calls: Counter, seconds: Mapping[tuple[int, bool], float]) -> float:
-    """Time of the same model calls run alone: each call at its (batch, grad)'s seconds."""
-    return sum(count * seconds[key] for key, count in calls.items())
 
 
 def _host_syncs(model, x, y, clean, ctx, batch_size) -> float | None:
@@ -104,6 +137,7 @@ def _host_syncs(model, x, y, clean, ctx, batch_size) -> float | None:
 
 
 def _model_and_data(model, checkpoint, data, n, size, classes, device, seed):
+    """(net in eval mode, x (n, 3, size, size) in [0, 1], y, architecture, classes)."""
     from satpipe.core.seeding import generator
     from satpipe.train.models import create_model, load_model
 
@@ -123,71 +157,6 @@ def _model_and_data(model, checkpoint, data, n, size, classes, device, seed):
     with torch.no_grad():
         y = torch.cat([net(x[i : i + 256]).argmax(1) for i in range(0, n, 256)])
     return net, x, y, model, classes
-
-
-def run(config: EvalBenchConfig) -> dict[str, Any]:
-    """The `satpipe bench eval` report (JSON-ready); eps in /255 units. See the module doc.
-    torch runs `config.threads` threads (restored afterwards)."""
-    with torch_threads(config.threads):
-        return _run(config)
-
-
-def _run(config: EvalBenchConfig) -> dict[str, Any]:
-    dev = resolve_device(config.device)
-    net, x, y, arch, k = _model_and_data(
-        config.model, config.checkpoint, config.data, config.n, config.size, config.classes,
-        dev, config.seed,
-    )  # fmt: skip
-    batch_size, eps, seed = config.batch_size, config.eps, config.seed
-    counter = PassCounter(net)
-    clean = clean_correct(net, x, y, batch_size)
-    counter.reset()
-    report: dict[str, Any] = {
-        "benchmark": "eval", "satpipe_version": __version__, "torch": torch.__version__,
-        "device": device_name(dev), "model": arch, "n": len(y), "image_size": list(x.shape[1:]),
-        "classes": k, "batch_size": batch_size, "eps": eps,
-        "torch_threads": torch.get_num_threads(), "clean_accuracy": float(clean.float().mean()),
-        "synthetic": config.checkpoint is None, "square_queries": config.square_queries,
-    }  # fmt: skip
-    pgd_ctx = AttackContext(eps=eps / 255, num_classes=k, seed=seed, steps=5, step_size=2 / 255)
-    aa_ctx = AttackContext(
-        eps=eps / 255, num_classes=k, seed=seed, square_queries=config.square_queries
-    )
-
-    def side(name: str, ctx: AttackContext) -> Callable[[int], Any]:
-        def attack(_i: int) -> tuple[Any, Counter]:
-            counter.reset()
-            out = attack_set(net, name, x, y, clean, ctx, batch_size)
-            return out, counter.reset()
-
-        return attack
-
-    ctxs = {"pgd": pgd_ctx, "autoattack": aa_ctx}
-    timings = alternate({n: side(n, c) for n, c in ctxs.items()}, device=dev,
-                        rounds=config.rounds)  # fmt: skip
-    counted = {name: timings.best(name) for name in ctxs}
-    every_call = [key for _, calls in counted.values() for key in calls]
-    per_call = pass_seconds(net, x, every_call)
-    counter.reset()
-    for name, (out, calls) in counted.items():
-        seconds = timings.min(name)
-        floor = floor_seconds(calls, per_call)
-        report[name] = {
-            "seconds": seconds,
-            "images_per_s": len(y) / seconds,
-            "robust_accuracy": float(out.correct.float().mean()),
-            "stages": {s: float(v.float().mean()) for s, v in out.components.items()},
-            "image_forwards": {"with_grad": sum(b * c for (b, g), c in calls.items() if g),
-                               "no_grad": sum(b * c for (b, g), c in calls.items() if not g)},
-            "model_calls": sum(calls.values()),
-            "floor_s": floor,
-            "share_in_passes": floor / seconds,
-        }  # fmt: skip
-    report["autoattack_over_pgd_time"] = report["autoattack"]["seconds"] / report["pgd"]["seconds"]
-    report["host_syncs_per_pgd_step"] = _host_syncs(net, x, y, clean, pgd_ctx, batch_size)
-    report["timing"] = timings.summary()
-    counter.remove()
-    return report
 
 
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -222,8 +191,7 @@ def format_report(report: dict[str, Any]) -> str:
     """images/s, model passes and floor share per attack, then the time ratio and syncs."""
     lines = []
     for name in ("pgd", "autoattack"):
-        r = report[name]
-        f = r["image_forwards"]
+        r, f = report[name], report[name]["image_forwards"]
         lines.append(
             f"{name:10s} {r['images_per_s']:9.1f} img/s  robust {r['robust_accuracy']:.3f}  "
             f"image-forwards {f['with_grad']} with grad, {f['no_grad']} without  "
@@ -234,3 +202,29 @@ def format_report(report: dict[str, Any]) -> str:
     if syncs is not None:
         lines.append(f"host syncs per PGD step {syncs:g}")
     return "\n".join(lines)
+
+
+BENCHMARKS.register("eval", Part(
+    bench_eval, headline, format_report,
+    "PGD-5 vs AutoAttack img/s, time share in model passes, syncs/step (`all`: only by name)",
+    options={
+        "model": f"Architecture (untrained weights). {MODEL_HELP}",
+        "n": ("--n-images", "Images attacked."),
+        "batch_size": "Images per attack batch.",
+        "size": "Image side of the random images.",
+        "classes": "Classes of the untrained model.",
+        "eps": "eps of both attacks, /255 units.",
+        "device": DEVICE_HELP,
+        "checkpoint": "A trained checkpoint to attack instead.",
+        "data": "Dataset store for --checkpoint (default: its own).",
+        "square_queries": "Square's queries (AutoAttack's standard: 5000).",
+        "rounds": "Timed runs of each attack, alternated (min is kept).",
+        "threads": "torch threads for the run (default: torch's).",
+    },
+    # 10 classes: at 8/255 the untrained model's own labels survive APGD-CE, so every stage
+    # runs on every point (~2900 small model calls, ~30 s on one CPU thread even at quick
+    # sizes, far more at full size), hence not part of the default `all`. One thread: on 2
+    # loaded cores, 2 threads made the same quick run take 10 minutes.
+    quick={"n": 16, "batch_size": 16, "size": 16, "square_queries": 50, "threads": 1},
+    in_all=False,
+))  # fmt: skip

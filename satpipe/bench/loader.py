@@ -1,31 +1,21 @@
-"""`satpipe bench loader`: does streaming keep up with resident data? (JSON, ratios in one run)
-
-Builds its own temporary stores (random uint8 images, float16 one-channel maps), then measures
-1. loader throughput (pairs/s, augmentation on) in resident and streaming mode at 32x32 and
-   64x64, and the streaming / resident ratio (epochs alternated between the modes);
-2. a training step rate (forward + backward + Adam step of `resnet10`, batch from the loader)
-   with streaming divided by the rate with resident data (target >= 0.95: the trainer never
-   waits for data);
-3. peak RSS of a process that streams one epoch, at two dataset sizes (a subprocess each); with
-   a bounded shuffle buffer it must not grow with the dataset.
-
-Every figure that matters is a ratio of two measurements taken in the same run, on the same
-machine, so it travels between machines better than any absolute number.
+"""`satpipe bench loader`: does streaming keep up with resident data? On random stores it times
+loader pairs/s per mode and image side, a resnet10 training step rate fed by each mode
+(streaming / resident >= 0.95: the trainer never waits for data), and the peak RSS of a fresh
+process streaming one epoch at two dataset sizes (flat: bounded shuffle window).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from satpipe.bench import device_name, headline_row
-from satpipe.bench.config import LoaderBenchConfig
+from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row
 from satpipe.bench.stores import random_pair
 from satpipe.bench.timing import alternate, peak_rss
-from satpipe.core.device import resolve_device
+from satpipe.core.device import DEVICE_HELP, resolve_device
+from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
 from satpipe.data.loader import make_loader
 from satpipe.data.storage import now_iso
@@ -37,15 +27,66 @@ TRAIN_MODEL = "resnet10"
 WARMUP_STEPS = 3  # untimed steps of each fresh pipeline: first shards read, kernels chosen
 
 
-def _loaders(data: str, sal: str, dev: torch.device, batch_size: int, **kw) -> dict[str, Any]:
-    return {
-        mode: make_loader(data, "train", sal, batch_size=batch_size, augment=True, mode=mode,
-                          device=dev, **kw)
-        for mode in MODES
+def bench_loader(
+    *, device: str = "auto", sizes: tuple[int, ...] = (32, 64), rows: int = 8192,
+    rows_per_shard: int = 1024, batch_size: int = 256, epochs: int = 2, train_steps: int = 20,
+    rss_rows: tuple[int, ...] = (8192, 32768), train_batch_size: int = 128, rounds: int = 2,
+    workdir: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Throughput at each image side in `sizes` (`epochs` timed epochs per mode), the step rate
+    at the first side (`rounds` rounds of `train_steps` steps per mode), the streaming peak RSS
+    at the two `rss_rows` sizes. Temporary stores go under `workdir` (default: a temp dir)."""
+    if len(rss_rows) != 2:
+        shown = ",".join(map(str, rss_rows))
+        raise SatpipeError(f"--rss-rows expects two integers, got '{shown}'")
+    if not sizes:
+        raise SatpipeError("--sizes expects at least one image side")
+    at_least(1, epochs=epochs, train_steps=train_steps)
+    dev = resolve_device(device)
+    settings = {
+        "rows": rows, "rows_per_shard": rows_per_shard, "batch_size": batch_size,
+        "epochs": epochs, "augment": True, "train_model": TRAIN_MODEL,
+        "train_batch_size": train_batch_size, "train_steps": train_steps, "rounds": rounds,
+    }  # fmt: skip
+    result: dict[str, Any] = {
+        "benchmark": "loader", "created": now_iso(), "device": device_name(dev),
+        "device_type": dev.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "settings": settings, "throughput": {}, "train_step": {}, "streaming_rss": {},
     }  # fmt: skip
 
+    def loaders(data: str, sal: str, batch: int, **kw: Any) -> dict[str, Any]:
+        return {mode: make_loader(data, "train", sal, batch_size=batch, augment=True, mode=mode,
+                                  device=dev, **kw) for mode in MODES}  # fmt: skip
 
-def throughput(loaders: dict[str, Any], dev: torch.device, epochs: int) -> dict[str, float]:
+    tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-", dir=workdir)
+    with tmp as root, progress("bench loader", 2 * len(sizes) + 3) as advance:
+        for size in sizes:
+            data, sal = random_pair(root, f"bench{size}_{rows}", rows, size,
+                                    rows_per_shard=rows_per_shard)  # fmt: skip
+            advance()
+            result["throughput"][f"{size}x{size}"] = throughput(
+                loaders(data, sal, batch_size), dev, epochs
+            )
+            advance()
+            if size == sizes[0]:
+                timed = loaders(data, sal, train_batch_size, drop_last=True)
+                steps = step_rates(timed, dev, train_steps, rounds)
+                result["train_step"] = {"image_size": size, **steps}
+                del timed
+                advance()
+        for n in rss_rows:
+            data, sal = random_pair(root, f"bench{sizes[0]}_{n}", n, sizes[0],
+                                    rows_per_shard=rows_per_shard)  # fmt: skip
+            args = {"data": data, "saliency": sal, "batch_size": batch_size}
+            what = f"streaming one epoch of {data}"
+            result["streaming_rss"][str(n)] = peak_rss(_RSS_RUN, args, what)
+            advance()
+    small, large = (result["streaming_rss"][str(n)]["peak_rss_mb"] for n in rss_rows)
+    result["streaming_rss"]["large_over_small"] = large / small
+    return result
+
+
+def throughput(loaders: dict[str, Any], dev: torch.device, epochs: int) -> dict[str, Any]:
     """Pairs per second of each loader: one warm-up epoch each, then `epochs` epochs timed
     in alternation; the best epoch is kept."""
 
@@ -67,56 +108,48 @@ def throughput(loaders: dict[str, Any], dev: torch.device, epochs: int) -> dict[
     }
 
 
-class Stepper:
-    """Training steps of resnet10 (forward, CE backward, Adam step) fed by one loader.
-
-    `prepare()` opens a fresh pass over the loader and runs the warm-up steps; `__call__` runs
-    `steps` timed steps and closes the pass, so no pipeline reads ahead while the other mode is
-    being timed."""
-
-    def __init__(self, loader, device: torch.device, steps: int) -> None:
-        torch.manual_seed(0)
-        model = create_model(TRAIN_MODEL, loader.num_classes, loader.image_shape[2]).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        self.model, self.loader, self.steps, self.epoch = model, loader, steps, 0
-        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-        self.batches: Iterator | None = None
-
-    def _batches(self) -> Iterator:
-        while True:
-            self.loader.set_epoch(self.epoch)
-            yield from self.loader
-            self.epoch += 1
-
-    def _step(self) -> None:
-        x, s, y = next(self.batches)
-        # Use the map, as SAT does, so its transfer cannot be skipped.
-        x = (x + (8 / 255) * s.sign()).clamp_(0, 1)
-        with self.autocast:
-            loss = torch.nn.functional.cross_entropy(self.model(x), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-
-    def prepare(self, _call: int) -> None:
-        self.batches = self._batches()
-        for _ in range(WARMUP_STEPS):
-            self._step()
-
-    def __call__(self, _call: int) -> int:
-        for _ in range(self.steps):
-            self._step()
-        self.batches.close()
-        return self.steps
-
-
 def step_rates(loaders: dict[str, Any], dev: torch.device, steps: int, rounds: int) -> dict:
-    """resnet10 steps/s per mode, the modes alternated for `rounds` rounds, best kept."""
-    steppers = {mode: Stepper(loader, dev, steps) for mode, loader in loaders.items()}
-    prepare = {mode: s.prepare for mode, s in steppers.items()}
-    t = alternate(steppers, device=dev, rounds=rounds, prepare=prepare)
+    """resnet10 steps/s per mode (forward, CE backward, Adam step), the modes alternated for
+    `rounds` rounds, best kept. Each call opens a fresh pass over its loader (untimed, with
+    WARMUP_STEPS steps) and closes it after `steps` timed steps, so no pipeline reads ahead
+    while the other mode is timed."""
+    sides, prepare = {}, {}
+    for mode, loader in loaders.items():
+        torch.manual_seed(0)
+        model = create_model(TRAIN_MODEL, loader.num_classes, loader.image_shape[2]).to(dev)
+        if dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        state: dict[str, Any] = {"epoch": 0}
+
+        def batches(loader=loader, state=state):
+            while True:
+                loader.set_epoch(state["epoch"])
+                yield from loader
+                state["epoch"] += 1
+
+        def step(model=model, opt=opt, state=state) -> None:
+            x, s, y = next(state["batches"])
+            x = (x + (8 / 255) * s.sign()).clamp_(0, 1)  # use the map, as SAT does
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def open_pass(_call: int, batches=batches, step=step, state=state) -> None:
+            state["batches"] = batches()
+            for _ in range(WARMUP_STEPS):
+                step()
+
+        def timed(_call: int, step=step, state=state) -> int:
+            for _ in range(steps):
+                step()
+            state["batches"].close()
+            return steps
+
+        sides[mode], prepare[mode] = timed, open_pass
+    t = alternate(sides, device=dev, rounds=rounds, prepare=prepare)
     rates = {mode: steps / t.min(mode) for mode in loaders}
     return {
         "resident_steps_per_s": rates["resident"],
@@ -136,55 +169,6 @@ result["rss_before_mb"] = vm_hwm_mb()
 result["rows"] = sum(len(y) for _, _, y in loader)
 result["max_shards_held"] = loader.stats.max_shards_held
 """
-
-
-def streaming_peak_rss(data: str, sal: str, batch_size: int) -> dict[str, Any]:
-    """Peak RSS (MiB, /proc VmHWM; Linux) of a fresh process streaming one epoch of `data`."""
-    args = {"data": data, "saliency": sal, "batch_size": batch_size}
-    return peak_rss(_RSS_RUN, args, f"streaming one epoch of {data}")
-
-
-def _header(config: LoaderBenchConfig, dev: torch.device) -> dict[str, Any]:
-    settings = {
-        "rows": config.rows, "rows_per_shard": config.rows_per_shard,
-        "batch_size": config.batch_size, "epochs": config.epochs, "augment": True,
-        "train_model": TRAIN_MODEL, "train_batch_size": config.train_batch_size,
-        "train_steps": config.train_steps, "rounds": config.rounds,
-    }  # fmt: skip
-    return {
-        "benchmark": "loader", "created": now_iso(), "device": device_name(dev),
-        "device_type": dev.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "settings": settings, "throughput": {}, "train_step": {}, "streaming_rss": {},
-    }  # fmt: skip
-
-
-def run(config: LoaderBenchConfig) -> dict[str, Any]:
-    """Throughput at each size, the step rate at the first size, peak RSS at two sizes."""
-    dev = resolve_device(config.device)
-    result = _header(config, dev)
-    shard, first = config.rows_per_shard, config.sizes[0]
-    tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-", dir=config.workdir)
-    with tmp as root, progress("bench loader", 2 * len(config.sizes) + 3) as advance:
-        for size in config.sizes:
-            data, sal = random_pair(root, f"bench{size}_{config.rows}", config.rows, size,
-                                    rows_per_shard=shard)  # fmt: skip
-            advance()
-            loaders = _loaders(data, sal, dev, config.batch_size)
-            result["throughput"][f"{size}x{size}"] = throughput(loaders, dev, config.epochs)
-            advance()
-            if size == first:
-                loaders = _loaders(data, sal, dev, config.train_batch_size, drop_last=True)
-                steps = step_rates(loaders, dev, config.train_steps, config.rounds)
-                result["train_step"] = {"image_size": size, **steps}
-                advance()
-            del loaders
-        for n in config.rss_rows:
-            data, sal = random_pair(root, f"bench{first}_{n}", n, first, rows_per_shard=shard)
-            result["streaming_rss"][str(n)] = streaming_peak_rss(data, sal, config.batch_size)
-            advance()
-    small, large = (result["streaming_rss"][str(n)]["peak_rss_mb"] for n in config.rss_rows)
-    result["streaming_rss"]["large_over_small"] = large / small
-    return result
 
 
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -223,3 +207,20 @@ def format_report(report: dict[str, Any]) -> str:
         f"{b['peak_rss_mb']:.0f} MiB at {large} rows"
     )
     return "\n".join(lines)
+
+
+BENCHMARKS.register("loader", Part(
+    bench_loader, headline, format_report,
+    "resident vs streaming loader: pairs/s, resnet10 step rate, streaming peak RSS",
+    options={
+        "device": DEVICE_HELP,
+        "sizes": "Comma-separated image sides.",
+        "rows": "Rows of each throughput dataset.",
+        "rows_per_shard": "Store shard rows.",
+        "batch_size": "Batch of the throughput runs.",
+        "epochs": "Timed epochs per mode (after a warm-up), alternated.",
+        "train_steps": "Timed resnet10 steps per mode and round.",
+        "rss_rows": "Two dataset sizes for the streaming peak-RSS runs.",
+    },
+    quick={"rows": 1024, "rows_per_shard": 256, "train_steps": 5, "rss_rows": (1024, 4096)},
+))  # fmt: skip

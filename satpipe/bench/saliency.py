@@ -1,11 +1,7 @@
-"""`satpipe bench saliency`: throughput of each method against plain forward+backward, and peak
-memory of the runner at two dataset sizes. Every figure is a ratio or a count within one run.
-
-efficiency = img/s(method) x passes_per_image / img/s(forward+backward), both measured here on
-the same model, batch size, device and autocast (bf16 where the method runs under it, else
-fp32), in alternation (so both see the same machine load): 1.0
-means a method costs exactly its passes, nothing more. Grad-CAM++ exceeds 1: its backward
-stops at the CAM layer.
+"""`satpipe bench saliency`: each method against plain forward+backward, and the runner's peak
+memory at two dataset sizes. efficiency = img/s x passes_per_image / forward+backward img/s,
+both on the same model, batch, device and autocast, timed in alternation: 1.0 means a method
+costs exactly its passes (Grad-CAM++ beats 1: its backward stops at the CAM layer).
 """
 
 from __future__ import annotations
@@ -18,19 +14,17 @@ from typing import Any
 
 import torch
 
-from satpipe.bench import device_name, headline_row
-from satpipe.bench.config import SaliencyBenchConfig
+from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row, method_params
 from satpipe.bench.stores import random_dataset, untrained_checkpoint
-from satpipe.bench.timing import Timings, alternate, forward_backward, peak_rss
+from satpipe.bench.timing import alternate, forward_backward, peak_rss
 from satpipe.core.defaults import batch_size as default_batch_size
-from satpipe.core.device import resolve_device
+from satpipe.core.device import DEVICE_HELP, resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
 from satpipe.core.version import __version__
 from satpipe.pipeline.methods import get_method, model_methods
+from satpipe.train.config import MODEL_HELP, check_model_options
 from satpipe.train.models import create_model
-
-Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 # What bounds each method's efficiency (img/s x passes / forward+backward img/s), as profiled.
 EFFICIENCY_LIMITS = {
@@ -43,78 +37,37 @@ EFFICIENCY_LIMITS = {
 }
 
 
-def batch_size_for(config: SaliencyBenchConfig, device: torch.device) -> int:
-    """Images per method call: as configured, else the saliency runner's default for the
-    device (`satpipe.core.defaults.batch_size`: 64 on a CPU, GPU-sized on CUDA)."""
-    if config.batch_size is not None:
-        return config.batch_size
-    return default_batch_size(device, config.size, config.size)
-
-
-def run(config: SaliencyBenchConfig) -> dict[str, Any]:
-    """Both benchmarks (methods, then peak RSS unless `rss_sizes` is empty) as one report."""
-    dev = resolve_device(config.device)
-    batch_size = batch_size_for(config, dev)
+def bench_saliency(
+    *, methods: tuple[str, ...] | None = None, model: str = "smallcnn", size: int = 32,
+    batch_size: int | None = None, n_images: int = 256, device: str = "auto",
+    params: dict[str, Any] | None = None, rss_sizes: tuple[int, ...] = (1024, 8192),
+    amp: bool = True, repeats: int = 3, floor_seconds: float = 4.0, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Each method's img/s and efficiency on random (B, 3, size, size) images in [0, 1] and an
+    untrained `model` (speed does not depend on the weights), then the runner's peak RSS at
+    `rss_sizes` rows (empty: skipped). methods: None times every method that uses a model.
+    params: {method: {key: value}} or "method.key=value" pairs. batch_size: None is the runner's
+    default for the device. Each method is timed `repeats` rounds at least, and rounds are added
+    until `floor_seconds` have passed (or 50 rounds)."""
+    check_model_options(model, None, None)
+    at_least(1, n_images=n_images, batch_size=batch_size)
+    dev = resolve_device(device)
+    batch_size = batch_size or default_batch_size(dev, size, size)
     report: dict[str, Any] = {
-        "benchmark": "saliency",
-        "satpipe_version": __version__,
-        "torch": torch.__version__,
-        "device": device_name(dev),
-        "torch_threads": torch.get_num_threads(),
-        "model": config.model,
-        "image_size": config.size,
-        "batch_size": batch_size,
-        "n_images": config.n_images,
-    }
-    report.update(bench_methods(config))
-    if config.rss_sizes:
+        "benchmark": "saliency", "satpipe_version": __version__, "torch": torch.__version__,
+        "device": device_name(dev), "torch_threads": torch.get_num_threads(), "model": model,
+        "image_size": size, "batch_size": batch_size, "n_images": n_images,
+    }  # fmt: skip
+    report.update(_time_methods(
+        methods=methods or tuple(model_methods()), model=model, size=size,
+        batch_size=batch_size, n_images=n_images, device=dev, params=method_params(params),
+        amp=amp, repeats=repeats, floor_seconds=floor_seconds, seed=seed,
+    ))  # fmt: skip
+    if rss_sizes:
         report["peak_rss"] = bench_peak_rss(
-            config.rss_sizes, model=config.model, image_size=config.size,
-            batch_size=batch_size, device=str(dev),
-        )  # fmt: skip
+            rss_sizes, model=model, image_size=size, batch_size=batch_size, device=str(dev)
+        )
     return report
-
-
-def _random_batches(config: SaliencyBenchConfig, dev: torch.device, num_classes: int) -> Batches:
-    """Whole batches of random (B, 3, size, size) images in [0, 1] and labels, at least two
-    (the first is also the warm-up)."""
-    batch_size = batch_size_for(config, dev)
-    gen = torch.Generator().manual_seed(config.seed)
-    batches = []
-    for _ in range(max(2, -(-config.n_images // batch_size))):
-        x = torch.rand((batch_size, 3, config.size, config.size), generator=gen).to(dev)
-        if dev.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(dev)
-        batches.append((x, y))
-    return batches
-
-
-def paired_timings(
-    fn: Callable, floor: Callable, batches: Batches, device: torch.device, repeats: int,
-    passes: int = 1, floor_seconds: float = 0.0,
-) -> Timings:  # fmt: skip
-    """Timings of `fn(x, y)` ("method") and `floor(x, y)` ("floor") over all `batches`, timed
-    in alternation. The floor runs `passes` times per batch, the work `fn` declares, so both
-    sides are timed over about the same span: a min over a short span catches a quiet moment
-    that a long one cannot."""
-    # One warm-up batch each, not a whole call: that would be a full round of IG-50.
-    for f in (fn, floor):
-        f(*batches[0])
-
-    def floor_side(_i: int) -> None:
-        for x, y in batches:
-            for _ in range(passes):
-                floor(x, y)
-
-    def method_side(_i: int) -> None:
-        for x, y in batches:
-            fn(x, y)
-
-    return alternate(
-        {"floor": floor_side, "method": method_side}, device=device, rounds=repeats,
-        floor_seconds=floor_seconds,
-    )  # fmt: skip
 
 
 def method_floor(
@@ -131,54 +84,65 @@ def method_floor(
     return floor_pass
 
 
-def bench_methods(config: SaliencyBenchConfig, num_classes: int = 10) -> dict[str, Any]:
-    """{"forward_backward_img_s": r, "methods": {name: {img_s, passes_per_image, efficiency}}}
-    on random images and an untrained `config.model` (speed does not depend on the weights)."""
-    dev = resolve_device(config.device)
-    methods = config.methods or tuple(model_methods())
-    torch.manual_seed(config.seed)
-    net = create_model(config.model, num_classes).to(dev).eval()
+def _time_methods(
+    *, methods: Sequence[str], model: str, size: int, batch_size: int, n_images: int,
+    device: Any, params: dict[str, dict[str, Any]], amp: bool, repeats: int,
+    floor_seconds: float, seed: int, num_classes: int = 10,
+) -> dict[str, Any]:  # fmt: skip
+    """{"forward_backward_img_s": r, "methods": {name: {img_s, passes_per_image, efficiency,
+    ...}}}: each method and its floor timed in alternation over the same random batches."""
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    net = create_model(model, num_classes).to(dev).eval()
+    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     if dev.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    batches = _random_batches(config, dev, num_classes)
-    n = sum(len(y) for _, y in batches)
-
+        net = net.to(memory_format=fmt)
+    gen = torch.Generator().manual_seed(seed)
+    batches = [  # at least two: the first is also the warm-up
+        (torch.rand((batch_size, 3, size, size), generator=gen).to(dev, memory_format=fmt),
+         torch.randint(0, num_classes, (batch_size,), generator=gen).to(dev))
+        for _ in range(max(2, -(-n_images // batch_size)))
+    ]  # fmt: skip
+    n, use_amp = batch_size * len(batches), amp and dev.type == "cuda"
     out: dict[str, Any] = {}
-    floors: list[float] = []
-    use_amp = config.amp and dev.type == "cuda"
     with progress("bench saliency", len(methods)) as advance:
         for name in methods:
-            method = get_method(name, **config.params.get(name, {}))
-            method = method.resolve(net, (3, config.size, config.size))
+            method = get_method(name, **params.get(name, {})).resolve(net, (3, size, size))
             # Device-dependent sizes (SmoothGrad's copies per pass, IG's pass), recorded.
-            method = method.for_device(
-                dev, batch_size_for(config, dev), (3, config.size, config.size)
-            )
+            method = method.for_device(dev, batch_size, (3, size, size))
             if not method.needs_model:
                 raise SatpipeError(f"bench: method '{name}' uses no model; nothing to time")
-            gen_dev = torch.Generator(device=dev).manual_seed(config.seed)
+            gen_dev = torch.Generator(device=dev).manual_seed(seed)
+            floor, passes = method_floor(net, method, use_amp), method.passes_per_image
 
             def call(x, y, method=method, gen_dev=gen_dev):
                 return method(net, x, y, generator=gen_dev, amp=use_amp)
 
-            floor_pass = method_floor(net, method, use_amp)
+            for f in (call, floor):
+                f(*batches[0])  # one warm-up batch each, not a whole round of IG-50
 
-            passes = method.passes_per_image
-            t = paired_timings(
-                call, floor_pass, batches, dev, config.repeats, passes, config.floor_seconds
-            )
+            # The floor runs the method's pass count per batch, so both sides are timed over
+            # about the same span: a min over a short span catches a quiet moment a long can't.
+            def floor_side(_i: int, floor=floor, passes=passes) -> None:
+                for x, y in batches:
+                    for _ in range(passes):
+                        floor(x, y)
+
+            def method_side(_i: int, call=call) -> None:
+                for x, y in batches:
+                    call(x, y)
+
+            t = alternate({"floor": floor_side, "method": method_side}, device=dev,
+                          rounds=repeats, floor_seconds=floor_seconds)  # fmt: skip
             rate, fb = n / t.min("method"), n * passes / t.min("floor")
-            floors.append(fb)
             out[name] = {
-                "params": method.params,
-                "img_s": round(rate, 2),
-                "forward_backward_img_s": round(fb, 2),
-                "passes_per_image": passes,
+                "params": method.params, "img_s": round(rate, 2),
+                "forward_backward_img_s": round(fb, 2), "passes_per_image": passes,
                 "efficiency": round(rate * passes / fb, 3),
-                "amp": bool(use_amp and method.amp_safe),
-                "timing": t.summary(),
-            }
+                "amp": bool(use_amp and method.amp_safe), "timing": t.summary(),
+            }  # fmt: skip
             advance(1)
+    floors = [m["forward_backward_img_s"] for m in out.values()]
     return {"forward_backward_img_s": round(max(floors, default=0.0), 2), "methods": out}
 
 
@@ -193,10 +157,8 @@ def bench_peak_rss(
     sizes: Sequence[int], *, model: str, image_size: int, batch_size: int, device: str,
     method: str = "gradient", rows_per_shard: int = 512, workdir: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Peak RSS (MiB) of a fresh `compute_saliency` process per dataset size.
-
-    The runner streams one shard at a time, so the peak should not grow with the dataset
-    (`growth` = peak at the largest / peak at the smallest size, ~1.0)."""
+    """Peak RSS (MiB) of a fresh `compute_saliency` process per dataset size. The runner
+    streams one shard at a time, so `growth` (peak at the largest / at the smallest) is ~1."""
     results = {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         ckpt = untrained_checkpoint(tmp, model)
@@ -214,12 +176,8 @@ def bench_peak_rss(
                 "dataset_mb": round(n * image_size * image_size * 3 / 2**20, 1),
             }
     first, last = results[str(sizes[0])], results[str(sizes[-1])]
-    return {
-        "method": method,
-        "rows_per_shard": rows_per_shard,
-        "sizes": results,
-        "growth": round(last["peak_rss_mb"] / first["peak_rss_mb"], 3),
-    }
+    growth = round(last["peak_rss_mb"] / first["peak_rss_mb"], 3)
+    return {"method": method, "rows_per_shard": rows_per_shard, "sizes": results, "growth": growth}
 
 
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -251,3 +209,24 @@ def format_report(report: dict[str, Any]) -> str:
         sizes = [int(n) for n in rss["sizes"]]
         lines.append(f"peak RSS growth {rss['growth']:.3f} over sizes {sizes}")
     return "\n".join(lines)
+
+
+PARAM_HELP = ("--param", "-p", "method.key=value (repeatable), e.g. smoothgrad.samples=50.")
+BENCHMARKS.register("saliency", Part(
+    bench_saliency, headline, format_report,
+    "img/s per saliency method vs forward+backward, and the runner's peak RSS at two sizes",
+    options={
+        "methods": "Comma-separated methods to time (default: all of these, the ones using a "
+                   "model).",
+        "model": f"Architecture (untrained weights). {MODEL_HELP}",
+        "size": "Image side in pixels.",
+        "batch_size": "Images per method call (default: 64 on CPU, 1024 on CUDA).",
+        "n_images": "Images timed per method.",
+        "device": DEVICE_HELP,
+        "params": PARAM_HELP,
+        "rss_sizes": "Dataset sizes for the peak-RSS runs; '' skips them.",
+        "amp": "bf16 autocast on CUDA where safe.",
+    },
+    choices={"methods": "satpipe.pipeline.methods:model_methods"},
+    quick={"n_images": 64, "rss_sizes": (256, 1024)},
+))  # fmt: skip

@@ -1,16 +1,6 @@
-"""The one way the benchmarks time things, and the one peak-RSS probe.
-
-`alternate` times two or more sides in rounds: round r calls every side once, in order, so all
-sides see the same machine load (on a shared machine the load drifts between measurements taken
-minutes apart, and a ratio of two such figures measures the drift). Each side must do the same
-amount of work on every call; the caller says what that work is when it turns the seconds into
-a rate. Every call ends with a device synchronisation, so queued CUDA kernels are timed where
-they ran. Min (the quiet moment, what the ratios use) and median (what a typical call costs)
-are kept per side with the raw times. `mirror=True` reverses the order on odd rounds (ABBA
-pairs); `clock=time.process_time` reads CPU time instead of wall time (on a CPU).
-
-`peak_rss` runs a snippet in a fresh Python process and reads its VmHWM: the peak RSS of that
-process image alone.
+"""The one way the benchmarks time things (`alternate`: sides called in turn, so a ratio of
+two sides compares calls made under the same machine load), and the one peak-RSS probe
+(`peak_rss`: a snippet run in a fresh process, its VmHWM read).
 """
 
 from __future__ import annotations
@@ -96,18 +86,14 @@ class Timings:
 
 
 def alternate(
-    sides: Mapping[str, Callable[[int], Any]],
-    *,
-    device: torch.device | str | None = None,
-    rounds: int = 1,
-    warmup: int = 0,
-    floor_seconds: float = 0.0,
-    max_rounds: int = 50,
-    prepare: Mapping[str, Callable[[int], Any]] | None = None,
-    mirror: bool = False,
+    sides: Mapping[str, Callable[[int], Any]], *, device: torch.device | str | None = None,
+    rounds: int = 1, warmup: int = 0, floor_seconds: float = 0.0, max_rounds: int = 50,
+    prepare: Mapping[str, Callable[[int], Any]] | None = None, mirror: bool = False,
     clock: Callable[[], float] | None = None,
-) -> Timings:
-    """Time `sides` (name -> fn(call_index)) in alternation and return their Timings.
+) -> Timings:  # fmt: skip
+    """Time `sides` (name -> fn(call_index)) in alternation and return their Timings: round r
+    calls every side once, in order, each call ending with a device synchronisation (queued
+    CUDA kernels are timed where they ran). Each side must do the same work on every call.
 
     warmup: untimed calls of each side first (indices 0 .. warmup-1; timed calls go on from
     there, so a side can use the index as its epoch). rounds: at least this many timed rounds;
@@ -146,10 +132,11 @@ def alternate(
     return out
 
 
-def time_once(fn: Callable[[], Any], device: torch.device | str | None = None) -> float:
-    """Seconds of one call of `fn` (device synchronised): a side timed alone, e.g. a run that
-    is tens of times slower than what it is compared with, so drift barely moves its ratio."""
-    return alternate({"run": lambda _i: fn()}, device=device).min("run")
+def time_once(fn: Callable[[], Any], device: torch.device | str | None = None,
+              rounds: int = 1) -> float:  # fmt: skip
+    """Best seconds of `rounds` calls of `fn` (device synchronised): a side timed alone, e.g. a
+    run tens of times slower than what it is compared with, so drift barely moves its ratio."""
+    return alternate({"run": lambda _i: fn()}, device=device, rounds=rounds).min("run")
 
 
 # Runs before the probed snippet: `args` (the JSON argument) and `vm_hwm_mb()`.

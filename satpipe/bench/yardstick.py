@@ -1,11 +1,7 @@
-"""The machine yardstick that time budgets are written against.
-
-The project's budgets (e.g. `make demo` within 15 minutes) are stated for a 2-core machine whose
-CPU runs `smallcnn`'s input-gradient forward+backward on 32x32 images in batches of 64 at about
-500 img/s; machines differ, and the same machine drifts (this one read 730 to 1,650 img/s
-within one day). `yardstick_rate` measures that figure where a job runs, in about a second,
-so a report can state its wall time next to the speed of the machine it ran on and scale it to
-the reference machine (`scaled_minutes`).
+"""The machine yardstick that time budgets are written against: the img/s of `smallcnn`'s
+input-gradient forward+backward on 32x32 images in batches of 64 (about 500 on the 2-core machine
+the budgets are stated for; the same machine drifts), measured where a job runs in about a second,
+so a report can scale its wall time to the reference machine (`scaled_minutes`).
 """
 
 from __future__ import annotations

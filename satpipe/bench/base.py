@@ -1,0 +1,78 @@
+"""What every part of `satpipe bench` shares: the registry of parts, the headline row, the
+device's name and the checks of a part's sizes."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from satpipe.core.errors import SatpipeError
+from satpipe.core.options import parse_pairs
+from satpipe.core.registry import Registry
+
+Report = dict[str, Any]
+
+
+@dataclass
+class Part:
+    """One part of `satpipe bench`, registered in BENCHMARKS under its name.
+
+    run(**sizes) -> report: a plain function whose keyword arguments are the part's sizes
+    (defaults: the full size) and whose report is a JSON-ready dict. headline(report) -> rows
+    (`headline_row`s, each with its target); format_report(report) -> the text that
+    `satpipe bench NAME` prints.
+    options: {argument: help} of the arguments that are command-line options (a tuple
+    ("--flag", ["-f",] help) names the flag); the others are set by code only. choices:
+    {argument: "module:attribute"} of a closed set, shown in --help. quick: argument overrides
+    for `--quick` (every code path in about a minute on a CPU, rough figures); cpu: overrides
+    for a full-size `bench all` on a CPU; in_all: whether `bench all` runs it by default.
+    """
+
+    run: Callable[..., Report]
+    headline: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
+    format_report: Callable[[Mapping[str, Any]], str]
+    summary: str  # the line `satpipe list benchmarks` shows
+    options: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
+    choices: Mapping[str, str] = field(default_factory=dict)
+    quick: Mapping[str, Any] = field(default_factory=dict)
+    cpu: Mapping[str, Any] = field(default_factory=dict)
+    in_all: bool = True
+
+
+BENCHMARKS: Registry[Part] = Registry("benchmark")
+
+
+def headline_row(figure: str, value: float, target: str, passed: bool | None, limit: str) -> dict:
+    """One headline figure: its value, target, whether it holds and what bounds it."""
+    return {"figure": figure, "value": round(float(value), 3), "target": target,
+            "passed": passed, "limited_by": limit}  # fmt: skip
+
+
+def device_name(device: Any) -> str:
+    """The device a report was measured on: the GPU's name, or the CPU and its torch threads."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def at_least(low: int, **values: int | None) -> None:
+    """One line naming the first flag (`n_images` -> --n-images) whose value is below `low`."""
+    for name, value in values.items():
+        if value is not None and value < low:
+            raise SatpipeError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
+def method_params(params: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """{method: {key: value}} from the command line's "method.key=value" pairs (kept as strings:
+    the method converts them to its parameters' types) and/or nested mappings."""
+    params = params or {}
+    flat = {k: v for k, v in params.items() if not isinstance(v, Mapping)}
+    nested = parse_pairs([f"{k}={v}" for k, v in flat.items()], "--param", str, key_sep=".")
+    for method, values in params.items():
+        if isinstance(values, Mapping):
+            nested.setdefault(method, {}).update(values)
+    return nested
