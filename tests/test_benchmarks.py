@@ -185,7 +185,7 @@ def test_a_part_command_takes_its_quick_sizes_under_the_flags_given(monkeypatch)
 
     seen = {}
     monkeypatch.setattr(bench, "run_benchmark", lambda name, out, **s: seen.update(s) or {})
-    monkeypatch.setattr(BENCHMARKS.get("eval"), "format_report", lambda report: "figures")
+    monkeypatch.setattr(BENCHMARKS.get("eval"), "headline", lambda report: [])
     result = CliRunner().invoke(
         app, ["bench", "eval", "--quick", "--device", "cpu", "--n-images", "4", "--out", "x"]
     )
@@ -226,7 +226,7 @@ WIDE = {"COLUMNS": "240", "TERMINAL_WIDTH": "240"}  # --help on one line per opt
 def test_every_part_is_a_command_with_its_arguments_as_options():
     runner = CliRunner()
     for name, part in BENCHMARKS.items():
-        assert all(callable(f) for f in (part.run, part.headline, part.format_report))
+        assert all(callable(f) for f in (part.run, part.headline))
         result = runner.invoke(app, ["bench", name, "--help"], env=WIDE)
         assert result.exit_code == 0 and "--out" in result.output and "--quick" in result.output
         for arg, text in part.options.items():
@@ -249,7 +249,9 @@ def test_the_moved_parts_report_headline_rows_and_text():
                                   "wrapped_img_s": 90.0, "bare_img_s": 100.0,
                                   "efficiency_wrapped": 0.9}}}  # fmt: skip
     assert [r["passed"] for r in models.headline(m)] == [False]
-    assert models.format_report(m).splitlines()[-1] == "worst ratio 0.900 (target >= 0.95)"
+    assert printed(models.headline(m)) == [
+        ("img/s, wrapped / bare torchvision:resnet18, gradient", "0.900", ">= 0.95", "MISSED")
+    ]
     attack = {"images_per_s": 10.0, "robust_accuracy": 0.5, "share_in_passes": 0.95,
               "image_forwards": {"with_grad": 40, "no_grad": 8}}  # fmt: skip
     e = {"pgd": attack, "autoattack": {**attack, "share_in_passes": 0.5},
@@ -257,7 +259,8 @@ def test_the_moved_parts_report_headline_rows_and_text():
     rows = eval_part.headline(e)
     assert [r["passed"] for r in rows] == [True, None, None, True]
     assert len(eval_part.headline({**e, "host_syncs_per_pgd_step": None})) == 3
-    assert "AutoAttack / PGD-5 time 30.0x" in eval_part.format_report(e)
+    assert printed(rows)[2] == ("eval time, AutoAttack / PGD-5", "30.000", "- (informative)", "-")
+    assert printed(rows)[3][1:] == ("0.000", "0", "ok")
     i = {"hash_ratio": 0.01, "meets_target": True, "first_epoch_ratio": 1.01,
          "resident_load_ratio": 1.5, "hash_seconds": 0.05, "hash_gb_per_s": 1.0,
          "epoch_seconds": 5.0, "target": 0.02,
@@ -270,30 +273,51 @@ def test_the_moved_parts_report_headline_rows_and_text():
          "metadata": {"refuse_claim_s": 6e-4, "check_honest_s": 7e-4,
                       "store_info_refuse_s": 6e-4, "claimed_rows": 1e9}}  # fmt: skip
     assert [r["passed"] for r in integrity.headline(i)] == [True, None, None, None, True]
-    assert integrity.format_report(i).splitlines()[0].endswith("= 0.0100 (target <= 0.02)")
+    lines = printed(integrity.headline(i))
+    assert lines[0] == ("data check, sha256 of every shard / one epoch", "0.010", "<= 0.02", "ok")
+    assert [line[1] for line in lines] == ["0.010", "1.010", "1.500", "2.000", "0.600"]
 
 
-def test_format_report_prints_each_parts_figures():
+def printed(rows: list[dict]) -> list[tuple[str, ...]]:
+    """(figure, value, target, holds) of each line `headline_text` prints for `rows`, in order:
+    what a part's command shows."""
+    from satpipe.bench.base import headline_text
+
+    lines = headline_text(rows).splitlines()
+    assert len(lines) == len(rows)
+    out = []
+    for row, line in zip(rows, lines, strict=True):
+        assert line.startswith(row["figure"])
+        value, rest = line[len(row["figure"]) :].split(maxsplit=1)
+        assert rest.startswith(row["target"])
+        out.append((row["figure"], value, row["target"], rest[len(row["target"]) :].strip()))
+    return out
+
+
+def test_a_parts_text_prints_each_headline_figure():
     from satpipe.bench import dask, loader, saliency
 
     sal = {"methods": {"gradient": {"img_s": 1234.5, "efficiency": 0.98}},
            "peak_rss": {"growth": 1.02, "sizes": {"256": {}, "1024": {}}}}  # fmt: skip
-    assert saliency.format_report(sal).splitlines() == [
-        "gradient               1234.5 img/s  efficiency 0.98",
-        "peak RSS growth 1.020 over sizes [256, 1024]",
+    assert printed(saliency.headline(sal)) == [
+        ("saliency efficiency, gradient", "0.980", ">= 0.9", "ok"),
+        ("saliency runner peak RSS, large / small dataset", "1.020", "<= 1.1 (flat)", "ok"),
     ]
-    d = {"workers": {"1": {"img_s": 30.0}, "2": {"img_s": 57.0}}, "ratio": 1.9, "target": ">= 1.8"}
-    assert dask.format_report(d).splitlines()[-1] == "ratio 2/1 1.90 (target >= 1.8)"
+    d = {"workers": {"1": {"img_s": 30.0}, "2": {"img_s": 57.0}}, "ratio": 1.9, "passed": True}
+    assert printed(dask.headline(d)) == [
+        ("saliency img/s, dask 2 workers / 1 worker (CPU)", "1.900", ">= 1.8", "ok")
+    ]
     ld = {
         "throughput": {"32x32": {"resident_pairs_per_s": 4e4, "streaming_pairs_per_s": 3e4,
                                  "streaming_over_resident": 0.75}},
-        "train_step": {"streaming_over_resident": 1.01, "target": 0.95},
+        "train_step": {"streaming_over_resident": 0.9, "target": 0.95},
         "streaming_rss": {"1024": {"peak_rss_mb": 600.2}, "4096": {"peak_rss_mb": 610.7},
                           "large_over_small": 1.02},
     }  # fmt: skip
-    assert loader.format_report(ld).splitlines()[-1] == (
-        "streaming peak RSS 600 MiB at 1024 rows, 611 MiB at 4096 rows"
-    )
+    assert printed(loader.headline(ld)) == [
+        ("resnet10 step rate, streaming / resident", "0.900", ">= 0.95", "MISSED"),
+        ("streaming peak RSS, large / small dataset", "1.020", "<= 1.1 (flat)", "ok"),
+    ]
 
 
 def test_yardstick_is_batch_over_the_median_and_fastest_call_and_scales(monkeypatch):
@@ -320,7 +344,7 @@ def test_a_part_command_parses_its_lists_pairs_and_switches(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(bench, "run_benchmark", lambda name, out, **s: seen.update(s) or {})
-    monkeypatch.setattr(BENCHMARKS.get("saliency"), "format_report", lambda report: "figures")
+    monkeypatch.setattr(BENCHMARKS.get("saliency"), "headline", lambda report: [])
     args = ["--methods", "gradient", "--methods", "ig,gbp", "-p", "ig.steps=4", "--rss-sizes", "",
             "--no-amp", "--out", "x"]  # fmt: skip
     result = CliRunner().invoke(app, ["bench", "saliency", *args])

@@ -26,7 +26,7 @@ from satpipe.bench import saliency, dask, loader, train  # noqa: F401
 from satpipe.bench import models, eval, integrity, dataset  # noqa: F401
 
 # isort: on
-from satpipe.bench.base import BENCHMARKS, Part, device_name, headline_row
+from satpipe.bench.base import BENCHMARKS, Part, device_name, headline_row, headline_text
 from satpipe.core.device import DEVICE_HELP, resolve_device
 from satpipe.core.options import check_choice
 from satpipe.core.version import __version__
@@ -69,10 +69,10 @@ def run_benchmark(name: str, out: str | Path | None = None, **sizes: Any) -> dic
 
 def bench_command(name: str, out: str | Path, quick: bool = False, **sizes: Any) -> str:
     """What `satpipe bench NAME` does: run (`quick`: the part's quick sizes under the given
-    ones), write `out`, return the text summary and path."""
+    ones), write `out`, return its headline rows as text (`headline_text`) and the path."""
     part = BENCHMARKS.get(name)
     report = run_benchmark(name, out, **({**part.quick, **sizes} if quick else sizes))
-    return f"{part.format_report(report)}\n{out}"
+    return f"{headline_text(part.headline(report))}\n{out}"
 
 
 def bench_all(
@@ -130,7 +130,4 @@ def bench_all_command(**settings: Any) -> str:
     """What `satpipe bench all` does: run, write the JSON and .md, return one line per headline
     figure (value, target, whether it holds) and the two paths."""
     report, out = bench_all(**settings), Path(settings.get("out", "bench.json"))
-    holds = {True: "ok", False: "MISSED", None: "-"}
-    lines = [f"{r['figure']:58s} {r['value']:8.3f}  {r['target']:14s} {holds[r['passed']]}"
-             for r in report["headline"]]  # fmt: skip
-    return "\n".join([*lines, f"{out} and {out.with_suffix('.md')}"])
+    return f"{headline_text(report['headline'])}\n{out} and {out.with_suffix('.md')}"

@@ -21,8 +21,8 @@ class Part:
 
     run(**sizes) -> report: a plain function whose keyword arguments are the part's sizes
     (defaults: the full size) and whose report is a JSON-ready dict. headline(report) -> rows
-    (`headline_row`s, each with its target); format_report(report) -> the text that
-    `satpipe bench NAME` prints.
+    (`headline_row`s, each with its target): what `satpipe bench NAME` prints (`headline_text`),
+    `bench all`'s table and the figures with targets.
     options: {argument: help} of the arguments that are command-line options (a tuple
     ("--flag", ["-f",] help) names the flag); the others are set by code only. choices:
     {argument: "module:attribute"} of a closed set, shown in --help. quick: argument overrides
@@ -32,7 +32,6 @@ class Part:
 
     run: Callable[..., Report]
     headline: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
-    format_report: Callable[[Mapping[str, Any]], str]
     summary: str  # the line `satpipe list benchmarks` shows
     options: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
     choices: Mapping[str, str] = field(default_factory=dict)
@@ -48,6 +47,14 @@ def headline_row(figure: str, value: float, target: str, passed: bool | None, li
     """One headline figure: its value, target, whether it holds and what bounds it."""
     return {"figure": figure, "value": round(float(value), 3), "target": target,
             "passed": passed, "limited_by": limit}  # fmt: skip
+
+
+def headline_text(rows: list[dict[str, Any]]) -> str:
+    """One line per headline row: figure, value, target and whether it holds (ok / MISSED / -,
+    no target): the text of `satpipe bench NAME` and of `bench all`."""
+    holds = {True: "ok", False: "MISSED", None: "-"}
+    return "\n".join(f"{r['figure']:58s} {r['value']:8.3f}  {r['target']:14s} {holds[r['passed']]}"
+                     for r in rows)  # fmt: skip
 
 
 def device_name(device: Any) -> str:

@@ -84,15 +84,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     )]  # fmt: skip
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """img/s per cluster size, then the ratio and its target."""
-    lines = [f"{n} worker(s): {row['img_s']:.1f} img/s" for n, row in report["workers"].items()]
-    lines.append(f"ratio 2/1 {report['ratio']:.2f} (target {report['target']})")
-    return "\n".join(lines)
-
-
 BENCHMARKS.register("dask", Part(
-    bench_dask, headline, format_report,
+    bench_dask, headline,
     "saliency img/s on a CPU dask cluster of 2 workers vs 1",
     options={
         "method": "Saliency method to run.",

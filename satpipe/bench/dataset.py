@@ -106,15 +106,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """img/s per side, then the ratios."""
-    lines = [f"{k:20s} {v:10.0f} img/s" for k, v in report["img_per_s"].items()]
-    lines += [f"{k:40s} {v:.3f}" for k, v in report["ratios"].items()]
-    return "\n".join(lines)
-
-
 BENCHMARKS.register("dataset", Part(
-    bench_dataset, headline, format_report,
+    bench_dataset, headline,
     "img/s of DataLoader(SaliencyDataset, 2 workers) vs the PairLoader vs a TensorDataset",
     options={
         "rows": "Rows of the random store.",

@@ -187,25 +187,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """images/s, model passes and floor share per attack, then the time ratio and syncs."""
-    lines = []
-    for name in ("pgd", "autoattack"):
-        r, f = report[name], report[name]["image_forwards"]
-        lines.append(
-            f"{name:10s} {r['images_per_s']:9.1f} img/s  robust {r['robust_accuracy']:.3f}  "
-            f"image-forwards {f['with_grad']} with grad, {f['no_grad']} without  "
-            f"share in passes {r['share_in_passes']:.2f}"
-        )
-    lines.append(f"AutoAttack / PGD-5 time {report['autoattack_over_pgd_time']:.1f}x")
-    syncs = report.get("host_syncs_per_pgd_step")
-    if syncs is not None:
-        lines.append(f"host syncs per PGD step {syncs:g}")
-    return "\n".join(lines)
-
-
 BENCHMARKS.register("eval", Part(
-    bench_eval, headline, format_report,
+    bench_eval, headline,
     "PGD-5 vs AutoAttack img/s, time share in model passes, syncs/step (`all`: only by name)",
     options={
         "model": f"Architecture (untrained weights). {MODEL_HELP}",

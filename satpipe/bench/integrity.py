@@ -236,38 +236,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """The hash cost against an epoch, then the two checked / unchecked ratios, then the
-    checkpoint digest and metadata checks."""
-    ckpt, meta = report["checkpoint"], report["metadata"]
-    trust = [
-        f"checkpoint {ckpt['bytes'] / 1e6:.1f} MB ({ckpt['tensors']} tensors): load "
-        f"{ckpt['load_unchecked_s']:.3f} s unchecked, {ckpt['load_checked_s']:.3f} s checked "
-        f"(= {ckpt['checked_over_unchecked']:.2f}x); digest {ckpt['digest_s']:.3f} s, "
-        f"file sha256 {ckpt['file_sha256_s']:.3f} s",
-        f"metadata: store as written {1e3 * meta['check_honest_s']:.2f} ms, claiming "
-        f"{meta['claimed_rows']:.0e} rows refused in {1e3 * meta['refuse_claim_s']:.2f} ms "
-        f"(store info {1e3 * meta['store_info_refuse_s']:.2f} ms)",
-    ]
-    if "first_epoch_seconds" not in report:
-        return "\n".join(trust)
-    sizes, first = report["sizes"], report["first_epoch_seconds"]
-    load = report["resident_load_seconds"]
-    return "\n".join([
-        f"{sizes['rows']} rows {'x'.join(map(str, sizes['image']))}, {sizes['model']} "
-        f"{sizes['variant']}: sha256 {report['hash_seconds']:.3f} s "
-        f"({report['hash_gb_per_s']:.2f} GB/s) / epoch {report['epoch_seconds']:.2f} s = "
-        f"{report['hash_ratio']:.4f} (target <= {report['target']})",
-        f"first epoch checked {first['checked']:.2f} s / unchecked {first['unchecked']:.2f} s "
-        f"= {report['first_epoch_ratio']:.3f}",
-        f"resident load checked {load['checked']:.3f} s / unchecked {load['unchecked']:.3f} s "
-        f"= {report['resident_load_ratio']:.3f}",
-        *trust,
-    ])  # fmt: skip
-
-
 BENCHMARKS.register("integrity", Part(
-    bench_integrity, headline, format_report,
+    bench_integrity, headline,
     "cost of the in-flight data check: shard sha256 / epoch, first epoch checked / unchecked",
     options={
         "data": "Dataset store (default: random pixels in a temp dir).",

@@ -188,29 +188,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """pairs/s per size and mode, the step-rate ratio, the peak RSS at both sizes."""
-    lines = [
-        f"{size:8s} resident {row['resident_pairs_per_s']:10.0f}  streaming "
-        f"{row['streaming_pairs_per_s']:10.0f} pairs/s  ratio {row['streaming_over_resident']:.2f}"
-        for size, row in report["throughput"].items()
-    ]
-    step = report["train_step"]
-    lines.append(
-        f"resnet10 step rate streaming/resident {step['streaming_over_resident']:.3f} "
-        f"(target {step['target']})"
-    )
-    rss = {k: v for k, v in report["streaming_rss"].items() if k != "large_over_small"}
-    (small, a), (large, b) = rss.items()
-    lines.append(
-        f"streaming peak RSS {a['peak_rss_mb']:.0f} MiB at {small} rows, "
-        f"{b['peak_rss_mb']:.0f} MiB at {large} rows"
-    )
-    return "\n".join(lines)
-
-
 BENCHMARKS.register("loader", Part(
-    bench_loader, headline, format_report,
+    bench_loader, headline,
     "resident vs streaming loader: pairs/s, resnet10 step rate, streaming peak RSS",
     options={
         "device": DEVICE_HELP,

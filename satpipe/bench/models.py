@@ -163,20 +163,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """Per method: the ratio with its quartiles, both rates, then the worst ratio."""
-    lines = [
-        f"{name:18s} ratio {m['ratio']:.3f} [{m['ratio_quartiles'][0]:.3f}, "
-        f"{m['ratio_quartiles'][1]:.3f}]  wrapped {m['wrapped_img_s']:.1f} img/s, "
-        f"bare {m['bare_img_s']:.1f} img/s  efficiency {m['efficiency_wrapped']:.2f}"
-        for name, m in report["methods"].items()
-    ]
-    lines.append(f"worst ratio {report['worst_ratio']:.3f} (target {report['target']})")
-    return "\n".join(lines)
-
-
 BENCHMARKS.register("models", Part(
-    bench_models, headline, format_report,
+    bench_models, headline,
     "img/s of a library model wrapped by satpipe (normalisation hook) / bare, per method",
     options={
         "model": f"A library model (one satpipe wraps). {MODEL_HELP}",

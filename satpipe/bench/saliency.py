@@ -198,22 +198,9 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """img/s and efficiency per method, then the peak-RSS growth over the sizes."""
-    lines = [
-        f"{name:18s} {row['img_s']:10.1f} img/s  efficiency {row['efficiency']:.2f}"
-        for name, row in report["methods"].items()
-    ]
-    if "peak_rss" in report:
-        rss = report["peak_rss"]
-        sizes = [int(n) for n in rss["sizes"]]
-        lines.append(f"peak RSS growth {rss['growth']:.3f} over sizes {sizes}")
-    return "\n".join(lines)
-
-
 PARAM_HELP = ("--param", "-p", "method.key=value (repeatable), e.g. smoothgrad.samples=50.")
 BENCHMARKS.register("saliency", Part(
-    bench_saliency, headline, format_report,
+    bench_saliency, headline,
     "img/s per saliency method vs forward+backward, and the runner's peak RSS at two sizes",
     options={
         "methods": "Comma-separated methods to time (default: all of these, the ones using a "

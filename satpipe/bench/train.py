@@ -8,7 +8,6 @@ of random pixels are written to a temporary directory (timing does not depend on
 
 from __future__ import annotations
 
-import json
 import platform
 import tempfile
 from collections.abc import Callable, Iterator
@@ -224,16 +223,8 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """Seconds per epoch and ratio to original per variant, then each check as JSON."""
-    seconds, ratios = report["epoch_seconds"], report["ratio_to_original"]
-    lines = [f"{name:28s} {seconds[name]:8.2f} s/epoch  {ratios[name]:6.2f}x" for name in ratios]
-    lines += [f"{name}: {json.dumps(check)}" for name, check in report["checks"].items()]
-    return "\n".join(lines)
-
-
 BENCHMARKS.register("train", Part(
-    bench_train, headline, format_report,
+    bench_train, headline,
     "epoch time per variant as ratios to original; precomputed vs on-the-fly SmoothGrad SAT",
     options={
         "data": "Dataset store (default: a synthetic one in a temp dir).",
