@@ -18,18 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 # Imported to register the parts: their import order is the registry's (and `bench all`'s).
 # isort: off
 from satpipe.bench import saliency, dask, loader, train  # noqa: F401
 from satpipe.bench import models, eval, integrity, dataset  # noqa: F401
 
 # isort: on
-from satpipe.bench.base import BENCHMARKS, Part, device_name, headline_row, headline_text
+from satpipe.bench.base import BENCHMARKS, Part, headline_row, headline_text, report_head
 from satpipe.core.device import DEVICE_HELP, resolve_device
 from satpipe.core.options import check_choice
-from satpipe.core.version import __version__
 
 __all__ = ["BENCHMARKS", "Part", "bench_all", "headline", "headline_row", "run_benchmark"]
 
@@ -85,9 +82,8 @@ def bench_all(
         check_choice(p, BENCHMARKS, "benchmark") for p in parts
     ]  # fmt: skip
     report: dict[str, Any] = {
-        "benchmark": "all", "satpipe_version": __version__, "torch": torch.__version__,
+        **report_head("all", resolve_device(device)), "quick": quick,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device_name(resolve_device(device)), "quick": quick,
     }  # fmt: skip
     # The dask figure is about CPU workers; on a GPU machine it still measures the CPU path.
     report["sizes"] = {name: part_sizes(name, device, quick) for name in names}

@@ -1,5 +1,5 @@
-"""What every part of `satpipe bench` shares: the registry of parts, the headline row, the
-device's name and the checks of a part's sizes."""
+"""What every part of `satpipe bench` shares: the registry of parts, a report's opening
+fields, the headline row and its text, and the checks of a part's sizes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from satpipe.core.device import DEVICE_HELP
 from satpipe.core.errors import SatpipeError
 from satpipe.core.options import parse_pairs
 from satpipe.core.registry import Registry
+from satpipe.core.version import __version__
+from satpipe.train.config import MODEL_HELP
 
 Report = dict[str, Any]
+
+
+# The --help of options several parts share, by argument name (`shared_options`).
+SHARED_HELP: dict[str, str | tuple[str, ...]] = {
+    "device": DEVICE_HELP,
+    "model": f"Architecture (untrained weights). {MODEL_HELP}",
+    "data": "Dataset store (default: random pixels in a temp dir).",
+    "n_train": ("--rows", "Rows of the random dataset."),
+    "size": "Image side of the random images, in pixels.",
+    "rows_per_shard": "Shard rows of the random store.",
+    "batch_size": "Images per batch.",
+}
 
 
 @dataclass
@@ -28,6 +43,7 @@ class Part:
     {argument: "module:attribute"} of a closed set, shown in --help. quick: argument overrides
     for `--quick` (every code path in about a minute on a CPU, rough figures); cpu: overrides
     for a full-size `bench all` on a CPU; in_all: whether `bench all` runs it by default.
+    shared: arguments whose help is SHARED_HELP's (the same in every part), joined to options.
     """
 
     run: Callable[..., Report]
@@ -38,6 +54,10 @@ class Part:
     quick: Mapping[str, Any] = field(default_factory=dict)
     cpu: Mapping[str, Any] = field(default_factory=dict)
     in_all: bool = True
+    shared: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.options = {**{name: SHARED_HELP[name] for name in self.shared}, **self.options}
 
 
 BENCHMARKS: Registry[Part] = Registry("benchmark")
@@ -47,6 +67,14 @@ def headline_row(figure: str, value: float, target: str, passed: bool | None, li
     """One headline figure: its value, target, whether it holds and what bounds it."""
     return {"figure": figure, "value": round(float(value), 3), "target": target,
             "passed": passed, "limited_by": limit}  # fmt: skip
+
+
+def bounded_row(figure: str, value: float, target: str, limit: str) -> dict:
+    """`headline_row` whose target is ">= x" or "<= x" (a note may follow: "<= 1.1 (flat)"),
+    holding when `value` meets it."""
+    op, bound = target.split()[:2]
+    return headline_row(figure, value, target, value >= float(bound) if op == ">=" else
+                        value <= float(bound), limit)  # fmt: skip
 
 
 def headline_text(rows: list[dict[str, Any]]) -> str:
@@ -64,6 +92,15 @@ def device_name(device: Any) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def report_head(name: str, device: Any = "cpu") -> Report:
+    """The fields every report opens with: the part, satpipe's and torch's versions, the device
+    it ran on (`device_name`) and torch's intra-op threads."""
+    import torch
+
+    return {"benchmark": name, "satpipe_version": __version__, "torch": torch.__version__,
+            "device": device_name(device), "torch_threads": torch.get_num_threads()}  # fmt: skip
 
 
 def at_least(low: int, **values: int | None) -> None:

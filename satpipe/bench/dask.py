@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row
+from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
 from satpipe.bench.stores import random_dataset, untrained_checkpoint
 from satpipe.bench.timing import alternate
 from satpipe.core.cluster import dask_client
 from satpipe.core.errors import SatpipeError
-from satpipe.train.config import MODEL_HELP, check_model_options
+from satpipe.train.config import check_model_options
 
 TARGET = 1.8
 
@@ -68,8 +68,8 @@ def bench_dask(
                for n, s in best.items()}  # fmt: skip
     ratio = results[str(workers[-1])]["img_s"] / results[str(workers[0])]["img_s"]
     return {
-        "method": method, "params": params, "model": model, "n_images": n_images,
-        "image_size": image_size, "rows_per_shard": rows_per_shard,
+        **report_head("dask"), "method": method, "params": params, "model": model,
+        "n_images": n_images, "image_size": image_size, "rows_per_shard": rows_per_shard,
         "threads_per_worker": threads_per_worker, "workers": results, "ratio": round(ratio, 3),
         "target": f">= {TARGET} (2 workers vs 1 on 2 cores)", "passed": ratio >= TARGET,
         "timing": timings.summary(),
@@ -87,9 +87,9 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
 BENCHMARKS.register("dask", Part(
     bench_dask, headline,
     "saliency img/s on a CPU dask cluster of 2 workers vs 1",
+    shared=("model",),
     options={
         "method": "Saliency method to run.",
-        "model": f"Architecture (untrained weights). {MODEL_HELP}",
         "n_images": "Images per timed run.",
         "rows_per_shard": "Shard rows (dask tasks).",
         "threads_per_worker": "torch threads per worker.",

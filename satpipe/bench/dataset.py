@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row
-from satpipe.bench.stores import random_pair
+from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
+from satpipe.bench.stores import one_epoch, random_pair
 from satpipe.bench.timing import alternate
 from satpipe.core.progress import progress
 from satpipe.data.dataset import SaliencyDataset
@@ -41,22 +41,12 @@ def bench_dataset(
         data, sal = random_pair(root, "bench_dataset", rows, size, rows_per_shard=rows_per_shard)
         advance()
         loaders = _loaders(data, sal, batch_size, workers)
-
-        def epoch_of(loader: Any):
-            def one(epoch: int) -> int:
-                if hasattr(loader, "set_epoch"):
-                    loader.set_epoch(epoch)
-                return sum(len(batch[-1]) for batch in loader)
-
-            return one
-
-        t = alternate({k: epoch_of(v) for k, v in loaders.items()}, rounds=rounds, warmup=1)
+        t = alternate({k: one_epoch(v) for k, v in loaders.items()}, rounds=rounds, warmup=1)
         advance()
         del loaders
     r = {k: t.best(k) / t.min(k) for k in SIDES}
     return {
-        "benchmark": "dataset", "created": now_iso(), "device": device_name("cpu"),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        **report_head("dataset"), "created": now_iso(), "threads": torch.get_num_threads(),
         "settings": {"rows": rows, "size": size, "batch_size": batch_size,
                      "rows_per_shard": rows_per_shard, "workers": workers, "rounds": rounds},
         "img_per_s": r,
@@ -109,11 +99,9 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
 BENCHMARKS.register("dataset", Part(
     bench_dataset, headline,
     "img/s of DataLoader(SaliencyDataset, 2 workers) vs the PairLoader vs a TensorDataset",
+    shared=("size", "rows_per_shard", "batch_size"),
     options={
         "rows": "Rows of the random store.",
-        "size": "Image side.",
-        "rows_per_shard": "Store shard rows.",
-        "batch_size": "Images per batch.",
         "workers": "DataLoader workers of the SaliencyDataset sides.",
         "rounds": "Timed epochs per side (after a warm-up), alternated.",
     },

@@ -14,12 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row
+from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, headline_row, report_head
 from satpipe.bench.timing import alternate, torch_threads
-from satpipe.core.device import DEVICE_HELP, resolve_device
+from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
-from satpipe.core.version import __version__
-from satpipe.train.config import MODEL_HELP, check_model_options
+from satpipe.train.config import check_model_options
 from satpipe.train.eval.attacks import AttackContext, attack_set, clean_correct
 
 SHARE_TARGET = 0.9  # PGD-5: at least 90% of its time in the model's passes
@@ -52,10 +51,8 @@ def bench_eval(
         hook = net.register_forward_hook(count)
         clean = clean_correct(net, x, y, batch_size)
         report: dict[str, Any] = {
-            "benchmark": "eval", "satpipe_version": __version__, "torch": torch.__version__,
-            "device": device_name(dev), "model": arch, "n": len(y),
-            "image_size": list(x.shape[1:]), "classes": k, "batch_size": batch_size,
-            "eps": eps, "torch_threads": torch.get_num_threads(),
+            **report_head("eval", dev), "model": arch, "n": len(y),
+            "image_size": list(x.shape[1:]), "classes": k, "batch_size": batch_size, "eps": eps,
             "clean_accuracy": float(clean.float().mean()), "synthetic": checkpoint is None,
             "square_queries": square_queries,
         }  # fmt: skip
@@ -164,9 +161,9 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     (on CUDA) host syncs per PGD step."""
     pgd, aa = report["pgd"]["share_in_passes"], report["autoattack"]["share_in_passes"]
     rows = [
-        headline_row(
+        bounded_row(
             "eval PGD-5, time in model passes / attack time", pgd, f">= {SHARE_TARGET}",
-            pgd >= SHARE_TARGET, "5 input-gradient passes and one prediction per batch",
+            "5 input-gradient passes and one prediction per batch",
         ),
         headline_row(
             "eval AutoAttack, time in model passes / attack time", aa, "- (informative)", None,
@@ -190,14 +187,12 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
 BENCHMARKS.register("eval", Part(
     bench_eval, headline,
     "PGD-5 vs AutoAttack img/s, time share in model passes, syncs/step (`all`: only by name)",
+    shared=("model", "size", "device"),
     options={
-        "model": f"Architecture (untrained weights). {MODEL_HELP}",
         "n": ("--n-images", "Images attacked."),
         "batch_size": "Images per attack batch.",
-        "size": "Image side of the random images.",
         "classes": "Classes of the untrained model.",
         "eps": "eps of both attacks, /255 units.",
-        "device": DEVICE_HELP,
         "checkpoint": "A trained checkpoint to attack instead.",
         "data": "Dataset store for --checkpoint (default: its own).",
         "square_queries": "Square's queries (AutoAttack's standard: 5000).",

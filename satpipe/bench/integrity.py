@@ -17,24 +17,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row
+from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
+from satpipe.bench.stores import epoch_runner, random_dataset, untrained_model
 from satpipe.bench.timing import alternate, time_once
-from satpipe.core.device import DEVICE_HELP, resolve_device
+from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.options import check_choice
-from satpipe.core.version import __version__
 from satpipe.data.dataset_store import open_dataset
 from satpipe.data.inspect import store_info
 from satpipe.data.integrity import shard_digest
-from satpipe.data.loader import make_loader
+from satpipe.data.loader import LoaderOptions, make_loader
 from satpipe.data.metadata import check_metadata
 from satpipe.data.storage import shard_rows, shard_slices
-from satpipe.data.synthetic import write_random_dataset
 from satpipe.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint, state_digest
-from satpipe.train.config import MODEL_HELP, TrainConfig, check_model_options
-from satpipe.train.models import create_model
-from satpipe.train.trainer import build_optimizer, train_one_epoch
-from satpipe.train.variants import VARIANTS
+from satpipe.train.config import TrainConfig, check_model_options
 
 TARGET = 0.02  # the check may cost at most 2% of an epoch
 SIDES = {"checked": True, "unchecked": False}  # the timed sides: verify on / off
@@ -57,18 +53,15 @@ def bench_integrity(
     check_model_options(model, None, None)
     at_least(1, rows=n_train, rounds=rounds, batch_size=batch_size)
     dev = resolve_device(device)
-    head = {
-        "satpipe": {"kind": "bench", "bench": "integrity", "format": 1}, "benchmark": "integrity",
-        "satpipe_version": __version__, "torch": torch.__version__, "device": device_name(dev),
-    }  # fmt: skip
+    head = {**report_head("integrity", dev),
+            "satpipe": {"kind": "bench", "bench": "integrity", "format": 1}}  # fmt: skip
     trust = {"checkpoint": checkpoint_costs(checkpoint_mb, rounds),
              "metadata": metadata_costs(max(rounds, 5))}  # fmt: skip
     if not epochs:
         return {**head, "sizes": {"rounds": rounds}, **trust}
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
-            data = write_random_dataset(str(Path(tmp) / "bench.zarr"), n_train, size,
-                                        rows_per_shard=rows_per_shard, seed=0)  # fmt: skip
+            data = random_dataset(tmp, "bench", n_train, size, rows_per_shard=rows_per_shard)
         split = open_dataset(data).split("train")
         rows, image, shard = len(split), list(split.images.shape[1:]), shard_rows(split.images)
         blocks = [(np.asarray(split.images[sl]), np.asarray(split.labels[sl]))
@@ -100,22 +93,18 @@ def _checked_epochs(data: str, model: str, variant: str, batch_size: int, dev, r
     with and without the check), after an untimed warm-up epoch; every epoch runs on a fresh
     loader, so each is a first epoch."""
     view = open_dataset(data)
-    torch.manual_seed(0)
-    net = create_model(model, view.num_classes, view.image_shape[2]).to(dev)
-    if dev.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
+    net = untrained_model(model, dev, view.num_classes, view.image_shape[2])
     config = TrainConfig(variant=variant, data=data, out="-", model=model, device=str(dev))
-    optimizer, vcfg = build_optimizer(config, net), config.variant_config()
-    v = VARIANTS.get(variant)
+    train = epoch_runner(net, config, variant, dev, show_progress=False)
 
     def loader(mode: str, verify: bool):
+        options = LoaderOptions(verify=verify)
         return make_loader(
-            data, "train", batch_size=batch_size, mode=mode, device=dev, verify=verify
+            data, "train", None, options, batch_size=batch_size, mode=mode, device=dev
         )
 
     def epoch(ld) -> None:  # one training epoch on a fresh loader, its check finished
-        train_one_epoch(net, ld, optimizer, v, vcfg, 0, amp=dev.type == "cuda",
-                        show_progress=False)  # fmt: skip
+        train(ld, 0)
         ld.finish_check()
 
     epoch(loader("streaming", False))  # warm-up: kernels, allocator, page cache
@@ -181,7 +170,7 @@ def metadata_costs(rounds: int) -> dict[str, Any]:
         return call
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = write_random_dataset(str(Path(tmp) / "d.zarr"), 256, 16, rows_per_shard=64)
+        store = random_dataset(tmp, "d", 256, 16, rows_per_shard=64)
         honest = time_once(lambda: check_metadata(store), rounds=rounds)
         for node in ("train/images", "train/labels"):
             meta_path = Path(store) / node / "zarr.json"
@@ -239,16 +228,10 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
 BENCHMARKS.register("integrity", Part(
     bench_integrity, headline,
     "cost of the in-flight data check: shard sha256 / epoch, first epoch checked / unchecked",
+    shared=("data", "n_train", "size", "rows_per_shard", "model", "batch_size", "device"),
     options={
-        "data": "Dataset store (default: random pixels in a temp dir).",
-        "n_train": ("--rows", "Rows of the random dataset."),
-        "size": "Image side of the random dataset.",
-        "rows_per_shard": "Shard rows of the random dataset.",
-        "model": f"Architecture (untrained weights). {MODEL_HELP}",
         "variant": "Variant of the timed epochs.",
-        "batch_size": "Images per batch.",
         "rounds": "Timed rounds, with and without the check alternated.",
-        "device": DEVICE_HELP,
         "checkpoint_mb": "MB of random float32 tensors in the checkpoint whose digest check is "
                          "timed (102.2: a ResNet-50's 25.6M parameters).",
         "epochs": "Time the data check against epochs (--no-epochs: only the checkpoint digest "

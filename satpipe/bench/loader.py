@@ -11,15 +11,14 @@ from typing import Any
 
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row
-from satpipe.bench.stores import random_pair
-from satpipe.bench.timing import alternate, peak_rss
-from satpipe.core.device import DEVICE_HELP, resolve_device
+from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, report_head
+from satpipe.bench.stores import one_epoch, random_pair, untrained_model
+from satpipe.bench.timing import RSS_FLAT, alternate, peak_rss
+from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
-from satpipe.data.loader import make_loader
+from satpipe.data.loader import LoaderOptions, make_loader
 from satpipe.data.storage import now_iso
-from satpipe.train.models import create_model
 
 MODES = ("resident", "streaming")
 STEP_TARGET = 0.95
@@ -49,14 +48,15 @@ def bench_loader(
         "train_batch_size": train_batch_size, "train_steps": train_steps, "rounds": rounds,
     }  # fmt: skip
     result: dict[str, Any] = {
-        "benchmark": "loader", "created": now_iso(), "device": device_name(dev),
-        "device_type": dev.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "settings": settings, "throughput": {}, "train_step": {}, "streaming_rss": {},
+        **report_head("loader", dev), "created": now_iso(), "device_type": dev.type,
+        "threads": torch.get_num_threads(), "settings": settings, "throughput": {},
+        "train_step": {}, "streaming_rss": {},
     }  # fmt: skip
 
-    def loaders(data: str, sal: str, batch: int, **kw: Any) -> dict[str, Any]:
-        return {mode: make_loader(data, "train", sal, batch_size=batch, augment=True, mode=mode,
-                                  device=dev, **kw) for mode in MODES}  # fmt: skip
+    def loaders(data: str, sal: str, batch: int, drop_last: bool = False) -> dict[str, Any]:
+        return {mode: make_loader(data, "train", sal, LoaderOptions(drop_last=drop_last),
+                                  batch_size=batch, augment=True, mode=mode, device=dev)
+                for mode in MODES}  # fmt: skip
 
     tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-", dir=workdir)
     with tmp as root, progress("bench loader", 2 * len(sizes) + 3) as advance:
@@ -89,15 +89,7 @@ def bench_loader(
 def throughput(loaders: dict[str, Any], dev: torch.device, epochs: int) -> dict[str, Any]:
     """Pairs per second of each loader: one warm-up epoch each, then `epochs` epochs timed
     in alternation; the best epoch is kept."""
-
-    def epoch_of(loader):
-        def one_epoch(epoch: int) -> int:
-            loader.set_epoch(epoch)
-            return sum(len(y) for _, _, y in loader)
-
-        return one_epoch
-
-    t = alternate({m: epoch_of(ld) for m, ld in loaders.items()}, device=dev, rounds=epochs,
+    t = alternate({m: one_epoch(ld) for m, ld in loaders.items()}, device=dev, rounds=epochs,
                   warmup=1)  # fmt: skip
     rates = {mode: t.best(mode) / t.min(mode) for mode in loaders}
     return {
@@ -115,10 +107,7 @@ def step_rates(loaders: dict[str, Any], dev: torch.device, steps: int, rounds: i
     while the other mode is timed."""
     sides, prepare = {}, {}
     for mode, loader in loaders.items():
-        torch.manual_seed(0)
-        model = create_model(TRAIN_MODEL, loader.num_classes, loader.image_shape[2]).to(dev)
-        if dev.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        model = untrained_model(TRAIN_MODEL, dev, loader.num_classes, loader.image_shape[2])
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         state: dict[str, Any] = {"epoch": 0}
 
@@ -176,13 +165,12 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     step = report["train_step"]["streaming_over_resident"]
     rss = report["streaming_rss"]["large_over_small"]
     return [
-        headline_row(
+        bounded_row(
             "resnet10 step rate, streaming / resident", step, f">= {STEP_TARGET}",
-            step >= STEP_TARGET,
             "reader threads decode while the model computes; compute-bound when it holds",
         ),
-        headline_row(
-            "streaming peak RSS, large / small dataset", rss, "<= 1.1 (flat)", rss <= 1.1,
+        bounded_row(
+            "streaming peak RSS, large / small dataset", rss, RSS_FLAT,
             "bounded prefetch and shuffle window",
         ),
     ]  # fmt: skip
@@ -191,11 +179,10 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
 BENCHMARKS.register("loader", Part(
     bench_loader, headline,
     "resident vs streaming loader: pairs/s, resnet10 step rate, streaming peak RSS",
+    shared=("device", "rows_per_shard"),
     options={
-        "device": DEVICE_HELP,
         "sizes": "Comma-separated image sides.",
         "rows": "Rows of each throughput dataset.",
-        "rows_per_shard": "Store shard rows.",
         "batch_size": "Batch of the throughput runs.",
         "epochs": "Timed epochs per mode (after a warm-up), alternated.",
         "train_steps": "Timed resnet10 steps per mode and round.",

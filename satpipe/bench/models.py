@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row, method_params
+from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, method_params, report_head
 from satpipe.bench.saliency import PARAM_HELP
+from satpipe.bench.stores import untrained_model
 from satpipe.bench.timing import Timings, alternate, forward_backward, torch_threads
-from satpipe.core.device import DEVICE_HELP, resolve_device
+from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
-from satpipe.core.version import __version__
 from satpipe.pipeline.methods import get_method
 from satpipe.train.config import MODEL_HELP, check_model_options
-from satpipe.train.models import create_model, input_norm
+from satpipe.train.models import input_norm
 
 SMALL_PARAMS = {"smoothgrad": {"samples": 2}, "ig": {"steps": 2}}
 TARGET = 0.95
@@ -48,16 +48,13 @@ def bench_models(
              threads=threads)  # fmt: skip
     params, dev = method_params(params), resolve_device(device)
     with torch_threads(threads):
-        torch.manual_seed(seed)
-        wrapped = create_model(model, num_classes).to(dev).eval()
+        wrapped = untrained_model(model, dev, num_classes, seed=seed).eval()
         if not hasattr(wrapped, "satpipe_normalize"):
             raise SatpipeError(
                 f"bench models: {model} is a built-in model: it has no wrapper to measure "
                 "(give a library model, e.g. torchvision:resnet18)"
             )
         bare = bare_copy(wrapped)
-        if dev.type == "cuda":
-            wrapped, bare = (m.to(memory_format=torch.channels_last) for m in (wrapped, bare))
         batches = _batches(wrapped, n_batches, batch_size, size, num_classes, dev, seed)
         methods_report = {
             name: _time_method(
@@ -68,9 +65,8 @@ def bench_models(
         }  # fmt: skip
         worst = min((r["ratio"] for r in methods_report.values()), default=1.0)
         return {
-            "benchmark": "models", "satpipe_version": __version__, "torch": torch.__version__,
-            "device": device_name(dev), "torch_threads": torch.get_num_threads(),
-            "clock": "wall" if dev.type == "cuda" else "process cpu", "model": model,
+            **report_head("models", dev), "model": model,
+            "clock": "wall" if dev.type == "cuda" else "process cpu",
             "image_size": size, "batch_size": batch_size, "n_batches": len(batches),
             "methods": methods_report, "worst_ratio": worst,
             "target": f">= {TARGET} (wrapped img/s / bare img/s, every method)",
@@ -155,9 +151,9 @@ def abba_ratios(timings: Timings, a: str, b: str) -> list[float]:
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Wrapped / bare img/s per method (target >= 0.95)."""
     return [
-        headline_row(
+        bounded_row(
             f"img/s, wrapped / bare {report['model']}, {name}", m["ratio"], f">= {TARGET}",
-            m["ratio"] >= TARGET, "the normalisation pre-hook: one (x - mean) / std per forward",
+            "the normalisation pre-hook: one (x - mean) / std per forward",
         )
         for name, m in report["methods"].items()
     ]  # fmt: skip
@@ -166,13 +162,12 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
 BENCHMARKS.register("models", Part(
     bench_models, headline,
     "img/s of a library model wrapped by satpipe (normalisation hook) / bare, per method",
+    shared=("size", "device"),
     options={
         "model": f"A library model (one satpipe wraps). {MODEL_HELP}",
         "methods": "Comma-separated methods to time.",
-        "size": "Image side in pixels.",
         "batch_size": "Images per method call.",
         "n_batches": "Distinct batches, cycled through the rounds.",
-        "device": DEVICE_HELP,
         "params": PARAM_HELP,
         "rounds": "ABBA rounds at least (wrapped, bare, bare, wrapped).",
         "floor_seconds": "Seconds each method is timed for at least.",

@@ -14,18 +14,17 @@ from typing import Any
 
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row, method_params
-from satpipe.bench.stores import random_dataset, untrained_checkpoint
-from satpipe.bench.timing import alternate, forward_backward, peak_rss
+from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, method_params, report_head
+from satpipe.bench.stores import random_dataset, untrained_checkpoint, untrained_model
+from satpipe.bench.timing import RSS_FLAT, alternate, forward_backward, peak_rss
 from satpipe.core.defaults import batch_size as default_batch_size
-from satpipe.core.device import DEVICE_HELP, resolve_device
+from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
-from satpipe.core.version import __version__
 from satpipe.pipeline.methods import get_method, model_methods
-from satpipe.train.config import MODEL_HELP, check_model_options
-from satpipe.train.models import create_model
+from satpipe.train.config import check_model_options
 
+EFFICIENCY_TARGET = 0.9  # img/s x passes / forward+backward img/s, every method
 # What bounds each method's efficiency (img/s x passes / forward+backward img/s), as profiled.
 EFFICIENCY_LIMITS = {
     "gradient": "one forward+backward; captum's wrapper is the only extra",
@@ -54,8 +53,7 @@ def bench_saliency(
     dev = resolve_device(device)
     batch_size = batch_size or default_batch_size(dev, size, size)
     report: dict[str, Any] = {
-        "benchmark": "saliency", "satpipe_version": __version__, "torch": torch.__version__,
-        "device": device_name(dev), "torch_threads": torch.get_num_threads(), "model": model,
+        **report_head("saliency", dev), "model": model,
         "image_size": size, "batch_size": batch_size, "n_images": n_images,
     }  # fmt: skip
     report.update(_time_methods(
@@ -92,11 +90,8 @@ def _time_methods(
     """{"forward_backward_img_s": r, "methods": {name: {img_s, passes_per_image, efficiency,
     ...}}}: each method and its floor timed in alternation over the same random batches."""
     dev = resolve_device(device)
-    torch.manual_seed(seed)
-    net = create_model(model, num_classes).to(dev).eval()
+    net = untrained_model(model, dev, num_classes, seed=seed).eval()
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
-    if dev.type == "cuda":
-        net = net.to(memory_format=fmt)
     gen = torch.Generator().manual_seed(seed)
     batches = [  # at least two: the first is also the warm-up
         (torch.rand((batch_size, 3, size, size), generator=gen).to(dev, memory_format=fmt),
@@ -183,16 +178,16 @@ def bench_peak_rss(
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Efficiency per method (target >= 0.9) and the runner's peak-RSS growth (flat)."""
     rows = [
-        headline_row(
-            f"saliency efficiency, {name}", m["efficiency"], ">= 0.9", m["efficiency"] >= 0.9,
+        bounded_row(
+            f"saliency efficiency, {name}", m["efficiency"], f">= {EFFICIENCY_TARGET}",
             EFFICIENCY_LIMITS.get(name, "forward+backward passes of the model"),
         )
         for name, m in report["methods"].items()
     ]  # fmt: skip
     if "peak_rss" in report:
         g = report["peak_rss"]["growth"]
-        rows.append(headline_row(
-            "saliency runner peak RSS, large / small dataset", g, "<= 1.1 (flat)", g <= 1.1,
+        rows.append(bounded_row(
+            "saliency runner peak RSS, large / small dataset", g, RSS_FLAT,
             "one shard in memory at a time",
         ))  # fmt: skip
     return rows
@@ -202,14 +197,12 @@ PARAM_HELP = ("--param", "-p", "method.key=value (repeatable), e.g. smoothgrad.s
 BENCHMARKS.register("saliency", Part(
     bench_saliency, headline,
     "img/s per saliency method vs forward+backward, and the runner's peak RSS at two sizes",
+    shared=("model", "size", "device"),
     options={
         "methods": "Comma-separated methods to time (default: all of these, the ones using a "
                    "model).",
-        "model": f"Architecture (untrained weights). {MODEL_HELP}",
-        "size": "Image side in pixels.",
         "batch_size": "Images per method call (default: 64 on CPU, 1024 on CUDA).",
         "n_images": "Images timed per method.",
-        "device": DEVICE_HELP,
         "params": PARAM_HELP,
         "rss_sizes": "Dataset sizes for the peak-RSS runs; '' skips them.",
         "amp": "bf16 autocast on CUDA where safe.",

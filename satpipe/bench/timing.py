@@ -139,6 +139,8 @@ def time_once(fn: Callable[[], Any], device: torch.device | str | None = None,
     return alternate({"run": lambda _i: fn()}, device=device, rounds=rounds).min("run")
 
 
+RSS_FLAT = "<= 1.1 (flat)"  # peak RSS at the larger size / at the smaller: bounded memory
+
 # Runs before the probed snippet: `args` (the JSON argument) and `vm_hwm_mb()`.
 _PROBE_HEAD = '''
 import json, sys

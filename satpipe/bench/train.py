@@ -15,18 +15,17 @@ from typing import Any
 
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, device_name, headline_row
-from satpipe.bench.stores import random_pair
+from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
+from satpipe.bench.stores import epoch_runner, random_pair, untrained_model
 from satpipe.bench.timing import Timings, alternate, time_once
-from satpipe.core.device import DEVICE_HELP, resolve_device
+from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.options import check_choice
 from satpipe.data.loader import make_loader
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.normalize import normalize
-from satpipe.train.config import MODEL_HELP, TrainConfig, check_model_options
+from satpipe.train.config import TrainConfig, check_model_options
 from satpipe.train.models import create_model
-from satpipe.train.trainer import build_optimizer, train_one_epoch
 from satpipe.train.variants import VARIANTS
 
 ON_THE_FLY = "sat-smoothgrad-on-the-fly"
@@ -76,8 +75,8 @@ def bench_train(
             epochs=epochs, dev=dev,
         )  # fmt: skip
     return {
-        "satpipe": {"kind": "bench", "bench": "train", "format": 1},
-        "device": device_name(dev), "platform": platform.platform(), "torch": torch.__version__,
+        **report_head("train", dev), "satpipe": {"kind": "bench", "bench": "train", "format": 1},
+        "platform": platform.platform(),
         "model": model, "teacher": (teacher or model) if on_the_fly else None,
         "batch_size": batch_size, "rows": with_maps.num_rows,
         "image_shape": list(with_maps.image_shape), "epochs_timed": epochs,
@@ -95,25 +94,18 @@ def _time_epochs(
     """(best epoch seconds, attacked-batch fraction of that epoch) per variant, with the
     on-the-fly baseline's seconds under ON_THE_FLY when `teacher` = (architecture, SmoothGrad
     samples) is given, and the variants' Timings."""
-    vcfg = config.variant_config()
     classes, channels = with_maps.num_classes, with_maps.image_shape[2]
 
     def student(key: str, variant: str, loader: Any) -> Callable[[int], dict[str, float]]:
         """fn(epoch) -> the trainer's stats of one epoch of a fresh `variant` student."""
-        torch.manual_seed(seed)
-        net = create_model(model, classes, channels).to(dev)
-        if dev.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
-        v, opt = VARIANTS.get(variant), build_optimizer(config, net)
+        net = untrained_model(model, dev, classes, channels, seed=seed)
+        run = epoch_runner(net, config, variant, dev, seed=seed)
         if loader is None:
-            loader = with_maps if v.needs_saliency else no_maps
+            loader = with_maps if VARIANTS.get(variant).needs_saliency else no_maps
 
         def epoch(i: int) -> dict[str, float]:
             loader.set_epoch(i)
-            return train_one_epoch(
-                net, loader, opt, v, vcfg, i, seed=seed, amp=dev.type == "cuda",
-                description=f"bench {key} epoch {i + 1}",
-            )  # fmt: skip
+            return run(loader, i, description=f"bench {key} epoch {i + 1}")
 
         return epoch
 
@@ -226,20 +218,15 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
 BENCHMARKS.register("train", Part(
     bench_train, headline,
     "epoch time per variant as ratios to original; precomputed vs on-the-fly SmoothGrad SAT",
+    shared=("data", "model", "batch_size", "n_train", "size", "device"),
     options={
-        "data": "Dataset store (default: a synthetic one in a temp dir).",
         "saliency": "Saliency store for --data.",
         "variants": "Variants to time.",
-        "model": f"Architecture (untrained weights). {MODEL_HELP}",
         "teacher": "Architecture whose SmoothGrad the on-the-fly run computes.",
-        "batch_size": "Images per batch.",
         "epochs": "Timed epochs per variant (min is kept).",
         "attack_steps": "K: PGD/TRADES steps.",
         "smoothgrad_samples": "Samples of the on-the-fly SmoothGrad baseline.",
         "on_the_fly": "Time SAT with SmoothGrad every step too.",
-        "n_train": ("--rows", "Rows of the synthetic dataset."),
-        "size": "Image side of the synthetic dataset.",
-        "device": DEVICE_HELP,
     },
     choices={"variants": _VARIANTS},
     quick={"n_train": 128, "epochs": 1, "model": "smallcnn", "teacher": "smallcnn"},
