@@ -65,8 +65,8 @@ def bench_models(
         }  # fmt: skip
         worst = min((r["ratio"] for r in methods_report.values()), default=1.0)
         return {
-            **report_head("models", dev), "model": model,
-            "clock": "wall" if dev.type == "cuda" else "process cpu",
+            **report_head("models", dev),
+            "clock": "wall" if dev.type == "cuda" else "process cpu", "model": model,
             "image_size": size, "batch_size": batch_size, "n_batches": len(batches),
             "methods": methods_report, "worst_ratio": worst,
             "target": f">= {TARGET} (wrapped img/s / bare img/s, every method)",
