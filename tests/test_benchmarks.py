@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from satpipe.bench import BENCHMARKS, headline, summary_markdown
+from satpipe.bench import BENCHMARKS, headline, run_benchmark, summary_markdown
 from satpipe.cli import app
 
 
@@ -351,3 +351,19 @@ def test_a_part_command_parses_its_lists_pairs_and_switches(monkeypatch):
     assert result.exit_code == 0, result.output
     assert seen == {"methods": ("gradient", "ig", "gbp"), "params": {"ig.steps": 4},
                     "rss_sizes": (), "amp": False}  # fmt: skip
+
+
+def test_bench_loader_runs_every_side_at_tiny_sizes(tmp_path):
+    # Both loader modes, the drop_last step-rate loaders and the two RSS probes, in seconds.
+    report = run_benchmark("loader", device="cpu", sizes=(8,), rows=64, rows_per_shard=16,
+                           batch_size=16, epochs=1, train_steps=1, rss_rows=(64, 128),
+                           train_batch_size=16, rounds=1, workdir=str(tmp_path))  # fmt: skip
+    assert set(report["throughput"]) == {"8x8"}
+    assert report["train_step"]["image_size"] == 8
+    assert report["train_step"]["resident_steps_per_s"] > 0
+    assert report["streaming_rss"]["128"]["rows"] == 128
+    rows = BENCHMARKS.get("loader").headline(report)
+    assert [r["value"] for r in rows] == [
+        round(report["train_step"]["streaming_over_resident"], 3),
+        round(report["streaming_rss"]["large_over_small"], 3),
+    ]
