@@ -26,7 +26,7 @@ from satpipe.core.version import __version__
 from satpipe.data.dataset_store import open_dataset
 from satpipe.data.inspect import store_info
 from satpipe.data.integrity import shard_digest
-from satpipe.data.loader import make_loader
+from satpipe.data.loader import LoaderOptions, make_loader
 from satpipe.data.metadata import check_metadata
 from satpipe.data.storage import shard_rows, shard_slices
 from satpipe.data.synthetic import write_random_dataset
@@ -109,9 +109,8 @@ def _checked_epochs(data: str, model: str, variant: str, batch_size: int, dev, r
     v = VARIANTS.get(variant)
 
     def loader(mode: str, verify: bool):
-        return make_loader(
-            data, "train", batch_size=batch_size, mode=mode, device=dev, verify=verify
-        )
+        options = LoaderOptions(batch_size=batch_size, mode=mode, device=dev, verify=verify)
+        return make_loader(data, "train", options=options)
 
     def epoch(ld) -> None:  # one training epoch on a fresh loader, its check finished
         train_one_epoch(net, ld, optimizer, v, vcfg, 0, amp=dev.type == "cuda",
