@@ -17,7 +17,7 @@ from satpipe.bench.timing import alternate, peak_rss
 from satpipe.core.device import DEVICE_HELP, resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
-from satpipe.data.loader import make_loader
+from satpipe.data.loader import LoaderOptions, make_loader
 from satpipe.data.storage import now_iso
 from satpipe.train.models import create_model
 
@@ -54,9 +54,10 @@ def bench_loader(
         "settings": settings, "throughput": {}, "train_step": {}, "streaming_rss": {},
     }  # fmt: skip
 
-    def loaders(data: str, sal: str, batch: int, **kw: Any) -> dict[str, Any]:
-        return {mode: make_loader(data, "train", sal, batch_size=batch, augment=True, mode=mode,
-                                  device=dev, **kw) for mode in MODES}  # fmt: skip
+    def loaders(data: str, sal: str, batch: int, drop_last: bool = False) -> dict[str, Any]:
+        return {mode: make_loader(data, "train", sal, LoaderOptions(
+            batch_size=batch, augment=True, mode=mode, device=dev, drop_last=drop_last,
+        )) for mode in MODES}  # fmt: skip
 
     tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-", dir=workdir)
     with tmp as root, progress("bench loader", 2 * len(sizes) + 3) as advance:
