@@ -8,13 +8,10 @@ must exist. Stores also record the size of every shard object as written (datase
 their attributes, saliency stores in a `<split>/bytes` array that each worker fills for its
 shard before marking it done), so a shard that a copy left half-written (`cp -r` killed
 mid-file) is refused at open too.
-Stores made since the feature `every-chunk` was recorded in their attributes store every
-chunk, even one equal to the fill value, so there every shard of every array must exist.
-Older stores elided shards equal to the fill value: a labels shard of class 0 is legitimately
-absent there, so their labels cannot be inventoried (images, masks, boxes and maps can: an
-all-zero shard of those is not a real one).
+Every chunk is stored, even one equal to the fill value (feature `every-chunk`), so every
+shard of every array must exist: a lost labels shard of class 0 is as missing as any other.
 
-Digests. Dataset stores made since the feature `shard-sha256` record, per split and array,
+Digests. Dataset stores record (feature `shard-sha256`), per split and array,
 the sha256 of every shard's rows (the decoded values, little-endian, C order), computed while
 writing. `ShardCheck` checks each shard as a reader reads it, in whatever order: that is how
 the trainer's shuffled streaming reads and the saliency runner's per-shard tasks check the
@@ -22,6 +19,12 @@ data in flight with no extra pass. The whole-store `fingerprint` (a sequential s
 each split, see `satpipe.data.fingerprint.Fingerprint`) stays the store's identity; the digests are
 computed from the same rows by the same writer and recorded in the same `zarr.json`, so a copy
 that mixes objects of two versions of a store fails them.
+
+Features. A store lists what its writer guaranteed in `features`; a store that lacks one that
+this version's writer records for its kind was written by an older satpipe, and every open
+refuses it in one line that says how to rebuild it (`refuse_older_store`): the checks above
+hold for every store that opens, with no branch for stores without them. The format number
+stays 1 (the stores before these checks are format 1 too: the features tell them apart).
 
 Nothing here imports the rest of satpipe.data; `satpipe.data.storage` uses it at every open.
 """
@@ -52,8 +55,39 @@ WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 EXAMPLES = 3
 
 
-def has_feature(attrs: Mapping, feature: str) -> bool:
-    return feature in (attrs.get("features") or ())
+# What a store lacking each feature misses, as the refusal names it.
+_LACKS = {
+    EVERY_CHUNK: "all-zero shards not stored",
+    SHARD_SHA256: "no shard digests",
+    SHARD_SIZES: "no shard sizes",
+}
+REQUIRED_FEATURES = {"dataset": DATASET_FEATURES, "saliency": SALIENCY_FEATURES}
+
+
+def refuse_older_store(uri: str, attrs: Mapping) -> None:
+    """Refuse a store whose `satpipe` attrs lack a feature this version's writer records for
+    its kind: one SatpipeError that names what it lacks and the command that rebuilds it.
+    Every open calls it (satpipe.data.storage.read_attrs, and a saliency run resuming a store)."""
+    required = REQUIRED_FEATURES.get(str(attrs.get("kind")), ())
+    have = attrs.get("features") or ()
+    lacking = [_LACKS[f] for f in required if f not in have]
+    if lacking:
+        raise SatpipeError(
+            f"{uri}: written by an older satpipe ({', '.join(lacking)}); rebuild it: "
+            f"{_rebuild_command(uri, attrs)}"
+        )
+
+
+def _rebuild_command(uri: str, attrs: Mapping) -> str:
+    """The command that writes the store at `uri` again, from what its attrs recorded."""
+    if attrs.get("kind") == "dataset":
+        source = attrs.get("source") or {}
+        fmt, src = source.get("format") or "FORMAT", source.get("path") or "SRC"
+        return f"satpipe data import {fmt} {src} --out {uri} --overwrite"
+    method = attrs.get("method") or "METHOD"
+    data = (attrs.get("dataset") or {}).get("uri") or "DATASET"
+    model = " --model CHECKPOINT" if (attrs.get("source_model") or {}).get("arch") else ""
+    return f"satpipe saliency --method {method} --data {data}{model} --out {uri} --overwrite"
 
 
 def writable(array):

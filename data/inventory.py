@@ -14,13 +14,7 @@ import zarr.core.buffer
 from zarr.core.sync import sync
 
 from satpipe.core.errors import SatpipeError, quote
-from satpipe.data.integrity import (
-    EVERY_CHUNK,
-    SHARD_SHA256,
-    SHARD_SIZES,
-    has_feature,
-    inventory_problems,
-)
+from satpipe.data.integrity import inventory_problems
 from satpipe.data.storage import SPLITS, storage_errors
 
 
@@ -79,35 +73,25 @@ def _unbroken(inventory):
 
 def dataset_inventory(group, attrs: Mapping[str, Any], uri: str = "") -> list[str]:
     """Inventory problems of a dataset store (empty: every array and shard is there, each
-    shard object of the size it was written with, where the store recorded sizes).
-
-    Stores with shard digests name the arrays each split must have; older ones are checked
-    for the arrays they have (their labels not at all: see satpipe.data.integrity)."""
+    shard object of the size it was written with, where the store recorded sizes). The shard
+    digests in the attrs name the splits and the arrays each split must have."""
     with storage_errors(uri or str(group.store_path)):
         return _unbroken(_dataset_inventory)(group, attrs)
 
 
 def _dataset_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
-    recorded = attrs.get("shards") if has_feature(attrs, SHARD_SHA256) else None
-    every = has_feature(attrs, EVERY_CHUNK)
-    splits = list(recorded) if recorded else [s for s in SPLITS if _node(group, s) is not None]
-    if not splits:
+    recorded = attrs.get("shards") or {}
+    present = [s for s in SPLITS if _node(group, s) is not None]
+    if not recorded and not present:
         return ["no train or test split"]
-    problems, wanted = [], {}
-    for split in splits:
+    problems = [f"{s}: no shard digests recorded for it" for s in present if s not in recorded]
+    wanted = {}
+    for split, record in recorded.items():
         if _node(group, split) is None:
             problems.append(f"{split}: split group missing (its zarr.json is not in the store)")
             continue
-        if recorded:
-            names = list(recorded[split]["sha256"])
-        else:
-            names = ["images", "labels"] + [
-                n for n in ("masks", "boxes") if _node(group, f"{split}/{n}") is not None
-            ]
-        sizes = ((recorded or {}).get(split) or {}).get("bytes") or {}
-        for name in names:
-            if name == "labels" and not every and _node(group, f"{split}/{name}") is not None:
-                continue  # an all-class-0 labels shard is legitimately absent in older stores
+        sizes = record.get("bytes") or {}
+        for name in record["sha256"]:
             wanted[f"{split}/{name}"] = (_node(group, f"{split}/{name}"), None, sizes.get(name))
     return problems + inventory_problems(wanted)
 
@@ -139,17 +123,15 @@ def _saliency_inventory(group, attrs: Mapping[str, Any]) -> list[str]:
                 f"{split}/done: {len(flags) - len(left)} of {len(flags)} shards done, though the "
                 f"store is marked complete (not done: {left[:3]}{' ...' if len(left) > 3 else ''})"
             )
-        sizes = None
-        if has_feature(attrs, SHARD_SIZES):
-            sizes_array = _node(group, f"{split}/bytes")
-            if sizes_array is None:
-                problems.append(f"{split}/bytes: array missing (its zarr.json is not in the store)")
-                continue
-            try:
-                sizes = np.asarray(sizes_array[:]).tolist()
-            except (ValueError, RuntimeError, OSError) as exc:
-                problems.append(f"{split}/bytes: unreadable ({quote(exc, 120)})")
-                continue
+        sizes_array = _node(group, f"{split}/bytes")
+        if sizes_array is None:
+            problems.append(f"{split}/bytes: array missing (its zarr.json is not in the store)")
+            continue
+        try:
+            sizes = np.asarray(sizes_array[:]).tolist()
+        except (ValueError, RuntimeError, OSError) as exc:
+            problems.append(f"{split}/bytes: unreadable ({quote(exc, 120)})")
+            continue
         wanted[f"{split}/saliency"] = (maps, np.flatnonzero(flags == 1).tolist(), sizes)
     return problems + inventory_problems(wanted)
 

@@ -28,9 +28,7 @@ import zarr.core.buffer
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from satpipe.core.errors import SatpipeError, quote
-from satpipe.data.integrity import (
-    WRITE_EVERY_CHUNK,
-)
+from satpipe.data.integrity import WRITE_EVERY_CHUNK, refuse_older_store
 from satpipe.data.metadata import check_metadata
 from satpipe.data.outputs import prepare_output
 
@@ -303,11 +301,15 @@ def shard_slices(n_rows: int, rows_per_shard: int) -> list[slice]:
 
 
 def read_attrs(group, uri: str) -> dict[str, Any]:
+    """The `satpipe` attrs of an opened store; a SatpipeError for anything but a satpipe store
+    of this format that records every feature this version's writer records for its kind
+    (an older store is refused with the command that rebuilds it: satpipe.data.integrity)."""
     attrs = dict(group.attrs.get(ATTR) or {})
     if not attrs:
         raise SatpipeError(f"{uri}: not a satpipe store (no '{ATTR}' attribute)")
     if attrs.get("format") != FORMAT:
         raise SatpipeError(f"{uri}: unsupported satpipe store format {attrs.get('format')!r}")
+    refuse_older_store(uri, attrs)
     return attrs
 
 
