@@ -26,7 +26,8 @@ refuses it in one line that says how to rebuild it (`refuse_older_store`): the c
 hold for every store that opens, with no branch for stores without them. The format number
 stays 1 (the stores before these checks are format 1 too: the features tell them apart).
 
-Nothing here imports the rest of satpipe.data; `satpipe.data.storage` uses it at every open.
+Nothing here imports the rest of satpipe.data but `zarr_internals`; `satpipe.data.storage`
+uses it at every open.
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-import zarr
-from zarr.core.sync import sync
 
 from satpipe.core.errors import SatpipeError
+from satpipe.data.zarr_internals import key_size, listing_with_sizes
 
 # Recorded in a store's `satpipe` attributes, list `features`.
 EVERY_CHUNK = "every-chunk"  # every chunk is stored, even one equal to the fill value
@@ -111,38 +111,11 @@ def n_shards_of(array) -> int:
     return -(-int(array.shape[0]) // rows) if array.shape[0] else 0
 
 
-async def _collect(agen) -> list[str]:
-    return [key async for key in agen]
-
-
-def _unwrap(store):
-    while isinstance(store, zarr.storage.WrapperStore):
-        store = store._store
-    return store
-
-
 def shard_key(array, k: int) -> str:
     """The store key of shard k of a row-sharded array: `<array path>/c/k/0/.../0`."""
     base = array.store_path.path
     key = array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))
     return f"{base}/{key}" if base else key
-
-
-def _listing(store, prefix: str) -> dict[str, int | None]:
-    """{key: size in bytes, or None where the store cannot say} of every object under prefix,
-    in one listing (local: a directory walk and a stat per file; fsspec: one `find`)."""
-    inner = _unwrap(store)
-    if isinstance(inner, zarr.storage.LocalStore):
-        return {
-            key: (inner.root / key).stat().st_size
-            for key in sync(_collect(inner.list_prefix(prefix)))
-        }
-    if isinstance(inner, zarr.storage.FsspecStore):
-        found = sync(inner.fs._find(f"{inner.path}/{prefix}", detail=True, withdirs=False))
-        return {
-            path.removeprefix(f"{inner.path}/"): info.get("size") for path, info in found.items()
-        }
-    return dict.fromkeys(sync(_collect(store.list_prefix(prefix))))
 
 
 def stored_shards(array) -> dict[int, int | None]:
@@ -154,16 +127,13 @@ def stored_shards(array) -> dict[int, int | None]:
     `.partial` temporaries, stray files) does not count."""
     base = array.store_path.path
     expected = {shard_key(array, k): k for k in range(n_shards_of(array))}
-    listed = _listing(array.store_path.store, f"{base}/c/" if base else "c/")
+    listed = listing_with_sizes(array.store_path.store, f"{base}/c/" if base else "c/")
     return {expected[key]: size for key, size in listed.items() if key in expected}
 
 
-def shard_size(array, k: int) -> int | None:
-    """Bytes of the stored object of shard k (one stat or HEAD), None where unknown."""
-    inner = _unwrap(array.store_path.store)
-    if isinstance(inner, zarr.storage.LocalStore | zarr.storage.FsspecStore):
-        return int(sync(inner.getsize(shard_key(array, k))))
-    return None
+def shard_size(array, k: int) -> int:
+    """Bytes of the stored object of shard k (one stat or HEAD)."""
+    return key_size(array.store_path.store, shard_key(array, k))
 
 
 def shard_span(k: int, rows: int, n: int) -> str:

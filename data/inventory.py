@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 import zarr
-import zarr.core.buffer
-from zarr.core.sync import sync
 
 from satpipe.core.errors import SatpipeError, quote
 from satpipe.data.integrity import inventory_problems
 from satpipe.data.storage import SPLITS, storage_errors
+from satpipe.data.zarr_internals import list_keys, read_key
 
 
 class _BrokenNode(Exception):
@@ -39,19 +38,14 @@ def unreadable_metadata(group, uri: str = "") -> list[str]:
     leave one half-written): one listing and a read of each metadata object."""
     store, base = group.store_path.store, group.store_path.path
     prefix = f"{base}/" if base else ""
-
-    async def keys() -> list[str]:
-        return [k async for k in store.list_prefix(prefix) if k.endswith("zarr.json")]
-
     problems = []
     with storage_errors(uri or str(group.store_path)):
-        for key in sorted(sync(keys())):
+        for key in sorted(k for k in list_keys(store, prefix) if k.endswith("zarr.json")):
             rel = key[len(prefix) :]
             if rel == "zarr.json":
                 continue  # the root: opened already
-            raw = sync(store.get(key, zarr.core.buffer.default_buffer_prototype()))
             try:
-                json.loads(raw.to_bytes() if raw is not None else b"")
+                json.loads(read_key(store, key) or b"")
             except ValueError as exc:
                 problems.append(
                     f"{rel}: metadata unreadable ({quote(exc, 80)}; a half-written copy?)"

@@ -13,10 +13,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-import zarr.core.buffer
 import zarr.errors
 from zarr.codecs import Crc32cCodec
-from zarr.core.sync import sync
 
 from satpipe.core.errors import SatpipeError, note
 from satpipe.core.version import __version__
@@ -46,6 +44,7 @@ from satpipe.data.storage import (
     write_attrs,
     write_errors,
 )
+from satpipe.data.zarr_internals import delete_key
 
 
 class Normalization(str, Enum):
@@ -378,7 +377,7 @@ def unmark_lost_shards(group, uri: str) -> int:
                 # A cut-short object would be read back (and fail its checksum) by the
                 # sharding codec when the shard is written again: remove it first.
                 if k in have:
-                    sync(group.store.delete(shard_key(maps, k)))
+                    delete_key(group.store, shard_key(maps, k))
         lost += len(gone)
     if lost and attrs.get("complete"):
         attrs["complete"] = False
