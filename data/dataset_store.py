@@ -12,14 +12,8 @@ import numpy as np
 from satpipe.core.errors import SatpipeError, note
 from satpipe.core.version import __version__
 from satpipe.data.fingerprint import Fingerprint
-from satpipe.data.integrity import (
-    DATASET_FEATURES,
-    SHARD_SHA256,
-    ShardCheck,
-    digest_blocks,
-    shard_size,
-)
-from satpipe.data.inventory import dataset_inventory, refuse_missing
+from satpipe.data.integrity import DATASET_FEATURES, SHARD_SHA256, ShardCheck, digest_blocks
+from satpipe.data.inventory import dataset_inventory, refuse_missing, shard_size
 from satpipe.data.outputs import store_lock
 from satpipe.data.storage import (
     FORMAT,

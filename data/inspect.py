@@ -27,12 +27,16 @@ from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
 from satpipe.data.dataset_store import boxes_valid
 from satpipe.data.fingerprint import Fingerprint
-from satpipe.data.integrity import (
+from satpipe.data.integrity import shard_digest
+from satpipe.data.inventory import (
+    EXAMPLES,
+    dataset_inventory,
     inventory_problems,
-    shard_digest,
+    n_shards_of,
+    saliency_inventory,
     stored_shards,
+    unreadable_metadata,
 )
-from satpipe.data.inventory import dataset_inventory, saliency_inventory, unreadable_metadata
 from satpipe.data.metadata import metadata_problems
 from satpipe.data.quality_text import quality_lines
 from satpipe.data.saliency_store import NORMALIZATION_RANGES, pairing_problems
@@ -44,10 +48,6 @@ from satpipe.data.storage import (
     shard_slices,
     storage_errors,
 )
-
-# At most this many example rows are named in one problem line.
-EXAMPLES = 3
-
 
 # --------------------------------------------------------------------------------------------
 # info
@@ -189,14 +189,6 @@ def format_info(info: Mapping[str, Any]) -> str:
 # verify
 
 
-def missing_shards(arr) -> list[int]:
-    """Indices (along rows) of the shards of `arr` that have no stored object (one listing)."""
-    have = stored_shards(arr)
-    return [
-        k for k in range(len(shard_slices(int(arr.shape[0]), shard_rows(arr)))) if k not in have
-    ]
-
-
 def _examples(rows: np.ndarray) -> str:
     shown = ", ".join(str(int(r)) for r in rows[:EXAMPLES])
     return shown + (", ..." if len(rows) > EXAMPLES else "")
@@ -252,11 +244,12 @@ def _expect(problems: list[str], path: str, arr, dtype: str, shape: tuple) -> bo
     return ok
 
 
-def _check_missing(problems: list[str], path: str, arr, sizes=None, wanted=None) -> list[int]:
+def _check_missing(problems: list[str], path: str, arr, sizes=None) -> set[int]:
     """Shards of `arr` with no stored object, or (with the recorded `sizes`) one of another
     size than was written, as problem lines; returns the missing shards."""
-    problems += inventory_problems({path: (arr, wanted, sizes)})
-    return missing_shards(arr)
+    problems += inventory_problems({path: (arr, None, sizes)})
+    have = stored_shards(arr)
+    return {k for k in range(n_shards_of(arr)) if k not in have}
 
 
 def _plan_dataset_split(
@@ -287,7 +280,7 @@ def _plan_dataset_split(
         return None
     sizes = ((attrs.get("shards") or {}).get(split) or {}).get("bytes") or {}
     for name, arr in arrays.items():
-        missing[name] = set(_check_missing(problems, f"{split}/{name}", arr, sizes.get(name)))
+        missing[name] = _check_missing(problems, f"{split}/{name}", arr, sizes.get(name))
     return arrays
 
 

@@ -1,15 +1,5 @@
-"""What a reader checks before it trusts a store: the inventory and the shard digests.
-
-Inventory. zarr reads a shard that has no stored object as its fill value, without an error,
-so a deleted object or a copy that stopped half-way reads as zeros. Readers therefore list the
-objects of each array once (`stored_shards`: one listing per array, which object storage
-answers with one paginated LIST, sizes included) and refuse a store that lacks a shard that
-must exist. Stores also record the size of every shard object as written (dataset stores in
-their attributes, saliency stores in a `<split>/bytes` array that each worker fills for its
-shard before marking it done), so a shard that a copy left half-written (`cp -r` killed
-mid-file) is refused at open too.
-Every chunk is stored, even one equal to the fill value (feature `every-chunk`), so every
-shard of every array must exist: a lost labels shard of class 0 is as missing as any other.
+"""What a reader checks before it trusts a store's data: the features it must record (or be
+refused as older) and the shard digests (the inventory, what is missing: satpipe.data.inventory).
 
 Digests. Dataset stores record (feature `shard-sha256`), per split and array,
 the sha256 of every shard's rows (the decoded values, little-endian, C order), computed while
@@ -26,8 +16,7 @@ refuses it in one line that says how to rebuild it (`refuse_older_store`): the c
 hold for every store that opens, with no branch for stores without them. The format number
 stays 1 (the stores before these checks are format 1 too: the features tell them apart).
 
-Nothing here imports the rest of satpipe.data but `zarr_internals`; `satpipe.data.storage`
-uses it at every open.
+Nothing here imports the rest of satpipe.data; `satpipe.data.storage` uses it at every open.
 """
 
 from __future__ import annotations
@@ -39,7 +28,6 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from satpipe.core.errors import SatpipeError
-from satpipe.data.zarr_internals import key_size, listing_with_sizes
 
 # Recorded in a store's `satpipe` attributes, list `features`.
 EVERY_CHUNK = "every-chunk"  # every chunk is stored, even one equal to the fill value
@@ -51,8 +39,6 @@ DATASET_FEATURES = (EVERY_CHUNK, SHARD_SHA256)
 SALIENCY_FEATURES = (EVERY_CHUNK, SHARD_SIZES)
 # zarr's runtime setting that makes an array store chunks equal to the fill value.
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
-# Shards named in one line.
-EXAMPLES = 3
 
 
 # What a store lacking each feature misses, as the refusal names it.
@@ -96,92 +82,6 @@ def writable(array):
     setting per opened array, not in the metadata, so every write path opens its arrays
     through here."""
     return array.with_config(WRITE_EVERY_CHUNK)
-
-
-# --------------------------------------------------------------------------------------------
-# Inventory
-
-
-def shard_rows_of(array) -> int:
-    return int((array.shards or array.chunks)[0])
-
-
-def n_shards_of(array) -> int:
-    rows = shard_rows_of(array)
-    return -(-int(array.shape[0]) // rows) if array.shape[0] else 0
-
-
-def shard_key(array, k: int) -> str:
-    """The store key of shard k of a row-sharded array: `<array path>/c/k/0/.../0`."""
-    base = array.store_path.path
-    key = array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))
-    return f"{base}/{key}" if base else key
-
-
-def stored_shards(array) -> dict[int, int | None]:
-    """{shard index: object size in bytes (None: unknown)} of the shards of a row-sharded
-    array that have a stored object: one listing.
-
-    Arrays made by `satpipe.data.storage.create_rows_array` have one shard across every axis
-    but the first, so shard k is the object `c/k/0/.../0`. Anything else under `c/` (zarr's
-    `.partial` temporaries, stray files) does not count."""
-    base = array.store_path.path
-    expected = {shard_key(array, k): k for k in range(n_shards_of(array))}
-    listed = listing_with_sizes(array.store_path.store, f"{base}/c/" if base else "c/")
-    return {expected[key]: size for key, size in listed.items() if key in expected}
-
-
-def shard_size(array, k: int) -> int:
-    """Bytes of the stored object of shard k (one stat or HEAD)."""
-    return key_size(array.store_path.store, shard_key(array, k))
-
-
-def shard_span(k: int, rows: int, n: int) -> str:
-    return f"{k * rows}:{min((k + 1) * rows, n)}"
-
-
-def missing_line(path: str, missing: Sequence[int], rows: int, n: int, total: int) -> str:
-    """`train/images rows 0:8 (shard 0), ... have no stored data (2 of 4 shards missing...)`."""
-    shown = ", ".join(f"{shard_span(k, rows, n)} (shard {k})" for k in missing[:EXAMPLES])
-    more = ", ..." if len(missing) > EXAMPLES else ""
-    return (
-        f"{path} rows {shown}{more} have no stored data ({len(missing)} of {total} shards "
-        "missing; zarr would read them as zeros)"
-    )
-
-
-def inventory_problems(arrays: Mapping[str, tuple]) -> list[str]:
-    """One line per array that is absent, lacks shards or holds a shard object of another size
-    than was written: `arrays` maps "split/name" to (the zarr array, or None when the group
-    has no such array; the shard indices that must be stored, or None for all; the recorded
-    object sizes, or None)."""
-    problems = []
-    for path, (array, wanted, sizes) in arrays.items():
-        if array is None:
-            problems.append(f"{path}: array missing (its zarr.json is not in the store)")
-            continue
-        total, rows, n = n_shards_of(array), shard_rows_of(array), int(array.shape[0])
-        wanted = range(total) if wanted is None else wanted
-        have = stored_shards(array)
-        missing = sorted(k for k in wanted if k not in have)
-        if missing:
-            problems.append(missing_line(path, missing, rows, n, total))
-        if sizes is not None and len(sizes) == total:
-            wanted = set(wanted)
-            short = [
-                k
-                for k in sorted(have)
-                # 0 recorded: not written yet (a saliency shard not done)
-                if k in wanted and have[k] is not None and sizes[k] and have[k] != sizes[k]
-            ]
-            if short:
-                k = short[0]
-                more = f" (and {len(short) - 1} more shards)" if len(short) > 1 else ""
-                problems.append(
-                    f"{path} rows {shard_span(k, rows, n)} (shard {k}): object is {have[k]} "
-                    f"bytes, {sizes[k]} were written (a truncated or altered copy){more}"
-                )
-    return problems
 
 
 # --------------------------------------------------------------------------------------------

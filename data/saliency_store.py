@@ -19,16 +19,15 @@ from zarr.codecs import Crc32cCodec
 from satpipe.core.errors import SatpipeError, note
 from satpipe.core.version import __version__
 from satpipe.data.dataset_store import DatasetView
-from satpipe.data.integrity import (
-    SALIENCY_FEATURES,
-    refuse_older_store,
+from satpipe.data.integrity import SALIENCY_FEATURES, refuse_older_store, writable
+from satpipe.data.inventory import (
+    refuse_missing,
+    saliency_inventory,
     shard_key,
     shard_size,
     shard_span,
     stored_shards,
-    writable,
 )
-from satpipe.data.inventory import refuse_missing, saliency_inventory
 from satpipe.data.storage import (
     ATTR,
     FORMAT,
