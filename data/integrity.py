@@ -1,12 +1,12 @@
 """What a reader checks before it trusts a store's data: the features it must record (or be
 refused as older) and the shard digests (the inventory, what is missing: satpipe.data.inventory).
 
-Digests. Dataset stores record (feature `shard-sha256`), per split and array,
-the sha256 of every shard's rows (the decoded values, little-endian, C order), computed while
-writing. `ShardCheck` checks each shard as a reader reads it, in whatever order: that is how
-the trainer's shuffled streaming reads and the saliency runner's per-shard tasks check the
-data in flight with no extra pass. The whole-store `fingerprint` (a sequential sha256 over
-each split, see `satpipe.data.fingerprint.Fingerprint`) stays the store's identity; the digests are
+Digests. Dataset stores record (feature `shard-sha256`), per split and array, the sha256 of
+every shard's rows (the decoded values, little-endian, C order), computed while writing.
+`ShardCheck` checks each shard as a reader reads it, in whatever order: that is how the
+trainer's shuffled streaming reads and the saliency runner's per-shard tasks check the data in
+flight with no extra pass. The whole-store `fingerprint` (a sequential sha256 over each split,
+see `satpipe.data.fingerprint.Fingerprint`) stays the store's identity; the digests are
 computed from the same rows by the same writer and recorded in the same `zarr.json`, so a copy
 that mixes objects of two versions of a store fails them.
 
@@ -72,8 +72,12 @@ def _rebuild_command(uri: str, attrs: Mapping) -> str:
         return f"satpipe data import {fmt} {src} --out {uri} --overwrite"
     method = attrs.get("method") or "METHOD"
     data = (attrs.get("dataset") or {}).get("uri") or "DATASET"
-    model = " --model CHECKPOINT" if (attrs.get("source_model") or {}).get("arch") else ""
-    return f"satpipe saliency --method {method} --data {data}{model} --out {uri} --overwrite"
+    extra = " --model CHECKPOINT" if (attrs.get("source_model") or {}).get("arch") else ""
+    if attrs.get("normalization") not in (None, "signed-maxabs"):  # the CLI's defaults
+        extra += f" --normalization {attrs['normalization']}"
+    if attrs.get("seed"):
+        extra += f" --seed {attrs['seed']}"
+    return f"satpipe saliency --method {method} --data {data}{extra} --out {uri} --overwrite"
 
 
 def writable(array):
