@@ -32,9 +32,8 @@ from satpipe.data.inventory import (
     EXAMPLES,
     dataset_inventory,
     inventory_problems,
-    n_shards_of,
+    missing_shards,
     saliency_inventory,
-    stored_shards,
     unreadable_metadata,
 )
 from satpipe.data.metadata import metadata_problems
@@ -248,8 +247,7 @@ def _check_missing(problems: list[str], path: str, arr, sizes=None) -> set[int]:
     """Shards of `arr` with no stored object, or (with the recorded `sizes`) one of another
     size than was written, as problem lines; returns the missing shards."""
     problems += inventory_problems({path: (arr, None, sizes)})
-    have = stored_shards(arr)
-    return {k for k in range(n_shards_of(arr)) if k not in have}
+    return set(missing_shards(arr))
 
 
 def _plan_dataset_split(

@@ -59,6 +59,12 @@ def stored_shards(array) -> dict[int, int | None]:
     return {expected[key]: size for key, size in listed.items() if key in expected}
 
 
+def missing_shards(array) -> list[int]:
+    """Indices of the shards of a row-sharded array that have no stored object (one listing)."""
+    have = stored_shards(array)
+    return [k for k in range(n_shards_of(array)) if k not in have]
+
+
 def shard_size(array, k: int) -> int:
     """Bytes of the stored object of shard k (one stat or HEAD)."""
     return key_size(array.store_path.store, shard_key(array, k))
