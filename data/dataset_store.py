@@ -12,16 +12,8 @@ import numpy as np
 from satpipe.core.errors import SatpipeError, note
 from satpipe.core.version import __version__
 from satpipe.data.fingerprint import Fingerprint
-from satpipe.data.integrity import (
-    DATASET_FEATURES,
-    EVERY_CHUNK,
-    SHARD_SHA256,
-    ShardCheck,
-    digest_blocks,
-    has_feature,
-    shard_size,
-)
-from satpipe.data.inventory import dataset_inventory, refuse_missing
+from satpipe.data.integrity import DATASET_FEATURES, ShardCheck, digest_blocks
+from satpipe.data.inventory import dataset_inventory, refuse_missing, shard_size
 from satpipe.data.outputs import store_lock
 from satpipe.data.storage import (
     FORMAT,
@@ -90,11 +82,6 @@ class DatasetView:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.split(self.splits[0]).images.shape[1:])
 
-    @property
-    def has_shard_digests(self) -> bool:
-        """True for stores that record the sha256 of every shard (checked in flight)."""
-        return has_feature(self.attrs, SHARD_SHA256)
-
     def split(self, name: str) -> SplitView:
         if name not in self.group:
             raise SatpipeError(f"{self.uri}: dataset has no '{name}' split (has {self.splits})")
@@ -109,25 +96,11 @@ class DatasetView:
             boxes=g.get("boxes"),
         )
 
-    def shard_check(self, split: str) -> ShardCheck | None:
-        """A ShardCheck of `split` against the digests recorded at write time; None for
-        stores made before digests were recorded (see `legacy_note`)."""
-        shards = (self.attrs.get("shards") or {}).get(split)
-        if not self.has_shard_digests or not shards:
-            return None
+    def shard_check(self, split: str) -> ShardCheck:
+        """A ShardCheck of `split` against the digests recorded at write time."""
+        shards = self.attrs["shards"][split]
         n = len(self.split(split))
         return ShardCheck(self.uri, split, n, int(shards["rows"]), shards["sha256"])
-
-    def legacy_note(self) -> str | None:
-        """What cannot be checked in a store made before these checks existed (None if all)."""
-        if self.has_shard_digests and has_feature(self.attrs, EVERY_CHUNK):
-            return None
-        return (
-            f"{self.uri} was written before satpipe stored every chunk and recorded shard "
-            "digests: its labels cannot be inventoried (a labels shard of class 0 may be "
-            "legitimately absent), and its data is checked against its fingerprint only "
-            "when loaded whole (resident); `satpipe store verify` checks everything"
-        )
 
 
 def open_dataset(
@@ -151,9 +124,6 @@ def open_dataset(
     view = DatasetView(uri=str(uri), group=group, attrs=attrs)
     if check_inventory and attrs.get("complete"):
         refuse_missing(uri, dataset_inventory(group, attrs, uri))
-        legacy = view.legacy_note()
-        if legacy:
-            note(legacy)
         check_labels(view)
     return view
 

@@ -1,19 +1,12 @@
 """A dataset store's fingerprint: sha256 over its images and labels, split by split, computed
-while writing and checked when a split is read whole."""
+while writing and checked by `satpipe store verify` (readers check the shard digests)."""
 
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-from satpipe.core.errors import SatpipeError
-
-if TYPE_CHECKING:  # annotations only: dataset_store imports this module
-    from satpipe.data.dataset_store import DatasetView
 
 
 class Fingerprint:
@@ -49,36 +42,3 @@ class Fingerprint:
 
     def hexdigest(self) -> str:
         return self.combine({split: self.part(split) for split in self._parts})
-
-
-# Older stores record no shard digests, only the whole-store fingerprint, which can be checked
-# only by reading every split whole and in row order. Resident loads do exactly that; they
-# leave their split's part here, and once every split of a store has been read in this process
-# (the trainer loads train and test), the parts are combined and compared.
-_WHOLE_READS: dict[tuple[str, str], dict[str, tuple]] = {}
-
-_WHOLE_READS_LOCK = threading.Lock()
-
-
-def record_whole_split(view: DatasetView, split: str, fingerprint: Fingerprint) -> None:
-    """Leave the fingerprint part of `split`, read whole and in order, for `check_whole_reads`."""
-    with _WHOLE_READS_LOCK:
-        _WHOLE_READS.setdefault((view.uri, view.fingerprint), {})[split] = fingerprint.part(split)
-
-
-def check_whole_reads(view: DatasetView) -> bool:
-    """True when every split of `view` was read whole in this process and the reads hash to
-    its recorded fingerprint; False when some split was not read whole (nothing checked).
-    Data that hashes to something else is a SatpipeError naming the store."""
-    with _WHOLE_READS_LOCK:
-        parts = dict(_WHOLE_READS.get((view.uri, view.fingerprint), {}))
-    if set(parts) != set(view.splits):
-        return False
-    found = Fingerprint.combine(parts)
-    if found != view.fingerprint:
-        raise SatpipeError(
-            f"{view.uri}: the images and labels read hash to {found[:19]}..., not the "
-            f"fingerprint {str(view.fingerprint)[:19]}... recorded when the store was written "
-            "(it was changed, or a copy mixed two versions); run `satpipe store verify` on it"
-        )
-    return True

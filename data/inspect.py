@@ -3,13 +3,12 @@
 `verify_store` reads every chunk of every array, so zarr checks each chunk's crc32c checksum;
 a corrupted chunk is reported with the array and rows it belongs to. A shard with no stored
 object reads back as the fill value (zeros) without any error, so verify also checks that
-every shard exists (one listing per array, `satpipe.data.integrity`). In stores made before
-satpipe stored every chunk, labels are not checked that way (an all-class-0 shard was
-legitimately elided there; the fingerprint covers labels anyway). `store_info` runs the same
-inventory and never calls a store that lacks shards complete.
+every shard exists (one listing per array, `satpipe.data.integrity`). `store_info` runs the
+same inventory and never calls a store that lacks shards complete. Both refuse, in one line, a
+store written by an older satpipe (`satpipe.data.integrity.refuse_older_store`).
 
-Dataset stores: fingerprint recomputed and compared, every shard against its recorded sha256
-(stores that record them), labels in [0, classes), masks in {0, 1}, boxes inside the image
+Dataset stores: fingerprint recomputed and compared, every shard against its recorded sha256,
+labels in [0, classes), masks in {0, 1}, boxes inside the image
 with x0 < x1 and y0 < y1, `complete` set. Saliency stores: every shard
 done, no NaN/Inf, values inside the normalisation's range ([-1, 1] signed-maxabs, [0, 1]
 minmax, {-1, 0, 1} sign), `complete` set, and with `data` the dataset's fingerprint, rows and
@@ -28,16 +27,15 @@ from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
 from satpipe.data.dataset_store import boxes_valid
 from satpipe.data.fingerprint import Fingerprint
-from satpipe.data.integrity import (
-    EVERY_CHUNK,
-    SHARD_SHA256,
-    SHARD_SIZES,
-    has_feature,
+from satpipe.data.integrity import shard_digest
+from satpipe.data.inventory import (
+    EXAMPLES,
+    dataset_inventory,
     inventory_problems,
-    shard_digest,
-    stored_shards,
+    missing_shards,
+    saliency_inventory,
+    unreadable_metadata,
 )
-from satpipe.data.inventory import dataset_inventory, saliency_inventory, unreadable_metadata
 from satpipe.data.metadata import metadata_problems
 from satpipe.data.quality_text import quality_lines
 from satpipe.data.saliency_store import NORMALIZATION_RANGES, pairing_problems
@@ -49,10 +47,6 @@ from satpipe.data.storage import (
     shard_slices,
     storage_errors,
 )
-
-# At most this many example rows are named in one problem line.
-EXAMPLES = 3
-
 
 # --------------------------------------------------------------------------------------------
 # info
@@ -179,10 +173,7 @@ def format_info(info: Mapping[str, Any]) -> str:
         lines.append(f"  shards done: {done}")
         lines += quality_lines(attrs.get("quality"))
     lines.append(f"  created: {attrs.get('created')}, satpipe {attrs.get('satpipe_version')}")
-    if info["features"]:
-        lines.append(f"  features: {', '.join(info['features'])}")
-    else:
-        lines.append("  features: none (older store: all-zero shards may be elided, no digests)")
+    lines.append(f"  features: {', '.join(info['features'])}")
     width = max((len(p) for p in info["arrays"]), default=0)
     for path, a in info["arrays"].items():
         shards = f" shards {tuple(a['shards'])}" if a["shards"] else ""
@@ -195,14 +186,6 @@ def format_info(info: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # verify
-
-
-def missing_shards(arr) -> list[int]:
-    """Indices (along rows) of the shards of `arr` that have no stored object (one listing)."""
-    have = stored_shards(arr)
-    return [
-        k for k in range(len(shard_slices(int(arr.shape[0]), shard_rows(arr)))) if k not in have
-    ]
 
 
 def _examples(rows: np.ndarray) -> str:
@@ -260,11 +243,11 @@ def _expect(problems: list[str], path: str, arr, dtype: str, shape: tuple) -> bo
     return ok
 
 
-def _check_missing(problems: list[str], path: str, arr, sizes=None, wanted=None) -> list[int]:
+def _check_missing(problems: list[str], path: str, arr, sizes=None) -> set[int]:
     """Shards of `arr` with no stored object, or (with the recorded `sizes`) one of another
     size than was written, as problem lines; returns the missing shards."""
-    problems += inventory_problems({path: (arr, wanted, sizes)})
-    return missing_shards(arr)
+    problems += inventory_problems({path: (arr, None, sizes)})
+    return set(missing_shards(arr))
 
 
 def _plan_dataset_split(
@@ -293,11 +276,9 @@ def _plan_dataset_split(
             problems.append(f"{split}/{name}: array missing (its zarr.json is not in the store)")
     if "labels" not in arrays:
         return None
-    every = has_feature(attrs, EVERY_CHUNK)
+    sizes = ((attrs.get("shards") or {}).get(split) or {}).get("bytes") or {}
     for name, arr in arrays.items():
-        if name != "labels" or every:  # older stores elided all-class-0 labels shards
-            sizes = ((attrs.get("shards") or {}).get(split) or {}).get("bytes") or {}
-            missing[name] = set(_check_missing(problems, f"{split}/{name}", arr, sizes.get(name)))
+        missing[name] = _check_missing(problems, f"{split}/{name}", arr, sizes.get(name))
     return arrays
 
 
@@ -307,9 +288,7 @@ class _Digests:
     def __init__(
         self, attrs: Mapping[str, Any], split: str, arrays: Mapping[str, Any], skip: Mapping
     ) -> None:
-        recorded = (
-            (attrs.get("shards") or {}).get(split) if has_feature(attrs, SHARD_SHA256) else None
-        )
+        recorded = (attrs.get("shards") or {}).get(split)
         self.split, self.recorded = split, {}
         self.rows = int((recorded or {}).get("rows") or 0)
         for name, digests in ((recorded or {}).get("sha256") or {}).items():
@@ -349,8 +328,7 @@ def _verify_dataset(group, attrs: dict, problems: list[str]) -> None:
     splits = [s for s in SPLITS if s in group]
     if not splits:
         problems.append("no train or test split")
-    recorded = attrs.get("shards") if has_feature(attrs, SHARD_SHA256) else None
-    for split in recorded or ():
+    for split in attrs.get("shards") or ():
         if split not in group:
             problems.append(f"{split}: split group missing (its zarr.json is not in the store)")
     plans, missing = {}, {}
@@ -405,7 +383,7 @@ def _verify_dataset(group, attrs: dict, problems: list[str]) -> None:
         )
 
 
-def _plan_saliency_split(g, split: str, reader: _Reader, problems: list[str], attrs: Mapping):
+def _plan_saliency_split(g, split: str, reader: _Reader, problems: list[str]):
     """The saliency array of one split after the done-marker checks; None if unusable."""
     if "saliency" not in g or "done" not in g:
         problems.append(f"{split}: needs saliency and done arrays (has {sorted(g.array_keys())})")
@@ -426,7 +404,9 @@ def _plan_saliency_split(g, split: str, reader: _Reader, problems: list[str], at
                 f"(shards {_examples(left)})"
             )
     sizes = None
-    if has_feature(attrs, SHARD_SIZES) and "bytes" in g:
+    if "bytes" not in g:
+        problems.append(f"{split}/bytes: array missing (its zarr.json is not in the store)")
+    else:
         sizes = reader.read(f"{split}/bytes", g["bytes"], slice(0, n_shards))
     _check_missing(problems, f"{split}/saliency", maps, None if sizes is None else sizes.tolist())
     return maps
@@ -446,7 +426,7 @@ def _verify_saliency(group, attrs: dict, problems: list[str]) -> dict[str, Any]:
     reader = _Reader(problems)
     plans = {}
     for split in (s for s in SPLITS if s in group):
-        maps = _plan_saliency_split(group[split], split, reader, problems, attrs)
+        maps = _plan_saliency_split(group[split], split, reader, problems)
         if maps is not None:
             plans[split] = maps
     blocks = {s: shard_slices(int(m.shape[0]), shard_rows(m)) for s, m in plans.items()}

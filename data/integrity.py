@@ -1,27 +1,20 @@
-"""What a reader checks before it trusts a store: the inventory and the shard digests.
+"""What a reader checks before it trusts a store's data: the features it must record (or be
+refused as older) and the shard digests (the inventory, what is missing: satpipe.data.inventory).
 
-Inventory. zarr reads a shard that has no stored object as its fill value, without an error,
-so a deleted object or a copy that stopped half-way reads as zeros. Readers therefore list the
-objects of each array once (`stored_shards`: one listing per array, which object storage
-answers with one paginated LIST, sizes included) and refuse a store that lacks a shard that
-must exist. Stores also record the size of every shard object as written (dataset stores in
-their attributes, saliency stores in a `<split>/bytes` array that each worker fills for its
-shard before marking it done), so a shard that a copy left half-written (`cp -r` killed
-mid-file) is refused at open too.
-Stores made since the feature `every-chunk` was recorded in their attributes store every
-chunk, even one equal to the fill value, so there every shard of every array must exist.
-Older stores elided shards equal to the fill value: a labels shard of class 0 is legitimately
-absent there, so their labels cannot be inventoried (images, masks, boxes and maps can: an
-all-zero shard of those is not a real one).
-
-Digests. Dataset stores made since the feature `shard-sha256` record, per split and array,
-the sha256 of every shard's rows (the decoded values, little-endian, C order), computed while
-writing. `ShardCheck` checks each shard as a reader reads it, in whatever order: that is how
-the trainer's shuffled streaming reads and the saliency runner's per-shard tasks check the
-data in flight with no extra pass. The whole-store `fingerprint` (a sequential sha256 over
-each split, see `satpipe.data.fingerprint.Fingerprint`) stays the store's identity; the digests are
+Digests. Dataset stores record (feature `shard-sha256`), per split and array, the sha256 of
+every shard's rows (the decoded values, little-endian, C order), computed while writing.
+`ShardCheck` checks each shard as a reader reads it, in whatever order: that is how the
+trainer's shuffled streaming reads and the saliency runner's per-shard tasks check the data in
+flight with no extra pass. The whole-store `fingerprint` (a sequential sha256 over each split,
+see `satpipe.data.fingerprint.Fingerprint`) stays the store's identity; the digests are
 computed from the same rows by the same writer and recorded in the same `zarr.json`, so a copy
 that mixes objects of two versions of a store fails them.
+
+Features. A store lists what its writer guaranteed in `features`; a store that lacks one that
+this version's writer records for its kind was written by an older satpipe, and every open
+refuses it in one line that says how to rebuild it (`refuse_older_store`): the checks above
+hold for every store that opens, with no branch for stores without them. The format number
+stays 1 (the stores before these checks are format 1 too: the features tell them apart).
 
 Nothing here imports the rest of satpipe.data; `satpipe.data.storage` uses it at every open.
 """
@@ -33,8 +26,6 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-import zarr
-from zarr.core.sync import sync
 
 from satpipe.core.errors import SatpipeError
 
@@ -48,12 +39,45 @@ DATASET_FEATURES = (EVERY_CHUNK, SHARD_SHA256)
 SALIENCY_FEATURES = (EVERY_CHUNK, SHARD_SIZES)
 # zarr's runtime setting that makes an array store chunks equal to the fill value.
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
-# Shards named in one line.
-EXAMPLES = 3
 
 
-def has_feature(attrs: Mapping, feature: str) -> bool:
-    return feature in (attrs.get("features") or ())
+# What a store lacking each feature misses, as the refusal names it.
+_LACKS = {
+    EVERY_CHUNK: "all-zero shards not stored",
+    SHARD_SHA256: "no shard digests",
+    SHARD_SIZES: "no shard sizes",
+}
+REQUIRED_FEATURES = {"dataset": DATASET_FEATURES, "saliency": SALIENCY_FEATURES}
+
+
+def refuse_older_store(uri: str, attrs: Mapping) -> None:
+    """Refuse a store whose `satpipe` attrs lack a feature this version's writer records for
+    its kind: one SatpipeError that names what it lacks and the command that rebuilds it.
+    Every open calls it (satpipe.data.storage.read_attrs, and a saliency run resuming a store)."""
+    required = REQUIRED_FEATURES.get(str(attrs.get("kind")), ())
+    have = attrs.get("features") or ()
+    lacking = [_LACKS[f] for f in required if f not in have]
+    if lacking:
+        raise SatpipeError(
+            f"{uri}: written by an older satpipe ({', '.join(lacking)}); rebuild it: "
+            f"{_rebuild_command(uri, attrs)}"
+        )
+
+
+def _rebuild_command(uri: str, attrs: Mapping) -> str:
+    """The command that writes the store at `uri` again, from what its attrs recorded."""
+    if attrs.get("kind") == "dataset":
+        source = attrs.get("source") or {}
+        fmt, src = source.get("format") or "FORMAT", source.get("path") or "SRC"
+        return f"satpipe data import {fmt} {src} --out {uri} --overwrite"
+    method = attrs.get("method") or "METHOD"
+    data = (attrs.get("dataset") or {}).get("uri") or "DATASET"
+    extra = " --model CHECKPOINT" if (attrs.get("source_model") or {}).get("arch") else ""
+    if attrs.get("normalization") not in (None, "signed-maxabs"):  # the CLI's defaults
+        extra += f" --normalization {attrs['normalization']}"
+    if attrs.get("seed"):
+        extra += f" --seed {attrs['seed']}"
+    return f"satpipe saliency --method {method} --data {data}{extra} --out {uri} --overwrite"
 
 
 def writable(array):
@@ -62,122 +86,6 @@ def writable(array):
     setting per opened array, not in the metadata, so every write path opens its arrays
     through here."""
     return array.with_config(WRITE_EVERY_CHUNK)
-
-
-# --------------------------------------------------------------------------------------------
-# Inventory
-
-
-def shard_rows_of(array) -> int:
-    return int((array.shards or array.chunks)[0])
-
-
-def n_shards_of(array) -> int:
-    rows = shard_rows_of(array)
-    return -(-int(array.shape[0]) // rows) if array.shape[0] else 0
-
-
-async def _collect(agen) -> list[str]:
-    return [key async for key in agen]
-
-
-def _unwrap(store):
-    while isinstance(store, zarr.storage.WrapperStore):
-        store = store._store
-    return store
-
-
-def shard_key(array, k: int) -> str:
-    """The store key of shard k of a row-sharded array: `<array path>/c/k/0/.../0`."""
-    base = array.store_path.path
-    key = array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))
-    return f"{base}/{key}" if base else key
-
-
-def _listing(store, prefix: str) -> dict[str, int | None]:
-    """{key: size in bytes, or None where the store cannot say} of every object under prefix,
-    in one listing (local: a directory walk and a stat per file; fsspec: one `find`)."""
-    inner = _unwrap(store)
-    if isinstance(inner, zarr.storage.LocalStore):
-        return {
-            key: (inner.root / key).stat().st_size
-            for key in sync(_collect(inner.list_prefix(prefix)))
-        }
-    if isinstance(inner, zarr.storage.FsspecStore):
-        found = sync(inner.fs._find(f"{inner.path}/{prefix}", detail=True, withdirs=False))
-        return {
-            path.removeprefix(f"{inner.path}/"): info.get("size") for path, info in found.items()
-        }
-    return dict.fromkeys(sync(_collect(store.list_prefix(prefix))))
-
-
-def stored_shards(array) -> dict[int, int | None]:
-    """{shard index: object size in bytes (None: unknown)} of the shards of a row-sharded
-    array that have a stored object: one listing.
-
-    Arrays made by `satpipe.data.storage.create_rows_array` have one shard across every axis
-    but the first, so shard k is the object `c/k/0/.../0`. Anything else under `c/` (zarr's
-    `.partial` temporaries, stray files) does not count."""
-    base = array.store_path.path
-    expected = {shard_key(array, k): k for k in range(n_shards_of(array))}
-    listed = _listing(array.store_path.store, f"{base}/c/" if base else "c/")
-    return {expected[key]: size for key, size in listed.items() if key in expected}
-
-
-def shard_size(array, k: int) -> int | None:
-    """Bytes of the stored object of shard k (one stat or HEAD), None where unknown."""
-    inner = _unwrap(array.store_path.store)
-    if isinstance(inner, zarr.storage.LocalStore | zarr.storage.FsspecStore):
-        return int(sync(inner.getsize(shard_key(array, k))))
-    return None
-
-
-def shard_span(k: int, rows: int, n: int) -> str:
-    return f"{k * rows}:{min((k + 1) * rows, n)}"
-
-
-def missing_line(path: str, missing: Sequence[int], rows: int, n: int, total: int) -> str:
-    """`train/images rows 0:8 (shard 0), ... have no stored data (2 of 4 shards missing...)`."""
-    shown = ", ".join(f"{shard_span(k, rows, n)} (shard {k})" for k in missing[:EXAMPLES])
-    more = ", ..." if len(missing) > EXAMPLES else ""
-    return (
-        f"{path} rows {shown}{more} have no stored data ({len(missing)} of {total} shards "
-        "missing; zarr would read them as zeros)"
-    )
-
-
-def inventory_problems(arrays: Mapping[str, tuple]) -> list[str]:
-    """One line per array that is absent, lacks shards or holds a shard object of another size
-    than was written: `arrays` maps "split/name" to (the zarr array, or None when the group
-    has no such array; the shard indices that must be stored, or None for all; the recorded
-    object sizes, or None)."""
-    problems = []
-    for path, (array, wanted, sizes) in arrays.items():
-        if array is None:
-            problems.append(f"{path}: array missing (its zarr.json is not in the store)")
-            continue
-        total, rows, n = n_shards_of(array), shard_rows_of(array), int(array.shape[0])
-        wanted = range(total) if wanted is None else wanted
-        have = stored_shards(array)
-        missing = sorted(k for k in wanted if k not in have)
-        if missing:
-            problems.append(missing_line(path, missing, rows, n, total))
-        if sizes is not None and len(sizes) == total:
-            wanted = set(wanted)
-            short = [
-                k
-                for k in sorted(have)
-                # 0 recorded: not written yet (a saliency shard not done)
-                if k in wanted and have[k] is not None and sizes[k] and have[k] != sizes[k]
-            ]
-            if short:
-                k = short[0]
-                more = f" (and {len(short) - 1} more shards)" if len(short) > 1 else ""
-                problems.append(
-                    f"{path} rows {shard_span(k, rows, n)} (shard {k}): object is {have[k]} "
-                    f"bytes, {sizes[k]} were written (a truncated or altered copy){more}"
-                )
-    return problems
 
 
 # --------------------------------------------------------------------------------------------

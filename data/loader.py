@@ -17,10 +17,7 @@ load, or in the first streaming epoch (shuffled order does not matter, each shar
 on its own). `finish_check()` checks whatever this loader has not read yet (normally nothing
 after one epoch) and ends the checking; the trainer calls it before its first checkpoint.
 Under `world_size > 1` a streaming rank checks the shards whose first row falls in its share
-of the first epoch (plus, on the last rank, shards that drop_last leaves to no one). Stores
-made before shard digests were recorded are checked against their whole fingerprint when
-every split is loaded resident in this process (the trainer's train and test loaders), and
-not at all when streamed; a note says so.
+of the first epoch (plus, on the last rank, shards that drop_last leaves to no one).
 
 Order is a function of (seed, epoch, rank) only. Under `world_size > 1` every rank gets the same
 number of rows per epoch, disjoint from the other ranks' rows:
@@ -48,13 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from satpipe.core.errors import SatpipeError, note
+from satpipe.core.errors import SatpipeError
 from satpipe.core.options import check_choice
 from satpipe.core.progress import progress
 from satpipe.core.seeding import derive_seed, generator
 from satpipe.data.augment import crop_flip, draw_crop_flip
 from satpipe.data.dataset_store import DatasetView, open_dataset
-from satpipe.data.fingerprint import Fingerprint, check_whole_reads, record_whole_split
 from satpipe.data.saliency_store import SaliencyView, check_pairing, open_saliency
 from satpipe.data.storage import shard_rows, shard_slices
 from satpipe.data.streaming import ShardReader, StreamStats, plan_segments, stream_batches
@@ -205,8 +201,8 @@ class PairLoader:
         self.storage_options = dict(storage_options or {})
         self.epoch = 0
         self.stats = StreamStats()
-        # In-flight check of the data against the digests recorded at write time (None for
-        # older stores); `_checked` once every shard this loader answers for has been checked.
+        # In-flight check of the data against the digests recorded at write time (None: not
+        # verified); `_checked` once every shard this loader answers for has been checked.
         self._check = dataset.shard_check(split) if o.verify else None
         self._checked = not o.verify
         self._owned = o.world_size == 1  # streaming ranks narrow the check to their own shards
@@ -278,26 +274,16 @@ class PairLoader:
         """Check against the store's recorded digests every shard this loader answers for that
         it has not read yet (normally none after one epoch), then stop checking. A shard that
         differs is a one-line SatpipeError; the trainer calls this before its first
-        checkpoint. Older stores: their whole fingerprint is checked if every split was loaded
-        resident in this process, else a note says the data was not checked."""
+        checkpoint."""
         if self._checked:
             return
-        if self._check is not None:
-            reader = self._reader()
-            for k in sorted(self._check.pending):
-                reader.read(*self._check.bounds(k))
-        elif not check_whole_reads(self.dataset):
-            note(
-                f"{self.dataset.uri}: {self.split} data not checked against its fingerprint "
-                "(a store made before shard digests, not loaded whole); `satpipe store verify` "
-                "checks it"
-            )
+        reader = self._reader()
+        for k in sorted(self._check.pending):
+            reader.read(*self._check.bounds(k))
         self._checked = True
 
     def _load_resident(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         reader = self._reader(permuted=False)
-        # Older stores: the split is read whole and in order, so its fingerprint part comes free.
-        whole = Fingerprint() if self._check is None and not self._checked else None
         slices = shard_slices(self.num_rows, shard_rows(self._images_array))
         h, w, c = self.image_shape
         images = torch.empty((self.num_rows, h, w, c), dtype=torch.uint8, device=self.device)
@@ -309,15 +295,11 @@ class PairLoader:
         with progress(f"loading {self.split} onto {self.device}", len(slices)) as advance:
             for sl in slices:
                 x, s, y = reader.read(sl.start, sl.stop)
-                if whole is not None:
-                    whole.update(self.split, x, y)
                 images[sl] = torch.from_numpy(x)
                 labels[sl] = torch.from_numpy(y)
                 if maps is not None:
                     maps[sl] = torch.from_numpy(s)
                 advance()
-        if whole is not None:
-            record_whole_split(self.dataset, self.split, whole)
         if maps is not None and self.map_rows is not None:
             maps = maps[torch.from_numpy(self.map_rows).to(self.device)]
         return images, maps, labels

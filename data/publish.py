@@ -21,6 +21,7 @@ from satpipe.core.progress import progress
 from satpipe.data.inventory import dataset_inventory, refuse_missing, saliency_inventory
 from satpipe.data.outputs import prepare_output, refuse_chained, store_lock
 from satpipe.data.storage import ATTR, is_url, local_path, open_group, read_attrs, storage_errors
+from satpipe.data.zarr_internals import strip_protocol
 
 ROOT_META = "zarr.json"
 # Objects are moved in batches of about this many bytes: large enough for s3fs to run the
@@ -67,7 +68,7 @@ def _read(fs, paths: list[str]) -> list[bytes]:
     if not isinstance(found, dict):  # a single path comes back bare
         return [found]
     # fsspec keys the answer by its own normalised path; match them back up by that.
-    return [found[p] if p in found else found[fs._strip_protocol(p)] for p in paths]
+    return [found[p] if p in found else found[strip_protocol(fs, p)] for p in paths]
 
 
 def _verify(src: str, options: Mapping[str, Any] | None) -> None:

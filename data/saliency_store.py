@@ -13,25 +13,21 @@ from typing import Any
 
 import numpy as np
 import zarr
-import zarr.core.buffer
 import zarr.errors
 from zarr.codecs import Crc32cCodec
-from zarr.core.sync import sync
 
 from satpipe.core.errors import SatpipeError, note
 from satpipe.core.version import __version__
 from satpipe.data.dataset_store import DatasetView
-from satpipe.data.integrity import (
-    EVERY_CHUNK,
-    SALIENCY_FEATURES,
-    has_feature,
+from satpipe.data.integrity import SALIENCY_FEATURES, refuse_older_store, writable
+from satpipe.data.inventory import (
+    refuse_missing,
+    saliency_inventory,
     shard_key,
     shard_size,
     shard_span,
     stored_shards,
-    writable,
 )
-from satpipe.data.inventory import refuse_missing, saliency_inventory
 from satpipe.data.storage import (
     ATTR,
     FORMAT,
@@ -47,6 +43,7 @@ from satpipe.data.storage import (
     write_attrs,
     write_errors,
 )
+from satpipe.data.zarr_internals import delete_key
 
 
 class Normalization(str, Enum):
@@ -119,13 +116,6 @@ def open_saliency(
         raise SatpipeError(f"{uri}: saliency store is incomplete (not every shard is done)")
     if check_inventory:
         refuse_missing(uri, saliency_inventory(group, attrs, uri))
-        if not has_feature(attrs, EVERY_CHUNK):
-            note(
-                f"{uri} was written before satpipe stored every chunk and recorded shard "
-                "sizes: a shard of maps that was all zeros was not stored there (if one is "
-                "reported missing, rerun `satpipe saliency` to store it), and a half-copied "
-                "shard is found only when it is read"
-            )
     return SaliencyView(uri=str(uri), group=group, attrs=attrs)
 
 
@@ -281,6 +271,7 @@ def open_saliency_for_write(
             f"{uri}: exists and is a {what} store, not a saliency store "
             "(pass --overwrite to replace it)"
         )
+    refuse_older_store(uri, found)
     wanted = _jsonish(attrs)
     found_j = _jsonish(found)
     # The dataset is identified by its fingerprint; it may have moved since the first run.
@@ -347,9 +338,8 @@ def write_shard(group, split: str, k: int, maps: np.ndarray, uri: str = "") -> N
         raise SatpipeError(f"{split} shard {k}: maps {maps.shape}, expected {expected}")
     with write_errors(uri, f"{split}/saliency rows {rows.start}:{rows.stop} (shard {k})"):
         arr[rows] = maps.astype(np.float16, copy=False)
-    if "bytes" in group[split]:  # stores made before sizes were recorded have none
-        with write_errors(uri, f"{split}/bytes of shard {k} (its maps are written)"):
-            group[f"{split}/bytes"][k] = shard_size(arr, k) or 0
+    with write_errors(uri, f"{split}/bytes of shard {k} (its maps are written)"):
+        group[f"{split}/bytes"][k] = shard_size(arr, k) or 0
     with write_errors(uri, f"{split}/done marker of shard {k} (its maps are written)"):
         group[f"{split}/done"][k] = 1
 
@@ -364,11 +354,11 @@ def unmark_lost_shards(group, uri: str) -> int:
     for split in attrs["splits"]:
         done = done_shards(group, split)
         have = stored_shards(group[f"{split}/saliency"])
-        sizes = np.asarray(group[f"{split}/bytes"][:]) if "bytes" in group[split] else None
+        sizes = np.asarray(group[f"{split}/bytes"][:])
         gone = [
             k
             for k in np.flatnonzero(done == 1).tolist()
-            if k not in have or (sizes is not None and have[k] not in (None, int(sizes[k])))
+            if k not in have or have[k] not in (None, int(sizes[k]))
         ]
         if not gone:
             continue
@@ -386,7 +376,7 @@ def unmark_lost_shards(group, uri: str) -> int:
                 # A cut-short object would be read back (and fail its checksum) by the
                 # sharding codec when the shard is written again: remove it first.
                 if k in have:
-                    sync(group.store.delete(shard_key(maps, k)))
+                    delete_key(group.store, shard_key(maps, k))
         lost += len(gone)
     if lost and attrs.get("complete"):
         attrs["complete"] = False

@@ -18,6 +18,7 @@ from typing import Any
 
 from satpipe.core.errors import SatpipeError
 from satpipe.data.storage import ATTR, SPLITS, storage_errors, url_to_fs
+from satpipe.data.zarr_internals import strip_protocol
 
 ROOT_META = "zarr.json"
 # The score a one-line listing shows, the first a store has.
@@ -70,7 +71,7 @@ def _read_json(fs, paths: list[str]) -> dict[str, Any]:
     out = {}
     for path, raw in found.items():
         try:
-            out[fs._strip_protocol(path)] = json.loads(raw)
+            out[strip_protocol(fs, path)] = json.loads(raw)
         except ValueError:
             continue  # a half-written zarr.json: not listed as a store
     return out
@@ -86,7 +87,7 @@ def _shapes(fs, roots: dict[str, Mapping[str, Any]]) -> dict[str, dict[str, list
     metas = _read_json(fs, list(wanted))
     out: dict[str, dict[str, list]] = {root: {} for root in roots}
     for path, (root, split) in wanted.items():
-        meta = metas.get(fs._strip_protocol(path))
+        meta = metas.get(strip_protocol(fs, path))
         if meta and "shape" in meta:
             out[root][split] = list(meta["shape"])
     return out
@@ -119,13 +120,13 @@ def list_stores(prefix: str, storage_options: Mapping[str, Any] | None = None) -
         metas = _read_json(fs, candidates)
         roots = {}
         for path in candidates:
-            attrs = _satpipe_attrs(metas.get(fs._strip_protocol(path)))
+            attrs = _satpipe_attrs(metas.get(strip_protocol(fs, path)))
             if attrs is not None:
-                roots[fs._strip_protocol(path).rsplit("/", 1)[0]] = attrs
+                roots[strip_protocol(fs, path).rsplit("/", 1)[0]] = attrs
         shapes = _shapes(fs, roots)
     records = [
         _record(
-            _uri_of(prefix, root, fs._strip_protocol(base)),
+            _uri_of(prefix, root, strip_protocol(fs, base)),
             root.rsplit("/", 1)[-1],
             attrs,
             shapes[root],
@@ -140,7 +141,7 @@ def describe_store(uri: str, storage_options: Mapping[str, Any] | None = None) -
     objects (one listing)."""
     with storage_errors(uri):
         fs, root = url_to_fs(uri, storage_options)
-        root = fs._strip_protocol(root.rstrip("/"))
+        root = strip_protocol(fs, root.rstrip("/"))
         attrs = _satpipe_attrs(_read_json(fs, [f"{root}/{ROOT_META}"]).get(f"{root}/{ROOT_META}"))
         if attrs is None:
             raise SatpipeError(

@@ -14,6 +14,7 @@ work on any store written here (DESIGN.md, "Stores").
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -24,15 +25,13 @@ from typing import Any
 import fsspec
 import numpy as np
 import zarr
-import zarr.core.buffer
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from satpipe.core.errors import SatpipeError, quote
-from satpipe.data.integrity import (
-    WRITE_EVERY_CHUNK,
-)
+from satpipe.data.integrity import WRITE_EVERY_CHUNK, refuse_older_store
 from satpipe.data.metadata import check_metadata
 from satpipe.data.outputs import prepare_output
+from satpipe.data.zarr_internals import TranslatingStore
 
 FORMAT = 1
 
@@ -117,57 +116,13 @@ def write_errors(uri: str, what: str):
         raise SatpipeError(f"{uri}: cannot write {what}{where} ({quote(exc)})") from exc
 
 
-class _FriendlyStore(zarr.storage.WrapperStore):
-    """An fsspec store whose transport failures (S3 down mid-write, bad credentials) surface as
-    one-line SatpipeErrors naming the store, instead of botocore tracebacks from deep inside
-    zarr. Semantics are unchanged: missing keys still read as missing."""
-
-    def __init__(self, store, uri: str = "") -> None:
-        super().__init__(store)
-        self._uri = uri
-
-    def _with_store(self, store):
-        return type(self)(store, self._uri)
-
-    def __reduce__(self):
-        return (type(self), (self._store, self._uri))
-
-    async def _translate(self, agen):
-        with storage_errors(self._uri):
-            async for item in agen:
-                yield item
-
-    def list(self):
-        return self._translate(self._store.list())
-
-    def list_prefix(self, prefix):
-        return self._translate(self._store.list_prefix(prefix))
-
-    def list_dir(self, prefix):
-        return self._translate(self._store.list_dir(prefix))
-
-
-def _friendly(name: str):
-    """The store method `name`, forwarded to the wrapped store under `storage_errors`."""
-
-    async def method(self, *args, **kwargs):
-        with storage_errors(self._uri):
-            return await getattr(self._store, name)(*args, **kwargs)
-
-    method.__name__ = name
-    return method
-
-
-for _name in ("get", "get_partial_values", "exists", "set", "set_if_not_exists", "delete",
-              "is_empty"):  # fmt: skip
-    setattr(_FriendlyStore, _name, _friendly(_name))
-
-
 def _url_store(uri: str, storage_options: Mapping[str, Any] | None, read_only: bool):
+    """An fsspec store whose transport failures (S3 down mid-write, bad credentials) surface
+    as one-line SatpipeErrors naming the store, not botocore tracebacks from deep in zarr."""
     store = zarr.storage.FsspecStore.from_url(
         str(uri), storage_options=dict(storage_options or {}), read_only=read_only
     )
-    return _FriendlyStore(store, str(uri))
+    return TranslatingStore(store, functools.partial(storage_errors, str(uri)))
 
 
 def url_to_fs(uri: str, storage_options: Mapping[str, Any] | None = None):
@@ -303,11 +258,15 @@ def shard_slices(n_rows: int, rows_per_shard: int) -> list[slice]:
 
 
 def read_attrs(group, uri: str) -> dict[str, Any]:
+    """The `satpipe` attrs of an opened store; a SatpipeError for anything but a satpipe store
+    of this format that records every feature this version's writer records for its kind
+    (an older store is refused with the command that rebuilds it: satpipe.data.integrity)."""
     attrs = dict(group.attrs.get(ATTR) or {})
     if not attrs:
         raise SatpipeError(f"{uri}: not a satpipe store (no '{ATTR}' attribute)")
     if attrs.get("format") != FORMAT:
         raise SatpipeError(f"{uri}: unsupported satpipe store format {attrs.get('format')!r}")
+    refuse_older_store(uri, attrs)
     return attrs
 
 

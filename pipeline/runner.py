@@ -45,7 +45,7 @@ from torch import nn
 from satpipe.core.cluster import dask_client, run_tasks, worker_device
 from satpipe.core.defaults import batch_size as default_batch_size
 from satpipe.core.device import resolve_device
-from satpipe.core.errors import SatpipeError, note
+from satpipe.core.errors import SatpipeError
 from satpipe.core.precision import configure
 from satpipe.core.progress import progress
 from satpipe.core.seeding import MASK63, seed_words
@@ -386,11 +386,6 @@ def _compute_locked(
         found = dict(found, complete=False)
     if found.get("complete"):
         return str(config.out)
-    if not dataset.has_shard_digests:
-        note(
-            f"{config.data}: its rows are not checked against its fingerprint while maps are "
-            "computed (a store made before shard digests); `satpipe store verify` checks it"
-        )
     common = dict(
         data=str(config.data), out=str(config.out), storage_options=so, method=method.name,
         params=method.params, normalization=attrs["normalization"], seed=config.seed,

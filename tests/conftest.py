@@ -79,14 +79,8 @@ def write_tiny_saliency(
     shards done; `fingerprint` overrides the recorded dataset fingerprint.
     """
     from satpipe.data.dataset_store import open_dataset
-    from satpipe.data.storage import (
-        create_group,
-        create_rows_array,
-        now_iso,
-        shard_rows,
-        shard_slices,
-        write_attrs,
-    )
+    from satpipe.data.storage import shard_rows, shard_slices
+    from satpipe.data.synthetic import write_saliency_maps
 
     view = open_dataset(dataset_uri)
     train = view.split("train")
@@ -96,35 +90,17 @@ def write_tiny_saliency(
         maps = np.repeat(maps[..., None], channels, axis=3)
     else:
         maps = np.random.default_rng(seed).uniform(-1, 1, (n, h, w, channels))
-    group = create_group(str(uri), overwrite=True)
-    rows = shard_rows(train.images)
-    sal = create_rows_array(group, "train/saliency", n, (h, w, channels), "float16", rows)
-    sal[:] = maps.astype(np.float16)
-    n_shards = len(shard_slices(n, rows))
-    done = group.create_array(
-        "train/done", shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0
-    )
-    done[:] = (np.arange(n_shards) < (n_shards if shards_done is None else shards_done)).astype(
-        np.uint8
-    )
-    write_attrs(
-        group,
-        {
-            "kind": "saliency",
-            "format": 1,
-            "features": ["every-chunk"],  # create_rows_array stores every chunk
-            "method": {"masks": "mask"}.get(source, source),  # the pipeline's weak method
-            "params": {},
-            "normalization": "sign",
-            "seed": seed,
-            "source_model": {"arch": None, "checkpoint_sha256": None, "variant": None},
-            "dataset": {"uri": str(dataset_uri), "fingerprint": fingerprint or view.fingerprint},
-            "complete": complete,
-            "created": now_iso(),
-            "satpipe_version": "test",
-        },
-    )
-    return str(uri)
+    n_shards = len(shard_slices(n, shard_rows(train.images)))
+    return write_saliency_maps(
+        uri, dataset_uri, maps,
+        done=(np.arange(n_shards) < (n_shards if shards_done is None else shards_done)),
+        complete=complete,
+        method={"masks": "mask"}.get(source, source),  # the pipeline's weak method
+        normalization="sign",
+        seed=seed,
+        dataset={"uri": str(dataset_uri), "fingerprint": fingerprint or view.fingerprint},
+        satpipe_version="test",
+    )  # fmt: skip
 
 
 def write_colour_dataset(

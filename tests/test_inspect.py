@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 import zarr
 from typer.testing import CliRunner
-from zarr.codecs import Crc32cCodec
 
 from satpipe.cli import app
 from satpipe.core.errors import SatpipeError
 from satpipe.data.dataset_store import open_dataset
 from satpipe.data.inspect import format_info, store_info, verify_store
-from satpipe.data.storage import (
-    ATTR,
-    create_group,
-    create_rows_array,
-    shard_rows,
-    shard_slices,
-    write_attrs,
-)
+from satpipe.data.storage import ATTR
+from satpipe.data.synthetic import write_saliency_maps
 
 from .conftest import write_tiny_dataset
 
@@ -38,6 +31,17 @@ def _set_attr(uri: str, **changes) -> None:
     group.attrs[ATTR] = attrs
 
 
+def _random_maps(dataset: str, normalization: str, channels: int = 1) -> np.ndarray:
+    """Maps in the normalisation's range, one per train row of `dataset`."""
+    n, h, w, _ = open_dataset(dataset).split("train").images.shape
+    maps = np.random.default_rng(0).uniform(-1, 1, (n, h, w, channels))
+    if normalization == "minmax":
+        maps = (maps + 1) / 2
+    elif normalization == "sign":
+        maps = np.sign(np.round(maps))
+    return maps
+
+
 def _write_saliency(
     uri,
     dataset: str,
@@ -47,42 +51,15 @@ def _write_saliency(
     complete: bool = True,
     maps: np.ndarray | None = None,
 ) -> str:
-    """A saliency store written by hand, following DESIGN.md's layout."""
-    view = open_dataset(dataset)
-    n, h, w, _ = view.split("train").images.shape
-    group = create_group(str(uri), overwrite=True)
-    arr = create_rows_array(group, "train/saliency", n, (h, w, channels), "float16", rows_per_shard)
-    n_shards = len(shard_slices(n, shard_rows(arr)))
-    done = group.create_array(
-        "train/done", shape=(n_shards,), dtype="uint8", chunks=(1,), compressors=[Crc32cCodec()]
-    )
+    """A saliency store of `maps` (random ones in the normalisation's range by default)."""
     if maps is None:
-        rng = np.random.default_rng(0)
-        maps = rng.uniform(-1, 1, (n, h, w, channels))
-        if normalization == "minmax":
-            maps = (maps + 1) / 2
-        elif normalization == "sign":
-            maps = np.sign(np.round(maps))
-    arr[:] = maps.astype(np.float16)
-    done[:] = 1
-    write_attrs(
-        group,
-        {
-            "kind": "saliency",
-            "format": 1,
-            "features": ["every-chunk"],
-            "method": "gradient",
-            "params": {},
-            "normalization": normalization,
-            "seed": 0,
-            "source_model": {"arch": "smallcnn", "checkpoint_sha256": "0" * 64, "variant": None},
-            "dataset": {"uri": dataset, "fingerprint": view.fingerprint},
-            "complete": complete,
-            "created": "2024-01-01T00:00:00Z",
-            "satpipe_version": "0.1.0",
-        },
-    )
-    return str(uri)
+        maps = _random_maps(dataset, normalization, channels)
+    return write_saliency_maps(
+        uri, dataset, maps, rows_per_shard=rows_per_shard, complete=complete,
+        method="gradient", normalization=normalization,
+        source_model={"arch": "smallcnn", "checkpoint_sha256": "0" * 64, "variant": None},
+        created="2024-01-01T00:00:00Z", satpipe_version="0.1.0",
+    )  # fmt: skip
 
 
 def _shard_file(uri: str, array: str, k: int) -> Path:
@@ -224,10 +201,10 @@ def test_good_saliency_stores_verify(tiny_dataset, tmp_path, normalization):
     ],
 )
 def test_bad_saliency_values_are_reported(tiny_dataset, tmp_path, normalization, value, what):
-    sal = _write_saliency(tmp_path / "s.zarr", tiny_dataset, normalization)
-    arr = zarr.open_group(sal, mode="r+")["train/saliency"]
-    arr[9, 1, 2, 0] = value
-    arr[30, 0, 0, 0] = value
+    maps = _random_maps(tiny_dataset, normalization)
+    maps[9, 1, 2, 0] = value
+    maps[30, 0, 0, 0] = value
+    sal = _write_saliency(tmp_path / "s.zarr", tiny_dataset, normalization, maps=maps)
     assert verify_store(sal) == [f"train/saliency: 2 maps with {what} (rows 9, 30)"]
 
 

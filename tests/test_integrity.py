@@ -4,11 +4,13 @@ whose data is not what it was written with, is refused by every reader with one 
 Every store here is damaged on disk the way it happens: an object deleted, an object swapped
 for the same object of another store with the same layout (a sync that mixed two versions:
 the chunk's own crc32c is fine, only the digests recorded at write time can tell), and stores
-from before these checks (their attributes without `features`) still read, with a note.
+written by an older satpipe (their attributes without `features`) are refused with the
+command that rebuilds them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -198,28 +200,48 @@ def test_every_chunk_is_stored_even_when_it_equals_the_fill_value(tmp_path):
         open_dataset(uri)
 
 
-def _make_legacy(uri: str) -> None:
-    """Attributes as satpipe wrote them before these checks: no features, no shard digests."""
+def _make_older(uri: str, *, drop: tuple[str, ...] = ("shards",)) -> None:
+    """Attributes as an older satpipe wrote them: no `features`, and none of `drop`."""
     group = zarr.open_group(uri, mode="r+")
     attrs = dict(group.attrs[ATTR])
-    attrs.pop("features", None)
-    attrs.pop("shards", None)
+    for key in ("features", *drop):
+        attrs.pop(key, None)
     group.attrs[ATTR] = attrs
 
 
-def test_older_stores_still_read_with_a_note(made, tmp_path, capsys):
+def _refused_everywhere(uri: str, opener, rebuild: str) -> None:
+    """`opener`, `store info` and `store verify` refuse `uri` with the one older-store line."""
+    want = (uri, "written by an older satpipe", f"rebuild it: {rebuild}", "--overwrite")
+    with pytest.raises(SatpipeError) as err:
+        opener(uri)
+    one_line(err, *want)
+    for command in ("info", "verify"):
+        result = CliRunner().invoke(app, ["store", command, uri])
+        assert result.exit_code != 0, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and all(part in lines[0] for part in want), result.output
+
+
+def test_an_older_dataset_store_is_refused_with_how_to_rebuild_it(made, tmp_path):
     data = _copy(made, tmp_path, "data")
-    _make_legacy(data)
-    shard_file(data, "train/labels", 1).unlink()  # legitimately absent there (class 0)
-    view = open_dataset(data)
-    assert not view.has_shard_digests and view.shard_check("train") is None
-    err = capsys.readouterr().err
-    assert f"satpipe: note: {data} was written before satpipe stored every chunk" in err
-    assert "labels cannot be inventoried" in err and len(err.strip().splitlines()) == 1
-    assert store_info(data)["complete"] is True
-    shard_file(data, "train/images", 0).unlink()  # an images shard is never legitimately absent
-    with pytest.raises(SatpipeError, match="train/images rows 0:8"):
-        open_dataset(data)
+    _make_older(data)
+    _refused_everywhere(data, open_dataset, f"satpipe data import FORMAT SRC --out {data}")
+    with pytest.raises(SatpipeError, match="no shard digests"):
+        make_loader(data, "train", mode="resident")
+
+
+def test_an_older_saliency_store_is_refused_with_how_to_rebuild_it(made, tmp_path):
+    sal = _copy(made, tmp_path, "saliency")
+    _make_older(sal, drop=())
+    _refused_everywhere(
+        sal, open_saliency, f"satpipe saliency --method mask --data {made['data']} --out {sal}"
+    )
+    # A run that would resume it is refused too; --overwrite rebuilds it.
+    config = SaliencyConfig(method="mask", data=made["data"], out=sal, device="cpu")
+    with pytest.raises(SatpipeError, match="written by an older satpipe .*no shard sizes"):
+        compute_saliency(config)
+    compute_saliency(dataclasses.replace(config, overwrite=True))
+    assert open_saliency(sal).attrs["features"] == ["every-chunk", "shard-bytes"]
 
 
 def test_one_listing_per_array_on_s3(s3, made, monkeypatch):
@@ -330,21 +352,6 @@ def test_streaming_ranks_check_each_shard_once_between_them(tmp_path):
             checked.append(loader._check.checked)
         # 8 shards; each checked by exactly one rank (the one holding its first row).
         assert sum(checked) == 8 and all(c > 0 for c in checked), (drop_last, checked)
-
-
-def test_older_stores_are_checked_whole_when_resident(made, tmp_path, capsys):
-    data = _swap(made, tmp_path, "train/images", 0)
-    _make_legacy(data)
-    with pytest.raises(SatpipeError) as err:
-        train(_train_config(data, tmp_path / "run", loader_mode="resident"))
-    one_line(err, data, "not the fingerprint", "recorded when the store was written")
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
-    # Streamed, an older store cannot be checked in flight: the run says so.
-    data = _swap(made, tmp_path / "again", "train/images", 0)
-    _make_legacy(data)
-    train(_train_config(data, tmp_path / "run2", loader_mode="streaming"))
-    assert "train data not checked against its fingerprint" in capsys.readouterr().err
-    assert load_checkpoint(tmp_path / "run2" / "checkpoint.pt")["epoch"] == 0
 
 
 def test_intact_stores_pass_every_check(made, tmp_path):

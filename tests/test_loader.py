@@ -15,13 +15,10 @@ from satpipe.data.dataset_store import DatasetWriter, open_dataset
 from satpipe.data.loader import LoaderOptions, PairLoader, make_loader
 from satpipe.data.saliency_store import open_saliency
 from satpipe.data.storage import (
-    create_group,
-    create_rows_array,
-    shard_rows,
     shard_slices,
-    write_attrs,
 )
 from satpipe.data.streaming import plan_segments
+from satpipe.data.synthetic import write_saliency_maps
 
 from .conftest import write_tiny_dataset
 
@@ -43,32 +40,14 @@ def write_saliency(
 ) -> str:
     """A saliency store for `dataset_uri` holding `maps` (N,H,W,Cs) as float16."""
     ds = open_dataset(dataset_uri, storage_options)
-    group = create_group(str(uri), overwrite=False, storage_options=storage_options)
-    arr = create_rows_array(
-        group, f"{split}/saliency", len(maps), maps.shape[1:], "float16", rows_per_shard
-    )
-    arr[:] = maps.astype(np.float16)
-    n_shards = len(shard_slices(len(maps), shard_rows(arr)))
-    flags = group.create_array(f"{split}/done", shape=(n_shards,), dtype="uint8", chunks=(1,))
-    flags[:] = np.ones(n_shards, np.uint8) if done is None else done
-    write_attrs(
-        group,
-        {
-            "kind": "saliency",
-            "format": 1,
-            "features": ["every-chunk"],
-            "method": "test",
-            "params": {},
-            "normalization": "none",
-            "seed": 0,
-            "source_model": {"arch": "none", "checkpoint_sha256": None, "variant": None},
-            "dataset": {"uri": dataset_uri, "fingerprint": fingerprint or ds.fingerprint},
-            "complete": complete,
-            "created": "2020-01-01T00:00:00Z",
-            "satpipe_version": "test",
-        },
-    )
-    return str(uri)
+    return write_saliency_maps(
+        uri, dataset_uri, maps, split=split, rows_per_shard=rows_per_shard, done=done,
+        complete=complete, overwrite=False, storage_options=storage_options,
+        method="test", normalization="none",
+        source_model={"arch": "none", "checkpoint_sha256": None, "variant": None},
+        dataset={"uri": dataset_uri, "fingerprint": fingerprint or ds.fingerprint},
+        created="2020-01-01T00:00:00Z", satpipe_version="test",
+    )  # fmt: skip
 
 
 def write_index_pair(

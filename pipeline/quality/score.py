@@ -182,7 +182,7 @@ def _open(config: ScoreConfig) -> _Job:
 
 def _check_inventory(uri: str, path: str, arr) -> None:
     """Refuse an array with shards that have no stored object (they would read as zeros)."""
-    from satpipe.data.inspect import missing_shards
+    from satpipe.data.inventory import missing_shards
 
     missing = missing_shards(arr)
     if missing:

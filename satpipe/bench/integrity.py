@@ -98,10 +98,8 @@ def _checked_epochs(data: str, model: str, variant: str, batch_size: int, dev, r
     train = epoch_runner(net, config, variant, dev, show_progress=False)
 
     def loader(mode: str, verify: bool):
-        options = LoaderOptions(verify=verify)
-        return make_loader(
-            data, "train", None, options, batch_size=batch_size, mode=mode, device=dev
-        )
+        options = LoaderOptions(batch_size=batch_size, mode=mode, device=dev, verify=verify)
+        return make_loader(data, "train", options=options)
 
     def epoch(ld) -> None:  # one training epoch on a fresh loader, its check finished
         train(ld, 0)

@@ -54,9 +54,9 @@ def bench_loader(
     }  # fmt: skip
 
     def loaders(data: str, sal: str, batch: int, drop_last: bool = False) -> dict[str, Any]:
-        return {mode: make_loader(data, "train", sal, LoaderOptions(drop_last=drop_last),
-                                  batch_size=batch, augment=True, mode=mode, device=dev)
-                for mode in MODES}  # fmt: skip
+        return {mode: make_loader(data, "train", sal, LoaderOptions(
+            batch_size=batch, augment=True, mode=mode, device=dev, drop_last=drop_last,
+        )) for mode in MODES}  # fmt: skip
 
     tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-", dir=workdir)
     with tmp as root, progress("bench loader", 2 * len(sizes) + 3) as advance:
