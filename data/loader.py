@@ -53,7 +53,13 @@ from satpipe.data.augment import crop_flip, draw_crop_flip
 from satpipe.data.dataset_store import DatasetView, open_dataset
 from satpipe.data.saliency_store import SaliencyView, check_pairing, open_saliency
 from satpipe.data.storage import shard_rows, shard_slices
-from satpipe.data.streaming import ShardReader, StreamStats, plan_segments, stream_batches
+from satpipe.data.streaming import (
+    ShardReader,
+    StreamSettings,
+    StreamStats,
+    plan_segments,
+    stream_batches,
+)
 
 
 class LoaderMode(str, Enum):
@@ -362,19 +368,16 @@ class PairLoader:
         reader = self._reader()
         rng = np.random.default_rng(derive_seed(self.seed, self.epoch, _WINDOW, self.rank))
         self.stats = StreamStats()
-        batches = stream_batches(
-            reader,
-            segments,
+        settings = StreamSettings(
             self.batch_size,
             drop_last=self.drop_last,
             shuffle=self.shuffle,
-            generator=rng,
             buffer_shards=self.buffer_shards,
             prefetch_shards=self.prefetch_shards,
             io_threads=self.io_threads,
             pin_memory=self.device.type == "cuda",
-            stats=self.stats,
         )
+        batches = stream_batches(reader, segments, settings, generator=rng, stats=self.stats)
         with closing(batches):
             for images, maps, labels in batches:
                 yield (

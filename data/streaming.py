@@ -219,19 +219,39 @@ class _Failure:
         self.exc = exc
 
 
+@dataclass(frozen=True)
+class StreamSettings:
+    """How `stream_batches` cuts and bounds a stream.
+
+    batch_size: rows per batch (>= 1). drop_last: drop the very last partial batch. shuffle:
+    permute the rows of each window (needs a generator). buffer_shards: segments per shuffle
+    window; prefetch_shards: segments read ahead; io_threads: reader threads; queue_batches:
+    ready batches held (each at least 1: memory is bounded by their sum, see the module
+    docstring). pin_memory: pin batches for a CUDA consumer.
+    """
+
+    batch_size: int
+    drop_last: bool = False
+    shuffle: bool = True
+    buffer_shards: int = 4
+    prefetch_shards: int = 4
+    io_threads: int = 4
+    queue_batches: int = 4
+    pin_memory: bool = False
+
+
 class _Assembler:
     """The assembler thread's work: read segments through a pool in plan order, shuffle each
     window of `buffer_shards` segments, cut batches, hand them to `out` (see stream_batches)."""
 
-    def __init__(
-        self, reader, segments, batch_size, *, drop_last, shuffle, generator, buffer_shards,
-        prefetch_shards, io_threads, pin_memory, stats, out, stop,
-    ) -> None:  # fmt: skip
+    def __init__(self, reader, segments, settings: StreamSettings, generator, stats, out, stop):
         self.reader, self.plan = reader, iter(segments)
-        self.batch_size, self.drop_last, self.shuffle = batch_size, drop_last, shuffle
-        self.generator, self.pin_memory, self.stats = generator, pin_memory, stats
-        self.buffer_shards, self.prefetch_shards = max(1, buffer_shards), max(1, prefetch_shards)
-        self.io_threads, self.out, self.stop = max(1, io_threads), out, stop
+        self.batch_size, self.drop_last = settings.batch_size, settings.drop_last
+        self.shuffle, self.pin_memory = settings.shuffle, settings.pin_memory
+        self.generator, self.stats = generator, stats
+        self.buffer_shards = max(1, settings.buffer_shards)
+        self.prefetch_shards = max(1, settings.prefetch_shards)
+        self.io_threads, self.out, self.stop = max(1, settings.io_threads), out, stop
         self.pending: deque = deque()
 
     def put(self, item) -> bool:
@@ -305,35 +325,25 @@ class _Assembler:
 def stream_batches(
     reader: ShardReader,
     segments: Sequence[tuple[int, int]],
-    batch_size: int,
+    settings: StreamSettings,
     *,
-    drop_last: bool = False,
-    shuffle: bool = True,
     generator: np.random.Generator | None = None,
-    buffer_shards: int = 4,
-    prefetch_shards: int = 4,
-    io_threads: int = 4,
-    queue_batches: int = 4,
-    pin_memory: bool = False,
     stats: StreamStats | None = None,
 ) -> Iterator[Batch]:
     """Yield CPU batches (images uint8 (B,H,W,C), maps float16 (B,H,W,Cs) or None, labels int64
-    (B,)) from `segments` in plan order, shuffled within windows of `buffer_shards` segments.
+    (B,)) from `segments` in plan order, shuffled within windows of `settings.buffer_shards`
+    segments; `stats` (a fresh StreamStats if None) counts the shards held.
 
     The order depends only on `segments` and `generator`, never on thread timing. Rows that do
     not fill a batch at the end of a window are carried into the next window; the very last
     partial batch is dropped when `drop_last`.
     """
-    if shuffle and generator is None:
+    if settings.shuffle and generator is None:
         raise ValueError("stream_batches: shuffle needs a generator")
-    out: queue.Queue = queue.Queue(maxsize=max(1, queue_batches))
+    out: queue.Queue = queue.Queue(maxsize=max(1, settings.queue_batches))
     stop = threading.Event()
-    assembler = _Assembler(
-        reader, segments, batch_size, drop_last=drop_last, shuffle=shuffle, generator=generator,
-        buffer_shards=buffer_shards, prefetch_shards=prefetch_shards, io_threads=io_threads,
-        pin_memory=pin_memory, stats=stats if stats is not None else StreamStats(), out=out,
-        stop=stop,
-    )  # fmt: skip
+    stats = stats if stats is not None else StreamStats()
+    assembler = _Assembler(reader, segments, settings, generator, stats, out, stop)
     thread = threading.Thread(target=assembler.run, name="satpipe-assembler", daemon=True)
     thread.start()
     try:
