@@ -52,10 +52,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _flock(fd: int) -> bool | None:
-    """True: locked now; False: held by another open file; None: no flock on this filesystem."""
+def _flock(fd: int, mode: int = fcntl.LOCK_EX) -> bool | None:
+    """Try `mode` (LOCK_EX, LOCK_SH) without waiting. True: locked now; False: held by another
+    open file; None: no flock on this filesystem."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
         return False
@@ -246,13 +247,7 @@ def held_by_other(lock_path: str | os.PathLike) -> dict[str, Any] | None:
 
 def _flock_shared(fd: int) -> bool | None:
     """True: nobody holds it (a shared lock was taken and dropped); False: held; None: no flock."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError as exc:
-        if exc.errno in _NO_FLOCK:
-            return None
-        raise
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return True
+    locked = _flock(fd, fcntl.LOCK_SH)
+    if locked:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return locked
