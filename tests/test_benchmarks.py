@@ -321,7 +321,7 @@ def test_a_parts_text_prints_each_headline_figure():
 
 
 def test_yardstick_is_batch_over_the_median_and_fastest_call_and_scales(monkeypatch):
-    import satpipe.bench.yardstick as ys
+    import satpipe.reproduce.yardstick as ys
     from satpipe.bench.timing import Timings
 
     seen = {}

@@ -4,7 +4,8 @@
 docstring lists them), `presets.py` holds the grids, `specs.py` what each grid holds (its stores
 and student runs), `plan.py` prices them before they start, `fastdev.py` makes the smoke run;
 `report.py` writes the report from `tables.py`, `claims.py`, `frontier.py` and
-`quality_report.py`. This is the one layer, with the CLI and the benchmarks, that uses all three
+`quality_report.py`; `yardstick.py` measures the machine's speed that time.md scales the wall
+time by. This is the one layer, with the CLI and the benchmarks, that uses all three
 packages.
 """
 

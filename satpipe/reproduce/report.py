@@ -278,10 +278,10 @@ def write_wall_time(
     out: Path, seconds: float, rates: tuple[tuple[float, float], ...], device: str = "cpu"
 ) -> None:
     """The run's wall time, appended to time.md (steps resumed from an earlier run took none
-    of it), with the machine's yardstick (typical, best img/s; satpipe.bench.yardstick)
+    of it), with the machine's yardstick (typical, best img/s; satpipe.reproduce.yardstick)
     measured before and after the grid and, on a CPU, the time scaled to the reference machine
     the budgets are written for, by the typical rates."""
-    from satpipe.bench.yardstick import REFERENCE_IMG_S, YARDSTICK, scaled_minutes
+    from satpipe.reproduce.yardstick import REFERENCE_IMG_S, YARDSTICK, scaled_minutes
     from satpipe.core.device import resolve_device
 
     (before, best_before), (after, best_after) = rates

@@ -270,7 +270,7 @@ def _complete(opener: Callable, uri: Path) -> bool:
 
 def reproduce(config: ReproduceConfig) -> Path:
     """Run the preset's whole grid into `config.out` and write the report; returns the folder."""
-    from satpipe.bench.yardstick import yardstick_rate
+    from satpipe.reproduce.yardstick import yardstick_rate
 
     rate_before = yardstick_rate(config.device)
     started = time.perf_counter()
