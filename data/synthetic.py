@@ -77,6 +77,17 @@ def write_random_saliency(
     )  # fmt: skip
 
 
+def write_random_pair(
+    root: str, name: str, n_train: int, size: int = 32, *, channels: int = 1, n_test: int = 0,
+    rows_per_shard: int | None = None, seed: int = 0,
+) -> tuple[str, str]:  # fmt: skip
+    """(dataset_uri, saliency_uri): `write_random_dataset` at `root/name.zarr` (10 classes) and
+    `write_random_saliency` for it at `root/name_sal.zarr`, paired row for row."""
+    data = write_random_dataset(f"{root}/{name}.zarr", n_train, size, n_test=n_test,
+                                rows_per_shard=rows_per_shard, seed=seed)  # fmt: skip
+    return data, write_random_saliency(f"{root}/{name}_sal.zarr", data, channels, seed=seed)
+
+
 class _RandomMaps:
     """Uniform maps in [-1, 1] of `shape`, drawn shard by shard as they are read (in order)."""
 

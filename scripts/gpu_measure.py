@@ -103,11 +103,11 @@ def saliency_part(args, dev: torch.device, share_s: float) -> dict[str, Any]:
 
 
 def training_part(args, dev: torch.device, root: Path) -> dict[str, Any]:
-    from satpipe.bench.stores import random_pair
+    from satpipe.data.synthetic import write_random_pair
     from satpipe.train.config import TrainConfig
     from satpipe.train.trainer import train
 
-    data, sal = random_pair(root, "train", args.train_images, 32, channels=3,
+    data, sal = write_random_pair(str(root), "train", args.train_images, 32, channels=3,
                             n_test=args.aa_images)  # fmt: skip
     out: dict[str, Any] = {"images": args.train_images, "runs": {}}
     for variant in ("sat", "pgd-sat"):

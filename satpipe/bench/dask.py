@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
-from satpipe.bench.stores import random_dataset, untrained_checkpoint
+from satpipe.bench.stores import untrained_checkpoint
 from satpipe.bench.timing import alternate
 from satpipe.core.cluster import dask_client
 from satpipe.core.errors import SatpipeError
+from satpipe.data.synthetic import write_random_dataset
 from satpipe.train.config import check_model_options
 
 TARGET = 1.8
@@ -41,8 +42,9 @@ def bench_dask(
     params = dict(params or ({"samples": 10} if method == "smoothgrad" else {}))
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as clusters:
         ckpt = untrained_checkpoint(tmp, model)
-        data = random_dataset(tmp, "data", n_images, image_size, rows_per_shard=rows_per_shard)
-        warm = random_dataset(tmp, "warm", rows_per_shard, image_size,
+        data = write_random_dataset(f"{tmp}/data.zarr", n_images, image_size,
+                                    rows_per_shard=rows_per_shard)  # fmt: skip
+        warm = write_random_dataset(f"{tmp}/warm.zarr", rows_per_shard, image_size,
                               rows_per_shard=rows_per_shard)  # fmt: skip
         sides = {}
         for n in workers:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
-from satpipe.bench.stores import one_epoch, random_pair
+from satpipe.bench.stores import one_epoch
 from satpipe.bench.timing import alternate
 from satpipe.core.progress import progress
 from satpipe.data.dataset import SaliencyDataset
@@ -23,6 +23,7 @@ from satpipe.data.dataset_store import open_dataset
 from satpipe.data.loader import make_loader
 from satpipe.data.saliency_store import open_saliency
 from satpipe.data.storage import now_iso
+from satpipe.data.synthetic import write_random_pair
 
 SIDES = ("dataset_workers", "dataset_persistent", "dataset_inline", "pairloader", "tensordataset")
 
@@ -38,7 +39,8 @@ def bench_dataset(
     at_least(0, workers=workers)
     tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-", dir=workdir)
     with tmp as root, progress("bench dataset", 2) as advance:
-        data, sal = random_pair(root, "bench_dataset", rows, size, rows_per_shard=rows_per_shard)
+        data, sal = write_random_pair(root, "bench_dataset", rows, size,
+                                      rows_per_shard=rows_per_shard)  # fmt: skip
         advance()
         loaders = _loaders(data, sal, batch_size, workers)
         t = alternate({k: one_epoch(v) for k, v in loaders.items()}, rounds=rounds, warmup=1)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
-from satpipe.bench.stores import epoch_runner, random_dataset, untrained_model
+from satpipe.bench.stores import epoch_runner, untrained_model
 from satpipe.bench.timing import alternate, time_once
 from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
@@ -29,6 +29,7 @@ from satpipe.data.integrity import shard_digest
 from satpipe.data.loader import LoaderOptions, make_loader
 from satpipe.data.metadata import check_metadata
 from satpipe.data.storage import shard_rows, shard_slices
+from satpipe.data.synthetic import write_random_dataset
 from satpipe.train.checkpoint import file_sha256, load_checkpoint, save_checkpoint, state_digest
 from satpipe.train.config import TrainConfig, check_model_options
 
@@ -61,7 +62,8 @@ def bench_integrity(
         return {**head, "sizes": {"rounds": rounds}, **trust}
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
-            data = random_dataset(tmp, "bench", n_train, size, rows_per_shard=rows_per_shard)
+            data = write_random_dataset(f"{tmp}/bench.zarr", n_train, size,
+                                        rows_per_shard=rows_per_shard)  # fmt: skip
         split = open_dataset(data).split("train")
         rows, image, shard = len(split), list(split.images.shape[1:]), shard_rows(split.images)
         blocks = [(np.asarray(split.images[sl]), np.asarray(split.labels[sl]))
@@ -168,7 +170,7 @@ def metadata_costs(rounds: int) -> dict[str, Any]:
         return call
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = random_dataset(tmp, "d", 256, 16, rows_per_shard=64)
+        store = write_random_dataset(f"{tmp}/d.zarr", 256, 16, rows_per_shard=64)
         honest = time_once(lambda: check_metadata(store), rounds=rounds)
         for node in ("train/images", "train/labels"):
             meta_path = Path(store) / node / "zarr.json"

@@ -12,13 +12,14 @@ from typing import Any
 import torch
 
 from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, report_head
-from satpipe.bench.stores import one_epoch, random_pair, untrained_model
+from satpipe.bench.stores import one_epoch, untrained_model
 from satpipe.bench.timing import RSS_FLAT, alternate, peak_rss
 from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
 from satpipe.data.loader import LoaderOptions, make_loader
 from satpipe.data.storage import now_iso
+from satpipe.data.synthetic import write_random_pair
 
 MODES = ("resident", "streaming")
 STEP_TARGET = 0.95
@@ -61,7 +62,7 @@ def bench_loader(
     tmp = tempfile.TemporaryDirectory(prefix="satpipe-bench-", dir=workdir)
     with tmp as root, progress("bench loader", 2 * len(sizes) + 3) as advance:
         for size in sizes:
-            data, sal = random_pair(root, f"bench{size}_{rows}", rows, size,
+            data, sal = write_random_pair(root, f"bench{size}_{rows}", rows, size,
                                     rows_per_shard=rows_per_shard)  # fmt: skip
             advance()
             result["throughput"][f"{size}x{size}"] = throughput(
@@ -75,7 +76,7 @@ def bench_loader(
                 del timed
                 advance()
         for n in rss_rows:
-            data, sal = random_pair(root, f"bench{sizes[0]}_{n}", n, sizes[0],
+            data, sal = write_random_pair(root, f"bench{sizes[0]}_{n}", n, sizes[0],
                                     rows_per_shard=rows_per_shard)  # fmt: skip
             args = {"data": data, "saliency": sal, "batch_size": batch_size}
             what = f"streaming one epoch of {data}"

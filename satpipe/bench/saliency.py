@@ -15,12 +15,13 @@ from typing import Any
 import torch
 
 from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, method_params, report_head
-from satpipe.bench.stores import random_dataset, untrained_checkpoint, untrained_model
+from satpipe.bench.stores import untrained_checkpoint, untrained_model
 from satpipe.bench.timing import RSS_FLAT, alternate, forward_backward, peak_rss
 from satpipe.core.defaults import batch_size as default_batch_size
 from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.progress import progress
+from satpipe.data.synthetic import write_random_dataset
 from satpipe.pipeline.methods import get_method, model_methods
 from satpipe.train.config import check_model_options
 
@@ -158,7 +159,8 @@ def bench_peak_rss(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         ckpt = untrained_checkpoint(tmp, model)
         for n in sizes:
-            data = random_dataset(tmp, f"data{n}", n, image_size, rows_per_shard=rows_per_shard)
+            data = write_random_dataset(f"{tmp}/data{n}.zarr", n, image_size,
+                                        rows_per_shard=rows_per_shard)  # fmt: skip
             cfg = {
                 "method": method, "data": data, "out": str(Path(tmp) / f"sal{n}.zarr"),
                 "model": ckpt, "splits": ["train"], "batch_size": batch_size, "device": device,

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 
 from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
-from satpipe.bench.stores import epoch_runner, random_pair, untrained_model
+from satpipe.bench.stores import epoch_runner, untrained_model
 from satpipe.bench.timing import Timings, alternate, time_once
 from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
 from satpipe.core.options import check_choice
 from satpipe.data.loader import make_loader
+from satpipe.data.synthetic import write_random_pair
 from satpipe.pipeline.methods import get_method
 from satpipe.pipeline.normalize import normalize
 from satpipe.train.config import TrainConfig, check_model_options
@@ -58,7 +59,7 @@ def bench_train(
     dev = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="satpipe-bench-") as tmp:
         if data is None:
-            data, saliency = random_pair(tmp, "bench", n_train, size, channels=3,
+            data, saliency = write_random_pair(tmp, "bench", n_train, size, channels=3,
                                          n_test=max(10, n_train // 8), seed=seed)  # fmt: skip
         opts = dict(batch_size=batch_size, shuffle=True, augment=False, seed=seed, device=dev,
                     mode="resident", storage_options=storage_options or {})  # fmt: skip

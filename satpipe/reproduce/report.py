@@ -281,8 +281,8 @@ def write_wall_time(
     of it), with the machine's yardstick (typical, best img/s; satpipe.reproduce.yardstick)
     measured before and after the grid and, on a CPU, the time scaled to the reference machine
     the budgets are written for, by the typical rates."""
-    from satpipe.reproduce.yardstick import REFERENCE_IMG_S, YARDSTICK, scaled_minutes
     from satpipe.core.device import resolve_device
+    from satpipe.reproduce.yardstick import REFERENCE_IMG_S, YARDSTICK, scaled_minutes
 
     (before, best_before), (after, best_after) = rates
     lo, hi = sorted((before, after))
