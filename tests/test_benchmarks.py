@@ -205,15 +205,10 @@ def test_peak_rss_probe_reads_the_child_peak_and_its_result():
 
 
 def test_bench_functions_check_their_arguments():
-    from satpipe.bench.base import method_params
     from satpipe.bench.loader import bench_loader
     from satpipe.bench.train import bench_train
     from satpipe.core.errors import SatpipeError
 
-    params = method_params({"smoothgrad.samples": 50, "ig": {"steps": 4}})
-    assert params == {"smoothgrad": {"samples": "50"}, "ig": {"steps": 4}}
-    with pytest.raises(SatpipeError, match="--param expects name.key=value"):
-        method_params({"samples": 2})
     with pytest.raises(SatpipeError, match="--rss-rows expects two integers"):
         bench_loader(rss_rows=(1,))
     with pytest.raises(SatpipeError, match="unknown variant 'pgd-sta'"):
@@ -349,8 +344,10 @@ def test_a_part_command_parses_its_lists_pairs_and_switches(monkeypatch):
             "--no-amp", "--out", "x"]  # fmt: skip
     result = CliRunner().invoke(app, ["bench", "saliency", *args])
     assert result.exit_code == 0, result.output
-    assert seen == {"methods": ("gradient", "ig", "gbp"), "params": {"ig.steps": 4},
+    assert seen == {"methods": ("gradient", "ig", "gbp"), "params": {"ig": {"steps": "4"}},
                     "rss_sizes": (), "amp": False}  # fmt: skip
+    bad = CliRunner().invoke(app, ["bench", "saliency", "-p", "steps=4", "--out", "x"])
+    assert bad.exit_code == 1 and "--param expects name.key=value" in bad.output
 
 
 def test_bench_loader_runs_every_side_at_tiny_sizes(tmp_path):

@@ -10,7 +10,6 @@ from typing import Any
 
 from satpipe.core.device import DEVICE_HELP
 from satpipe.core.errors import SatpipeError
-from satpipe.core.options import parse_pairs
 from satpipe.core.registry import Registry
 from satpipe.core.version import __version__
 from satpipe.train.config import MODEL_HELP
@@ -108,15 +107,3 @@ def at_least(low: int, **values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < low:
             raise SatpipeError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-
-
-def method_params(params: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """{method: {key: value}} from the command line's "method.key=value" pairs (kept as strings:
-    the method converts them to its parameters' types) and/or nested mappings."""
-    params = params or {}
-    flat = {k: v for k, v in params.items() if not isinstance(v, Mapping)}
-    nested = parse_pairs([f"{k}={v}" for k, v in flat.items()], "--param", str, key_sep=".")
-    for method, values in params.items():
-        if isinstance(values, Mapping):
-            nested.setdefault(method, {}).update(values)
-    return nested

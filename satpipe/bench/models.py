@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, method_params, report_head
+from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, report_head
 from satpipe.bench.saliency import PARAM_HELP
 from satpipe.bench.stores import untrained_model
 from satpipe.bench.timing import Timings, alternate, forward_backward, torch_threads
@@ -33,7 +33,7 @@ def bench_models(
     *, model: str = "torchvision:resnet18",
     methods: tuple[str, ...] = ("gradient", "smoothgrad", "ig", "gbp", "gradcam++"),
     size: int = 32, batch_size: int = 16, n_batches: int = 2, device: str = "auto",
-    params: dict[str, Any] | None = None, rounds: int = 5, floor_seconds: float = 5.0,
+    params: dict[str, dict[str, Any]] | None = None, rounds: int = 5, floor_seconds: float = 5.0,
     threads: int | None = None, num_classes: int = 10, seed: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """{"methods": {name: {ratio, ratio_quartiles, wrapped_img_s, bare_img_s,
@@ -46,7 +46,7 @@ def bench_models(
     check_model_options(model, None, None)
     at_least(1, size=size, batch_size=batch_size, n_batches=n_batches, rounds=rounds,
              threads=threads)  # fmt: skip
-    params, dev = method_params(params), resolve_device(device)
+    params, dev = params or {}, resolve_device(device)
     with torch_threads(threads):
         wrapped = untrained_model(model, dev, num_classes, seed=seed).eval()
         if not hasattr(wrapped, "satpipe_normalize"):

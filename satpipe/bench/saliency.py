@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, method_params, report_head
+from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, report_head
 from satpipe.bench.stores import untrained_checkpoint, untrained_model
 from satpipe.bench.timing import RSS_FLAT, alternate, forward_backward, peak_rss
 from satpipe.core.defaults import batch_size as default_batch_size
@@ -40,13 +40,13 @@ EFFICIENCY_LIMITS = {
 def bench_saliency(
     *, methods: tuple[str, ...] | None = None, model: str = "smallcnn", size: int = 32,
     batch_size: int | None = None, n_images: int = 256, device: str = "auto",
-    params: dict[str, Any] | None = None, rss_sizes: tuple[int, ...] = (1024, 8192),
+    params: dict[str, dict[str, Any]] | None = None, rss_sizes: tuple[int, ...] = (1024, 8192),
     amp: bool = True, repeats: int = 3, floor_seconds: float = 4.0, seed: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Each method's img/s and efficiency on random (B, 3, size, size) images in [0, 1] and an
     untrained `model` (speed does not depend on the weights), then the runner's peak RSS at
     `rss_sizes` rows (empty: skipped). methods: None times every method that uses a model.
-    params: {method: {key: value}} or "method.key=value" pairs. batch_size: None is the runner's
+    params: {method: {key: value}} (`--param method.key=value`). batch_size: None is the runner's
     default for the device. Each method is timed `repeats` rounds at least, and rounds are added
     until `floor_seconds` have passed (or 50 rounds)."""
     check_model_options(model, None, None)
@@ -59,7 +59,7 @@ def bench_saliency(
     }  # fmt: skip
     report.update(_time_methods(
         methods=methods or tuple(model_methods()), model=model, size=size,
-        batch_size=batch_size, n_images=n_images, device=dev, params=method_params(params),
+        batch_size=batch_size, n_images=n_images, device=dev, params=params or {},
         amp=amp, repeats=repeats, floor_seconds=floor_seconds, seed=seed,
     ))  # fmt: skip
     if rss_sizes:

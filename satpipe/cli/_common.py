@@ -134,6 +134,9 @@ def config_options(
             elif kind == "pairs":
                 annotation = list[str] | None
                 convert[f.name] = functools.partial(parse_pairs, flag=flag, value=parse_json_value)
+            elif kind == "nested-pairs":  # the method converts the text to its parameter's type
+                annotation = list[str] | None
+                convert[f.name] = functools.partial(parse_pairs, flag=flag, value=str, key_sep=".")
             elif kind == "list":
                 # Repeatable, and each value may itself be comma-separated: `-a autoattack -a
                 # pgd` and `-a autoattack,pgd` are the same list (none is silently dropped).

@@ -205,14 +205,16 @@ def parse_pairs(
 
 def field_kind(hint: Any) -> tuple[str, type | None]:
     """How a field's type reads from the command line: ("scalar", T), ("list", T) for
-    tuple[T, ...], ("pairs", None) for dict, ("bool", bool); Optional unwrapped."""
+    tuple[T, ...], ("pairs", None) for dict, ("nested-pairs", None) for a dict of dicts
+    ("name.key=value", values kept as text), ("bool", bool); Optional unwrapped."""
     hint = _unwrap_optional(hint)
     origin = typing.get_origin(hint)
     if origin is tuple:
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         return "list", (args[0] if args else str)
     if hint is dict or origin is dict:
-        return "pairs", None
+        inner = (typing.get_args(hint) or (None, None))[1]
+        return ("nested-pairs" if typing.get_origin(inner) is dict else "pairs"), None
     if hint is bool:
         return "bool", bool
     return "scalar", hint if isinstance(hint, type) else str
