@@ -364,3 +364,14 @@ def test_bench_loader_runs_every_side_at_tiny_sizes(tmp_path):
         round(report["train_step"]["streaming_over_resident"], 3),
         round(report["streaming_rss"]["large_over_small"], 3),
     ]
+
+
+def test_a_headline_row_holds_by_its_bound_or_as_given():
+    from satpipe.bench.base import headline_row
+
+    assert headline_row("f", 0.95, ">= 0.95", "x")["passed"] is True
+    assert headline_row("f", 1.2, "<= 1.1 (flat)", "x")["passed"] is False
+    assert headline_row("f", 7.0, "- (informative)", "x")["passed"] is None
+    row = headline_row("f", 0.12345, "milliseconds", "x", passed=False)
+    assert row == {"figure": "f", "value": 0.123, "target": "milliseconds", "passed": False,
+                   "limited_by": "x"}  # fmt: skip

@@ -62,18 +62,17 @@ class Part:
 BENCHMARKS: Registry[Part] = Registry("benchmark")
 
 
-def headline_row(figure: str, value: float, target: str, passed: bool | None, limit: str) -> dict:
-    """One headline figure: its value, target, whether it holds and what bounds it."""
+def headline_row(
+    figure: str, value: float, target: str, limit: str, passed: bool | None = None
+) -> dict[str, Any]:
+    """One headline figure: its value, its target, what bounds it and whether it holds:
+    `passed` if given, else, for a target ">= x" or "<= x" (a note may follow: "<= 1.1
+    (flat)"), whether `value` meets it, else None (informative: no target)."""
+    if passed is None and target[:2] in (">=", "<="):
+        bound = float(target.split()[1])
+        passed = value >= bound if target[0] == ">" else value <= bound
     return {"figure": figure, "value": round(float(value), 3), "target": target,
             "passed": passed, "limited_by": limit}  # fmt: skip
-
-
-def bounded_row(figure: str, value: float, target: str, limit: str) -> dict:
-    """`headline_row` whose target is ">= x" or "<= x" (a note may follow: "<= 1.1 (flat)"),
-    holding when `value` meets it."""
-    op, bound = target.split()[:2]
-    return headline_row(figure, value, target, value >= float(bound) if op == ">=" else
-                        value <= float(bound), limit)  # fmt: skip
 
 
 def headline_text(rows: list[dict[str, Any]]) -> str:

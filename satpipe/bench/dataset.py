@@ -87,12 +87,12 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         headline_row(
             f"DataLoader(SaliencyDataset, {w} workers) / TensorDataset img/s",
-            r["dataset_workers_over_tensordataset"], "-", None,
+            r["dataset_workers_over_tensordataset"], "-",
             "worker start and shard-cache fill every epoch, then batch transfer",
         ),
         headline_row(
             "the same, persistent workers / TensorDataset img/s",
-            r["dataset_persistent_over_tensordataset"], "-", None,
+            r["dataset_persistent_over_tensordataset"], "-",
             "batch transfer from the workers (shared memory), CPU cores",
         ),
     ]  # fmt: skip

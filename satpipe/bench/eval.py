@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, headline_row, report_head
+from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
 from satpipe.bench.timing import alternate, torch_threads
 from satpipe.core.device import resolve_device
 from satpipe.core.errors import SatpipeError
@@ -161,25 +161,25 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     (on CUDA) host syncs per PGD step."""
     pgd, aa = report["pgd"]["share_in_passes"], report["autoattack"]["share_in_passes"]
     rows = [
-        bounded_row(
+        headline_row(
             "eval PGD-5, time in model passes / attack time", pgd, f">= {SHARE_TARGET}",
             "5 input-gradient passes and one prediction per batch",
         ),
         headline_row(
-            "eval AutoAttack, time in model passes / attack time", aa, "- (informative)", None,
+            "eval AutoAttack, time in model passes / attack time", aa, "- (informative)",
             "the reference code's work between passes (FAB's projections, Square's sampling)",
         ),
         headline_row(
             "eval time, AutoAttack / PGD-5", report["autoattack_over_pgd_time"],
-            "- (informative)", None,
+            "- (informative)",
             "the points APGD-CE leaves robust: the later stages run only on those",
         ),
     ]  # fmt: skip
     syncs = report.get("host_syncs_per_pgd_step")
     if syncs is not None:
         rows.append(headline_row(
-            "eval host syncs per PGD step (CUDA)", syncs, "0", syncs == 0,
-            "nothing leaves the device inside the attack loop",
+            "eval host syncs per PGD step (CUDA)", syncs, "0",
+            "nothing leaves the device inside the attack loop", syncs == 0,
         ))  # fmt: skip
     return rows
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, report_head
+from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
 from satpipe.bench.stores import one_epoch, untrained_model
 from satpipe.bench.timing import RSS_FLAT, alternate, peak_rss
 from satpipe.core.device import resolve_device
@@ -166,11 +166,11 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     step = report["train_step"]["streaming_over_resident"]
     rss = report["streaming_rss"]["large_over_small"]
     return [
-        bounded_row(
+        headline_row(
             "resnet10 step rate, streaming / resident", step, f">= {STEP_TARGET}",
             "reader threads decode while the model computes; compute-bound when it holds",
         ),
-        bounded_row(
+        headline_row(
             "streaming peak RSS, large / small dataset", rss, RSS_FLAT,
             "bounded prefetch and shuffle window",
         ),

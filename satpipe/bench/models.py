@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, report_head
+from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
 from satpipe.bench.saliency import PARAM_HELP
 from satpipe.bench.stores import untrained_model
 from satpipe.bench.timing import Timings, alternate, forward_backward, torch_threads
@@ -151,7 +151,7 @@ def abba_ratios(timings: Timings, a: str, b: str) -> list[float]:
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Wrapped / bare img/s per method (target >= 0.95)."""
     return [
-        bounded_row(
+        headline_row(
             f"img/s, wrapped / bare {report['model']}, {name}", m["ratio"], f">= {TARGET}",
             "the normalisation pre-hook: one (x - mean) / std per forward",
         )

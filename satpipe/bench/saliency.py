@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from satpipe.bench.base import BENCHMARKS, Part, at_least, bounded_row, report_head
+from satpipe.bench.base import BENCHMARKS, Part, at_least, headline_row, report_head
 from satpipe.bench.stores import untrained_checkpoint, untrained_model
 from satpipe.bench.timing import RSS_FLAT, alternate, forward_backward, peak_rss
 from satpipe.core.defaults import batch_size as default_batch_size
@@ -180,7 +180,7 @@ def bench_peak_rss(
 def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Efficiency per method (target >= 0.9) and the runner's peak-RSS growth (flat)."""
     rows = [
-        bounded_row(
+        headline_row(
             f"saliency efficiency, {name}", m["efficiency"], f">= {EFFICIENCY_TARGET}",
             EFFICIENCY_LIMITS.get(name, "forward+backward passes of the model"),
         )
@@ -188,7 +188,7 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
     if "peak_rss" in report:
         g = report["peak_rss"]["growth"]
-        rows.append(bounded_row(
+        rows.append(headline_row(
             "saliency runner peak RSS, large / small dataset", g, RSS_FLAT,
             "one shard in memory at a time",
         ))  # fmt: skip
