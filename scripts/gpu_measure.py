@@ -108,7 +108,7 @@ def training_part(args, dev: torch.device, root: Path) -> dict[str, Any]:
     from satpipe.train.trainer import train
 
     data, sal = write_random_pair(str(root), "train", args.train_images, 32, channels=3,
-                            n_test=args.aa_images)  # fmt: skip
+                                  n_test=args.aa_images)  # fmt: skip
     out: dict[str, Any] = {"images": args.train_images, "runs": {}}
     for variant in ("sat", "pgd-sat"):
         for mode in ("resident", "streaming"):

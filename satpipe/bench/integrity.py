@@ -211,6 +211,7 @@ def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
             "data check, sha256 of every shard / one epoch", report["hash_ratio"],
             f"<= {TARGET}",
             "sha256 throughput against the epoch's compute (hashed off the training thread)",
+            report["meets_target"],
         ),
         headline_row(
             "first epoch time, data checked / unchecked", report["first_epoch_ratio"],

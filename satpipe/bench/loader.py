@@ -63,7 +63,7 @@ def bench_loader(
     with tmp as root, progress("bench loader", 2 * len(sizes) + 3) as advance:
         for size in sizes:
             data, sal = write_random_pair(root, f"bench{size}_{rows}", rows, size,
-                                    rows_per_shard=rows_per_shard)  # fmt: skip
+                                          rows_per_shard=rows_per_shard)  # fmt: skip
             advance()
             result["throughput"][f"{size}x{size}"] = throughput(
                 loaders(data, sal, batch_size), dev, epochs
@@ -77,7 +77,7 @@ def bench_loader(
                 advance()
         for n in rss_rows:
             data, sal = write_random_pair(root, f"bench{sizes[0]}_{n}", n, sizes[0],
-                                    rows_per_shard=rows_per_shard)  # fmt: skip
+                                          rows_per_shard=rows_per_shard)  # fmt: skip
             args = {"data": data, "saliency": sal, "batch_size": batch_size}
             what = f"streaming one epoch of {data}"
             result["streaming_rss"][str(n)] = peak_rss(_RSS_RUN, args, what)
